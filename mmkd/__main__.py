@@ -1,0 +1,3 @@
+from mmkd.cli import main
+
+main()

@@ -1,0 +1,173 @@
+"""Reading a teacher cache: `TeacherCache(path).get(pair_ids)`.
+
+Designed for shuffled random access from many data-loader workers and ranks: opening is cheap
+(manifest + shard records), every shard is opened lazily in the process that reads it (so file
+handles and memory maps are never shared across a fork), and an uncompressed local cache is read
+through `np.memmap` on the Zarr chunk files themselves (one chunk per array, `bytes` codec only:
+the file is the raw little-endian array) so a batch costs one fancy-index copy per shard.
+Compressed or remote (fsspec) caches go through Zarr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import torch
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+from mmkd.cache.format import STORAGE, check_manifest, decode, read_json, shard_name, zarr_location
+from mmkd.errors import CacheError
+
+
+@dataclass
+class TeacherBatch:
+    word_states: torch.Tensor   # [B, W, H] float32, zero where word_mask is False
+    word_mask: torch.Tensor     # [B, W] bool
+    cls: torch.Tensor           # [B, H] float32
+    words: list[list[str]]      # the cached word lists (word i of the student = words[b][i])
+
+
+class _Shard:
+    def __init__(self, fs, root: str, record: dict, dtype: str, hidden: int, memmap: bool):
+        self.fs, self.root, self.record, self.dtype = fs, root, record, dtype
+        self.path = f"{root}/shards/{record['name']}"
+        stored = STORAGE[dtype][0]
+        self.has_scale = STORAGE[dtype][1]
+        n, nw = record["n_sentences"], record["n_words"]
+        if memmap:
+            def mm(name, dt, shape):
+                path = f"{self.path}/{name}/c/0" + "/0" * (len(shape) - 1)
+                expected = int(np.prod(shape)) * np.dtype(dt).itemsize
+                if expected == 0:
+                    return np.zeros(shape, dt)
+                try:
+                    size = fs.size(path)
+                except FileNotFoundError:
+                    raise CacheError(f"{path}: missing (shard {record['name']})") from None
+                if size != expected:
+                    raise CacheError(f"{path}: {size} bytes, expected {expected} (shard {record['name']} is corrupt)")
+                return np.memmap(path, dtype=np.dtype(dt).newbyteorder("<"), mode="r", shape=shape)
+        else:
+            group = zarr.open_group(zarr_location(fs, self.path), mode="r")
+
+            def mm(name, dt, shape):
+                arr = group[name]
+                if arr.shape != shape:
+                    raise CacheError(f"{self.path}/{name}: shape {arr.shape}, manifest says {shape}")
+                return arr
+        self.words = mm("words", stored, (nw, hidden))
+        self.cls = mm("cls", stored, (n, hidden))
+        self.offsets = np.asarray(mm("offsets", "int64", (n + 1,))[:])
+        self.words_scale = mm("words_scale", "float32", (nw,)) if self.has_scale else None
+        self.cls_scale = mm("cls_scale", "float32", (n,)) if self.has_scale else None
+        if memmap:  # zero-copy: the word lists stay on disk until touched
+            self.meta = pa.ipc.open_file(pa.memory_map(f"{self.path}/meta.arrow")).read_all()
+        else:
+            with fs.open(f"{self.path}/meta.arrow", "rb") as f:
+                self.meta = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+
+    def rows(self, local: np.ndarray):
+        """Word rows and sentence lengths for local sentence indices."""
+        starts, ends = self.offsets[local], self.offsets[local + 1]
+        lengths = ends - starts
+        # Concatenated aranges without a Python loop: row r of sentence i is starts[i] + r.
+        idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
+        return idx, lengths
+
+    def read(self, local: np.ndarray):
+        idx, lengths = self.rows(local)
+        if isinstance(self.words, np.ndarray):
+            w = self.words[idx]
+            c = self.cls[local]
+            ws = self.words_scale[idx] if self.has_scale else None
+            cs = self.cls_scale[local] if self.has_scale else None
+        else:  # zarr: orthogonal selection reads only the chunks touched
+            w = self.words.get_orthogonal_selection((idx, slice(None))) if len(idx) else np.zeros((0, self.words.shape[1]), self.words.dtype)
+            c = self.cls.get_orthogonal_selection((local, slice(None)))
+            ws = self.words_scale.get_orthogonal_selection(idx) if self.has_scale and len(idx) else (np.zeros(0, np.float32) if self.has_scale else None)
+            cs = self.cls_scale.get_orthogonal_selection(local) if self.has_scale else None
+        return decode(w, ws, self.dtype), decode(c, cs, self.dtype), lengths
+
+
+class TeacherCache:
+    """A teacher cache opened for reading. `get(pair_ids)` returns a padded `TeacherBatch`."""
+
+    def __init__(self, path: str):
+        self.url = str(path).rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.manifest = read_json(self.fs, f"{self.root}/manifest.json", "cache manifest "
+                                  "(an unfinished cache-teacher run? finish it with --resume)")
+        check_manifest(self.manifest, f"{self.url}/manifest.json")
+        m = self.manifest
+        self.dtype, self.hidden_size = m["dtype"], m["hidden_size"]
+        self.shard_size, self.n = m["shard_size"], m["n_sentences"]
+        self.memmap = isinstance(self.fs, LocalFileSystem) and m["compression"] is None
+        for k, rec in enumerate(m["shards"]):
+            if rec["name"] != shard_name(k) or not self.fs.exists(f"{self.root}/shards/{rec['name']}/shard.json"):
+                raise CacheError(f"{self.url}: shard {rec['name']} is missing (listed in the manifest)")
+        self._shards: dict[int, _Shard] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self):
+        # Data-loader workers and ranks re-open their own shards.
+        return {"url": self.url}
+
+    def __setstate__(self, state):
+        self.__init__(state["url"])
+
+    def shard(self, k: int) -> _Shard:
+        if k not in self._shards:
+            self._shards[k] = _Shard(self.fs, self.root, self.manifest["shards"][k], self.dtype,
+                                     self.hidden_size, self.memmap)
+        return self._shards[k]
+
+    def _check_ids(self, pair_ids: np.ndarray) -> np.ndarray:
+        pair_ids = np.asarray(pair_ids, dtype=np.int64)
+        if pair_ids.size and (pair_ids.min() < 0 or pair_ids.max() >= self.n):
+            bad = pair_ids[(pair_ids < 0) | (pair_ids >= self.n)][0]
+            raise CacheError(f"{self.url}: pair id {bad} out of range (cache holds 0..{self.n - 1})")
+        return pair_ids
+
+    def words(self, pair_ids) -> list[list[str]]:
+        pair_ids = self._check_ids(pair_ids)
+        out: list[list[str] | None] = [None] * len(pair_ids)
+        for k, pos in _group_by_shard(pair_ids, self.shard_size):
+            sub = self.shard(k).meta.column("words").take(pa.array(pair_ids[pos] - k * self.shard_size))
+            for p, w in zip(pos, sub.to_pylist()):
+                out[p] = w
+        return out
+
+    def get(self, pair_ids, with_words: bool = True) -> TeacherBatch:
+        pair_ids = self._check_ids(pair_ids)
+        b = len(pair_ids)
+        parts = []
+        for k, pos in _group_by_shard(pair_ids, self.shard_size):
+            parts.append((pos, *self.shard(k).read(pair_ids[pos] - k * self.shard_size)))
+        lengths = np.zeros(b, dtype=np.int64)
+        for pos, _, _, lens in parts:
+            lengths[pos] = lens
+        width = int(lengths.max()) if b else 0
+        states = np.zeros((b, width, self.hidden_size), dtype=np.float32)
+        mask = np.zeros((b, width), dtype=bool)
+        cls = np.zeros((b, self.hidden_size), dtype=np.float32)
+        for pos, w, c, lens in parts:
+            cls[pos] = c
+            start = 0
+            for p, n in zip(pos, lens):
+                states[p, :n] = w[start:start + n]
+                mask[p, :n] = True
+                start += n
+        return TeacherBatch(word_states=torch.from_numpy(states), word_mask=torch.from_numpy(mask),
+                            cls=torch.from_numpy(cls), words=self.words(pair_ids) if with_words else [])
+
+
+def _group_by_shard(pair_ids: np.ndarray, shard_size: int):
+    shards = pair_ids // shard_size
+    for k in np.unique(shards):
+        yield int(k), np.flatnonzero(shards == k)

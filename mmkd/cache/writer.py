@@ -1,0 +1,245 @@
+"""`mmkd cache-teacher`: run the frozen teacher once over the English side and write the cache.
+
+Crash safety: each shard is written into `shards/<k>.tmp/`, checksummed, then renamed to
+`shards/<k>/`; a shard folder without `.tmp` therefore always holds a complete shard. `--resume`
+keeps complete shards, deletes partial ones and redoes them; the manifest is written last, by the
+main process, after every process has finished its shards. Processes started by
+`accelerate launch` take shards k with k % world_size == rank: each writer owns whole shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import zarr
+from tqdm.auto import tqdm
+
+from mmkd import __version__
+from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
+                               sha256_file, shard_name, zarr_location)
+from mmkd.corpus import PreparedCorpus, default_data_dir, open_corpus
+from mmkd.errors import CacheError
+from mmkd.teacher import (encode_words, length_grouped_batches, load_teacher, model_hash,
+                          tokenizer_hash)
+from mmkd.words import WORD_RULE_VERSION, split_words
+
+# bert-base-cased: the paper's teacher is "BERT-base" with the same architecture as mBERT, and
+# mBERT (the student) is cased; a cased teacher keeps the case information the student sees.
+DEFAULT_TEACHER = "bert-base-cased"
+
+
+@dataclass
+class CacheConfig:
+    corpora: list[str]
+    teacher: str = DEFAULT_TEACHER
+    out: str = "cache"
+    layer: int = -1               # hidden_states index; -1 = last layer (the paper's c and h)
+    max_length: int = 128         # teacher input length, paper 4.1
+    dtype: str = "fp16"
+    batch_size: int = 64
+    shard_size: int = 4096
+    compression: str | None = None   # None (memory-mapped reads) or "zstd"
+    data_dir: str = field(default_factory=default_data_dir)
+    trust_remote_code: bool = False
+
+
+def _identity(cfg: CacheConfig, corpus: PreparedCorpus, model, tokenizer) -> dict:
+    """What the cache's content depends on; a resume with any other value is refused."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "teacher": {"name_or_path": cfg.teacher, "hash": model_hash(model),
+                    "model_type": model.config.model_type, "hidden_size": model.config.hidden_size},
+        "tokenizer": {"class": type(tokenizer).__name__, "hash": tokenizer_hash(tokenizer)},
+        "word_rule": WORD_RULE_VERSION,
+        "layer": cfg.layer,
+        "max_length": cfg.max_length,
+        "dtype": cfg.dtype,
+        "stored_dtype": STORAGE[cfg.dtype][0],
+        "compression": cfg.compression,
+        "batch_size": cfg.batch_size,
+        "shard_size": cfg.shard_size,
+        "hidden_size": model.config.hidden_size,
+        "corpus": {"name": corpus.name, "pair": corpus.pair, "fingerprint": corpus.fingerprint,
+                   "n_pairs": len(corpus), "path": str(corpus.path)},
+        "mmkd_version": __version__,
+    }
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb and k != "path":
+            out.append(f"{prefix}{k}: cache has {va!r}, this run has {vb!r}")
+    return out
+
+
+def _array(group, name, data, compression):
+    chunks = data.shape if data.shape[0] else (1,) + data.shape[1:]
+    kw = dict(compressors=None, config={"write_empty_chunks": True})
+    if compression == "zstd":
+        # Inner chunks of 64 rows inside one shard object: a random row decompresses 64 rows.
+        inner = (min(64, max(1, data.shape[0])),) + data.shape[1:]
+        kw = dict(chunks=inner, shards=chunks, compressors=zarr.codecs.ZstdCodec(level=3))
+    else:
+        kw["chunks"] = chunks
+    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, **kw)
+    if data.size:
+        arr[...] = data
+
+
+def _write_shard(fs, root: str, k: int, corpus: PreparedCorpus, cfg: CacheConfig, model, tokenizer,
+                 bar) -> dict:
+    lo, hi = k * cfg.shard_size, min(len(corpus), (k + 1) * cfg.shard_size)
+    pair_ids = np.arange(lo, hi, dtype=np.int64)
+    english, _ = corpus.rows(pair_ids)
+    words = [split_words(s) for s in english]
+    encoded = [None] * len(words)
+    for idx in length_grouped_batches(np.array([len(w) for w in words]), cfg.batch_size):
+        for i, e in zip(idx, encode_words(model, tokenizer, [words[i] for i in idx], cfg.layer, cfg.max_length)):
+            encoded[i] = e
+        bar.update(len(idx))
+    kept_words = [[w[j] for j in e.kept] for w, e in zip(words, encoded)]
+    counts = np.array([len(e.kept) for e in encoded], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    hidden = model.config.hidden_size
+    word_states = (np.concatenate([e.word_states for e in encoded]) if counts.sum()
+                   else np.zeros((0, hidden), np.float32))
+    cls = np.stack([e.cls for e in encoded])
+
+    tmp = f"{root}/shards/{shard_name(k)}.tmp"
+    if fs.exists(tmp):
+        fs.rm(tmp, recursive=True)
+    group = zarr.open_group(zarr_location(fs, tmp), mode="w")
+    stored, scale = encode(word_states, cfg.dtype)
+    _array(group, "words", stored, cfg.compression)
+    if scale is not None:
+        _array(group, "words_scale", scale, cfg.compression)
+    stored, scale = encode(cls, cfg.dtype)
+    _array(group, "cls", stored, cfg.compression)
+    if scale is not None:
+        _array(group, "cls_scale", scale, cfg.compression)
+    _array(group, "offsets", offsets, None)
+    meta = pa.table({
+        "pair_id": pa.array(pair_ids),
+        "words": pa.array(kept_words, pa.list_(pa.string())),
+        "n_words": pa.array(counts.astype(np.int32)),
+        "n_words_split": pa.array(np.array([len(w) for w in words], dtype=np.int32)),
+        "truncated": pa.array([e.truncated for e in encoded], pa.bool_()),
+    })
+    with fs.open(f"{tmp}/meta.arrow", "wb") as f, pa.ipc.new_file(f, meta.schema) as w:
+        w.write_table(meta)
+    files = sorted(p[len(tmp) + 1:] for p in fs.find(tmp))
+    record = {
+        "name": shard_name(k),
+        "first_pair_id": lo,
+        "n_sentences": hi - lo,
+        "n_words": int(counts.sum()),
+        "n_truncated": int(sum(e.truncated for e in encoded)),
+        "n_words_dropped": int(sum(len(w) for w in words) - counts.sum()),
+        "sha256": {name: sha256_file(fs, f"{tmp}/{name}") for name in files},
+    }
+    with fs.open(f"{tmp}/shard.json", "w") as f:
+        f.write(dumps(record))
+    fs.mv(tmp, f"{root}/shards/{shard_name(k)}", recursive=True)
+    return record
+
+
+def _shard_complete(fs, root: str, k: int) -> bool:
+    return fs.exists(f"{root}/shards/{shard_name(k)}/shard.json")
+
+
+def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
+                progress: bool = True) -> list[str]:
+    """Write one cache per corpus under `cfg.out` (`<out>/<corpus name>/`); returns their URLs."""
+    from accelerate import PartialState
+
+    if cfg.dtype not in STORAGE:
+        raise CacheError(f"--dtype {cfg.dtype!r}: choose one of {', '.join(STORAGE)}")
+    if cfg.compression not in (None, "zstd"):
+        raise CacheError(f"--compression {cfg.compression!r}: choose none or zstd")
+    state = PartialState()
+    corpora = [open_corpus(c, cfg.data_dir) for c in cfg.corpora]
+    model, tokenizer = load_teacher(cfg.teacher, state.device, cfg.trust_remote_code)
+    outputs = []
+    for corpus in corpora:
+        outputs.append(_build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress))
+    return outputs
+
+
+def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress) -> str:
+    url = f"{cfg.out.rstrip('/')}/{corpus.name}"
+    fs, root = fsspec.core.url_to_fs(url)
+    identity = _identity(cfg, corpus, model, tokenizer)
+    started = time.time()
+    if state.is_main_process:
+        if fs.exists(f"{root}/build.json"):
+            if overwrite:
+                fs.rm(root, recursive=True)
+            elif not resume:
+                raise CacheError(f"{url} already holds a cache; pass --resume to continue it or "
+                                 "--overwrite to replace it")
+            else:
+                diffs = _diff(read_json(fs, f"{root}/build.json", "build record"), identity)
+                if diffs:
+                    raise CacheError(f"{url}: cannot resume, the cache was built differently:\n  "
+                                     + "\n  ".join(diffs))
+        elif fs.exists(root) and fs.ls(root) and not overwrite:
+            raise CacheError(f"{url} exists and is not an mmkd cache; choose another --out")
+        fs.makedirs(f"{root}/shards", exist_ok=True)
+        with fs.open(f"{root}/build.json", "w") as f:
+            f.write(dumps(identity))
+        if fs.exists(f"{root}/manifest.json"):
+            fs.rm(f"{root}/manifest.json")   # rewritten when every shard is complete
+    state.wait_for_everyone()
+
+    n_shards = max(1, -(-len(corpus) // cfg.shard_size))
+    mine = [k for k in range(n_shards) if k % state.num_processes == state.process_index]
+    todo = [k for k in mine if not (resume and _shard_complete(fs, root, k))]
+    n_todo = sum(min(len(corpus), (k + 1) * cfg.shard_size) - k * cfg.shard_size for k in todo)
+    with tqdm(total=n_todo, unit=" sent", desc=f"cache {corpus.name}", disable=not progress,
+              position=state.process_index, dynamic_ncols=True) as bar:
+        for k in todo:
+            _write_shard(fs, root, k, corpus, cfg, model, tokenizer, bar)
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        shards = []
+        for k in range(n_shards):
+            if not _shard_complete(fs, root, k):
+                raise CacheError(f"{url}: shard {shard_name(k)} is missing after the run; run again with --resume")
+            shards.append(read_json(fs, f"{root}/shards/{shard_name(k)}/shard.json", "shard record"))
+        manifest = {
+            **identity,
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("corpora", "out", "data_dir")},
+            "n_shards": n_shards,
+            "n_sentences": sum(s["n_sentences"] for s in shards),
+            "n_words": sum(s["n_words"] for s in shards),
+            "n_truncated": sum(s["n_truncated"] for s in shards),
+            "n_words_dropped": sum(s["n_words_dropped"] for s in shards),
+            "shards": shards,
+        }
+        with fs.open(f"{root}/manifest.json", "w") as f:
+            f.write(dumps(manifest))
+        elapsed = time.time() - started
+        nbytes = sum(fs.du(f"{root}/shards/{s['name']}") for s in shards)
+        summary = {"seconds": round(elapsed, 3), "sentences_written_this_run": n_todo,
+                   "sentences_per_second": round(n_todo / elapsed, 2) if elapsed else None,
+                   "n_sentences": manifest["n_sentences"], "n_words": manifest["n_words"],
+                   "bytes": nbytes, "processes": state.num_processes}
+        with fs.open(f"{root}/summary.json", "w") as f:
+            f.write(dumps(summary))
+        if progress:
+            print(f"{url}: {manifest['n_sentences']} sentences, {manifest['n_words']} words, "
+                  f"{nbytes / 1e6:.1f} MB in {n_shards} shards; {n_todo} sentences written in "
+                  f"{elapsed:.1f}s ({manifest['n_truncated']} truncated, {manifest['n_words_dropped']} words dropped)")
+    state.wait_for_everyone()
+    return url

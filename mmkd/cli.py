@@ -1,0 +1,207 @@
+"""The `mmkd` command. Each command parses options into a config and calls one library function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from mmkd import __version__
+from mmkd.errors import MMKDError
+
+
+def _friendly(fn):
+    """Errors a user can fix are printed as one line (file, line, value) and exit with status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MMKDError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+data_dir_option = click.option(
+    "--data-dir", default=None, metavar="DIR",
+    help="Folder holding prepared corpora in corpora/<name>/ (default: $MMKD_DATA_DIR or ./data).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mmkd")
+def main():
+    """MMKD: multi-level multilingual knowledge distillation with a precomputed teacher cache.
+
+    \b
+    Stage one:  mmkd corpus prepare en-fr ...   then   mmkd cache-teacher --corpus en-fr
+    Stage two:  mmkd train --cache cache/
+    """
+
+
+# --------------------------------------------------------------------------- corpus
+@main.group()
+def corpus():
+    """Prepare and list parallel corpora (English first: en-XX)."""
+
+
+@corpus.command("prepare")
+@click.argument("pair")
+@click.option("--moses", nargs=2, type=click.Path(), metavar="EN_FILE X_FILE",
+              help="Two line-aligned text files (OPUS Moses format), English first.")
+@click.option("--tsv", type=click.Path(), metavar="FILE", help="One pair per line: en<TAB>x, no header.")
+@click.option("--zip", "zip_", metavar="PATH_OR_URL", help="An OPUS Moses zip (e.g. Europarl de-en.txt.zip).")
+@click.option("--hf-dataset", metavar="NAME_OR_DIR",
+              help="A Hugging Face dataset with a 'translation' column {en: ..., XX: ...}.")
+@click.option("--hf-config", default=None, metavar="NAME", help="Dataset config, e.g. de-en.")
+@click.option("--hf-split", default="train", show_default=True, help="Dataset split.")
+@click.option("--name", default=None, help="Name of the prepared corpus (default: the pair).")
+@click.option("--min-tokens", default=10, show_default=True, type=int,
+              help="Drop a pair if either side has fewer tokens (paper 4.1).")
+@click.option("--max-tokens", default=128, show_default=True, type=int,
+              help="Drop a pair if either side has more tokens (paper 4.1).")
+@click.option("--length-tokenizer", default=None, metavar="NAME_OR_PATH",
+              help="Count sub-tokens of this tokenizer instead of mmkd words (the default).")
+@click.option("--max-pairs", default=2_000_000, show_default=True, type=int,
+              help="Keep at most this many pairs after a seeded shuffle (paper 4.1: 2M).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Shuffle seed.")
+@click.option("--max-line-chars", default=20_000, show_default=True, type=int,
+              help="A longer line is an error (a broken file), not a long sentence.")
+@click.option("--opus-base-url", default=None, metavar="URL",
+              help="Mirror of the OPUS object store, used when no source option is given.")
+@data_dir_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, hf_config, hf_split, name, min_tokens, max_tokens,
+                   length_tokenizer, max_pairs, seed, max_line_chars, opus_base_url, data_dir, quiet):
+    """Filter, deduplicate, shuffle and prune one language pair PAIR (e.g. en-fr).
+
+    With no source option the paper's OPUS corpus for PAIR is downloaded (Europarl, MultiUN,
+    EUbookshop, IITB; see `mmkd corpus sources`). The result is written to
+    DATA_DIR/corpora/NAME/ (pairs.parquet + meta.json with the counts of what was dropped).
+    """
+    from mmkd.corpus import CorpusConfig, default_data_dir, prepare_corpus
+    from mmkd.corpus_sources import OPUS_BASE_URL
+
+    cfg = CorpusConfig(pair=pair, name=name, moses=tuple(moses) if moses else None, tsv=tsv, zip=zip_,
+                       hf_dataset=hf_dataset, hf_config=hf_config, hf_split=hf_split,
+                       opus_base_url=opus_base_url or OPUS_BASE_URL, min_tokens=min_tokens,
+                       max_tokens=max_tokens, length_tokenizer=length_tokenizer, max_pairs=max_pairs,
+                       seed=seed, max_line_chars=max_line_chars, data_dir=data_dir or default_data_dir())
+    out = prepare_corpus(cfg, progress=not quiet)
+    meta = json.loads((out / "meta.json").read_text())
+    click.echo(f"{out}: {meta['n_pairs']} pairs kept of {meta['read']} read; dropped {meta['dropped']}")
+
+
+@corpus.command("list")
+@data_dir_option
+def corpus_list(data_dir):
+    """List prepared corpora."""
+    from mmkd.corpus import default_data_dir, list_corpora, open_corpus
+
+    data_dir = data_dir or default_data_dir()
+    names = list_corpora(data_dir)
+    if not names:
+        click.echo(f"no prepared corpora in {data_dir}/corpora")
+    for n in names:
+        c = open_corpus(n, data_dir)
+        click.echo(f"{n}\t{c.pair}\t{len(c)} pairs\t{c.fingerprint[:16]}")
+
+
+@corpus.command("sources")
+def corpus_sources():
+    """Show the built-in OPUS sources for the paper's seven pairs."""
+    from mmkd.corpus_sources import opus_refs, PAPER_PAIRS
+
+    for pair in PAPER_PAIRS:
+        for ref in opus_refs(pair):
+            click.echo(f"{pair}\t{ref.corpus} {ref.release}\t{ref.url()}")
+
+
+# --------------------------------------------------------------------------- cache
+@main.command("cache-teacher")
+@click.option("--corpus", "corpora", multiple=True, required=True, metavar="NAME_OR_PATH",
+              help="Prepared corpus (repeatable); each gets its own cache OUT/<name>/.")
+@click.option("--teacher", default="bert-base-cased", show_default=True, metavar="NAME_OR_PATH",
+              help="English teacher: hub name or local folder (transformers AutoModel).")
+@click.option("--out", default="cache", show_default=True, metavar="DIR_OR_URL",
+              help="Where caches are written: a folder or any fsspec URL Zarr accepts.")
+@click.option("--layer", default=-1, show_default=True, type=int,
+              help="hidden_states index to store (-1 = last layer, as in the paper).")
+@click.option("--max-length", default=128, show_default=True, type=int,
+              help="Teacher input length in tokens; longer sentences keep only the words it saw.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp16",
+              show_default=True, help="Storage precision (int8 = per-vector absmax scale).")
+@click.option("--batch-size", default=64, show_default=True, type=int,
+              help="Sentences per teacher forward (length-grouped).")
+@click.option("--shard-size", default=4096, show_default=True, type=int, help="Sentences per shard.")
+@click.option("--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True,
+              help="none = memory-mapped reads (fastest); zstd = smaller, sharded 64-row chunks.")
+@click.option("--resume", is_flag=True, help="Keep complete shards, redo partial ones.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing cache at OUT/<name>/ first.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default).")
+@data_dir_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def cache_teacher(corpora, teacher, out, layer, max_length, dtype, batch_size, shard_size, compression,
+                  resume, overwrite, trust_remote_code, data_dir, quiet):
+    """Run the frozen teacher once over the English side and cache word and [CLS] states.
+
+    Run it under `accelerate launch -m mmkd cache-teacher ...` to split the shards between
+    processes/GPUs.
+    """
+    from mmkd.cache.writer import CacheConfig, build_cache
+    from mmkd.corpus import default_data_dir
+
+    cfg = CacheConfig(corpora=list(corpora), teacher=teacher, out=out, layer=layer, max_length=max_length,
+                      dtype=dtype, batch_size=batch_size, shard_size=shard_size,
+                      compression=None if compression == "none" else compression,
+                      data_dir=data_dir or default_data_dir(), trust_remote_code=trust_remote_code)
+    build_cache(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+
+
+@main.group("cache")
+def cache_group():
+    """Inspect and check teacher caches."""
+
+
+@cache_group.command("verify")
+@click.argument("path")
+@click.option("-k", "k", default=8, show_default=True, type=int,
+              help="Sentences to re-run through the teacher (0 = checksums only).")
+@click.option("--teacher", default=None, metavar="NAME_OR_PATH",
+              help="Teacher to re-run (default: the one named in the manifest).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which sentences are re-run.")
+@_friendly
+def cache_verify(path, k, teacher, seed):
+    """Check the manifest, counts, every checksum, and k re-run sentences of the cache at PATH."""
+    from mmkd.cache.verify import verify_cache
+
+    report = verify_cache(path, k=k, teacher=teacher, seed=seed)
+    for p in report.problems:
+        click.echo(f"FAIL {report.url}: {p}", err=True)
+    if not report.ok:
+        sys.exit(1)
+    click.echo(f"OK {report.url}: {report.checked_files} files checksummed, {report.rerun_sentences} "
+               f"sentences re-run (max relative error {report.max_rel_error:.2e})")
+
+
+@cache_group.command("info")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_friendly
+def cache_info_cmd(path, as_json):
+    """Print what the cache at PATH holds."""
+    from mmkd.cache.verify import cache_info
+
+    info = cache_info(path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, val in info.items():
+            click.echo(f"{key:>20}: {val}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Prepared parallel corpora: filter, deduplicate, shuffle, prune, write (paper 4.1).
+
+A prepared corpus is a folder `<data_dir>/corpora/<name>/` holding
+- `pairs.parquet`: `pair_id` (int64, 0..N-1, the row number), `source_line` (int64, line/row in
+  the source), `en`, `x` (strings) — in the seeded shuffled order, so `pair_id` is stable for a
+  given fingerprint;
+- `meta.json`: the `CorpusConfig` that made it, the counts of what was dropped and why, and the
+  content fingerprint (sha256 over every `en\\tx\\n` row in order) that caches and runs record.
+
+Length filter: the paper drops sentences under 10 or over 128 *tokens* without naming the
+tokenizer. We count **words of `mmkd.words.split_words`** on each side by default: tokenizer-free,
+so a prepared corpus does not depend on which teacher or student is used later, and CJK text
+counts one word per ideograph. `--length-tokenizer NAME` counts a real tokenizer's sub-tokens
+instead (e.g. the student's, to match the 128-token student input exactly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from mmkd import __version__
+from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, download_opus, opus_refs,
+                                 parse_pair, read_hf, read_moses, read_opus_zip, read_tsv)
+from mmkd.errors import CorpusError
+from mmkd.words import WORD_RULE_VERSION, split_words
+
+CORPUS_FORMAT_VERSION = 1
+
+
+def default_data_dir() -> str:
+    return os.environ.get("MMKD_DATA_DIR", "data")
+
+
+@dataclass
+class CorpusConfig:
+    pair: str                                   # "en-fr"
+    name: str | None = None                     # folder name; default = pair
+    moses: tuple[str, str] | None = None        # (english file, other-language file)
+    tsv: str | None = None
+    zip: str | None = None                      # an OPUS Moses zip, local path or URL
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    opus_base_url: str = OPUS_BASE_URL          # used when no source is given
+    min_tokens: int = 10                        # paper 4.1
+    max_tokens: int = 128                       # paper 4.1
+    length_tokenizer: str | None = None         # None = split_words
+    max_pairs: int = 2_000_000                  # paper 4.1
+    seed: int = 0
+    max_line_chars: int = 20_000
+    data_dir: str = field(default_factory=default_data_dir)
+
+    @property
+    def out_name(self) -> str:
+        return self.name or self.pair
+
+
+def _length_counter(tokenizer_name: str | None) -> Callable[[list[str]], list[int]]:
+    if tokenizer_name is None:
+        return lambda texts: [len(split_words(t)) for t in texts]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_name)
+    return lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _sources(cfg: CorpusConfig) -> Iterator[tuple[str, Iterable[Pair]]]:
+    lang = parse_pair(cfg.pair)
+    given = [s for s in (cfg.moses, cfg.tsv, cfg.zip, cfg.hf_dataset) if s]
+    if len(given) > 1:
+        raise CorpusError("give one source: --moses, --tsv, --zip or --hf-dataset")
+    if cfg.moses:
+        yield f"moses:{cfg.moses[0]}", read_moses(cfg.moses[0], cfg.moses[1], cfg.max_line_chars)
+    elif cfg.tsv:
+        yield f"tsv:{cfg.tsv}", read_tsv(cfg.tsv, cfg.max_line_chars)
+    elif cfg.zip:
+        # Member names come from the built-in table; any other pair matches by suffix only.
+        ref = opus_refs(cfg.pair)[0] if cfg.pair in PAPER_PAIRS else OpusRef("*", "", lang)
+        yield f"zip:{cfg.zip}", read_opus_zip(cfg.zip, ref, cfg.max_line_chars)
+    elif cfg.hf_dataset:
+        yield f"hf:{cfg.hf_dataset}", read_hf(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, lang, cfg.max_line_chars)
+    else:  # the paper's OPUS corpora
+        for ref in opus_refs(cfg.pair):
+            path = download_opus(ref, os.path.join(cfg.data_dir, "downloads"), cfg.opus_base_url)
+            yield f"opus:{ref.corpus}/{ref.release}", read_opus_zip(path, ref, cfg.max_line_chars)
+
+
+def fingerprint_rows(en: Iterable[str], x: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for a, b in zip(en, x):
+        h.update(f"{a}\t{b}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> Path:
+    """Read, filter, deduplicate, shuffle and prune one language pair; write it; return its folder."""
+    count = _length_counter(cfg.length_tokenizer)
+    dropped = {"empty": 0, "too_short": 0, "too_long": 0, "duplicate": 0}
+    seen: set[bytes] = set()
+    kept_en: list[str] = []
+    kept_x: list[str] = []
+    kept_line: list[int] = []
+    kept_src: list[int] = []
+    sources: list[str] = []
+    total = 0
+    batch: list[tuple[int, int, str, str]] = []
+
+    def flush():
+        en_len = count([b[2] for b in batch])
+        x_len = count([b[3] for b in batch])
+        for (src_i, line, en, x), le, lx in zip(batch, en_len, x_len):
+            if min(le, lx) < cfg.min_tokens:
+                dropped["too_short"] += 1
+            elif max(le, lx) > cfg.max_tokens:
+                dropped["too_long"] += 1
+            else:
+                key = hashlib.blake2b(f"{en}\t{x}".encode("utf-8"), digest_size=12).digest()
+                if key in seen:
+                    dropped["duplicate"] += 1
+                    continue
+                seen.add(key)
+                kept_en.append(en)
+                kept_x.append(x)
+                kept_line.append(line)
+                kept_src.append(src_i)
+        batch.clear()
+
+    for src_i, (label, pairs) in enumerate(_sources(cfg)):
+        sources.append(label)
+        for line, en, x in tqdm(pairs, desc=f"read {label}", unit=" pairs", disable=not progress):
+            total += 1
+            en, x = en.strip(), x.strip()
+            if not en or not x:
+                dropped["empty"] += 1
+                continue
+            batch.append((src_i, line, en, x))
+            if len(batch) >= 4096:
+                flush()
+        flush()
+    if not kept_en:
+        raise CorpusError(f"{cfg.pair}: no pair survived the filters (read {total}, dropped {dropped}); "
+                          f"check --min-tokens {cfg.min_tokens} / --max-tokens {cfg.max_tokens}")
+
+    order = np.random.default_rng(cfg.seed).permutation(len(kept_en))
+    pruned = max(0, len(order) - cfg.max_pairs)
+    order = order[: cfg.max_pairs]
+    en = [kept_en[i] for i in order]
+    x = [kept_x[i] for i in order]
+    table = pa.table({
+        "pair_id": pa.array(np.arange(len(order), dtype=np.int64)),
+        "source": pa.array(np.asarray(kept_src, dtype=np.int32)[order]),
+        "source_line": pa.array(np.asarray(kept_line, dtype=np.int64)[order]),
+        "en": pa.array(en, pa.string()),
+        "x": pa.array(x, pa.string()),
+    })
+    meta = {
+        "format_version": CORPUS_FORMAT_VERSION,
+        "name": cfg.out_name,
+        "pair": cfg.pair,
+        "lang": parse_pair(cfg.pair),
+        "n_pairs": len(order),
+        "read": total,
+        "dropped": {**dropped, "pruned": pruned},
+        "sources": sources,
+        "length_unit": cfg.length_tokenizer or f"words:{WORD_RULE_VERSION}",
+        "fingerprint": fingerprint_rows(en, x),
+        "config": dataclasses.asdict(cfg),
+        "mmkd_version": __version__,
+    }
+    out = Path(cfg.data_dir) / "corpora" / cfg.out_name
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, tmp / "pairs.parquet")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+@dataclass
+class PreparedCorpus:
+    path: Path
+    meta: dict
+    table: pa.Table
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def pair(self) -> str:
+        return self.meta["pair"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def rows(self, pair_ids: np.ndarray) -> tuple[list[str], list[str]]:
+        """English and other-language text of the given pair ids (pair id == row)."""
+        sub = self.table.take(pa.array(np.asarray(pair_ids, dtype=np.int64)))
+        return sub.column("en").to_pylist(), sub.column("x").to_pylist()
+
+
+def list_corpora(data_dir: str) -> list[str]:
+    root = Path(data_dir) / "corpora"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "meta.json").is_file())
+
+
+def open_corpus(name_or_path: str, data_dir: str | None = None) -> PreparedCorpus:
+    """A prepared corpus by name (looked up in `<data_dir>/corpora/`) or by path."""
+    data_dir = data_dir or default_data_dir()
+    path = Path(name_or_path)
+    if not (path / "meta.json").is_file():
+        path = Path(data_dir) / "corpora" / name_or_path
+    if not (path / "meta.json").is_file():
+        have = list_corpora(data_dir)
+        listing = ", ".join(have) if have else "none"
+        raise CorpusError(
+            f"no prepared corpus {name_or_path!r} (looked for {name_or_path}/meta.json and "
+            f"{Path(data_dir) / 'corpora' / name_or_path}/meta.json). Available in {data_dir}: {listing}. "
+            f"Make it with: mmkd corpus prepare {name_or_path if '-' in name_or_path else 'en-XX'} "
+            f"--data-dir {data_dir} [--moses EN_FILE X_FILE | --tsv FILE | --zip FILE | --hf-dataset NAME]")
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("format_version") != CORPUS_FORMAT_VERSION:
+        raise CorpusError(f"{path}/meta.json: corpus format version {meta.get('format_version')}, "
+                          f"this mmkd reads version {CORPUS_FORMAT_VERSION}; prepare it again")
+    table = pq.read_table(path / "pairs.parquet")
+    return PreparedCorpus(path=path, meta=meta, table=table)

@@ -1,0 +1,217 @@
+"""Reading English–X parallel text from the places users keep it.
+
+Every reader yields `(line_no, en, x)` with 1-based line numbers so that errors and the prepared
+corpus can point back at the source. Supported: OPUS Moses files (two line-aligned files, or the
+zip OPUS serves), TSV (`en<TAB>x`), a Hugging Face dataset with a `translation` column, and the
+built-in table of the paper's OPUS corpora (section 4.1) for users with internet.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import fsspec
+
+from mmkd.errors import CorpusError
+
+OPUS_BASE_URL = "https://object.pouta.csc.fi"
+
+# The paper's seven pairs (section 4.1): corpus, OPUS release. The zip for a pair is
+# {base}/OPUS-{corpus}/{release}/moses/{a}-{b}.txt.zip with a, b in alphabetical order.
+PAPER_PAIRS: dict[str, list[tuple[str, str]]] = {
+    "en-ar": [("MultiUN", "v1")],
+    "en-bg": [("EUbookshop", "v2"), ("Europarl", "v8")],
+    "en-de": [("Europarl", "v8")],
+    "en-es": [("Europarl", "v8")],
+    "en-fr": [("Europarl", "v8")],
+    "en-hi": [("IITB", "v2.0")],
+    "en-zh": [("MultiUN", "v1")],
+}
+
+Pair = tuple[int, str, str]
+
+
+@dataclass(frozen=True)
+class OpusRef:
+    corpus: str
+    release: str
+    lang: str
+
+    @property
+    def moses_pair(self) -> str:
+        return "-".join(sorted(["en", self.lang]))
+
+    def url(self, base: str = OPUS_BASE_URL) -> str:
+        return f"{base.rstrip('/')}/OPUS-{self.corpus}/{self.release}/moses/{self.moses_pair}.txt.zip"
+
+    def member(self, lang: str) -> str:
+        """Name of one side inside the zip, e.g. `Europarl.de-en.de`."""
+        return f"{self.corpus}.{self.moses_pair}.{lang}"
+
+
+def parse_pair(pair: str) -> str:
+    """`en-fr` -> `fr`. English is always the source side."""
+    parts = pair.split("-")
+    if len(parts) != 2 or parts[0] != "en" or not parts[1]:
+        raise CorpusError(f"language pair {pair!r} must look like 'en-XX' (English first), e.g. en-fr")
+    return parts[1]
+
+
+def opus_refs(pair: str) -> list[OpusRef]:
+    lang = parse_pair(pair)
+    if pair not in PAPER_PAIRS:
+        known = ", ".join(sorted(PAPER_PAIRS))
+        raise CorpusError(f"no built-in OPUS source for {pair!r}; built-in pairs: {known}. "
+                          "Give --moses/--tsv/--zip/--hf-dataset to use other data.")
+    return [OpusRef(c, r, lang) for c, r in PAPER_PAIRS[pair]]
+
+
+def _decode_lines(raw: Iterator[bytes], name: str, max_chars: int) -> Iterator[tuple[int, str]]:
+    for i, line in enumerate(raw, start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{name} line {i}: invalid UTF-8 at byte {e.start} ({e.reason})") from None
+        text = text.rstrip("\r\n")
+        if len(text) > max_chars:
+            raise CorpusError(f"{name} line {i}: {len(text)} characters, over the limit of {max_chars} "
+                              "(--max-line-chars); is this really a sentence-per-line file?")
+        yield i, text
+
+
+def _count_lines(opener) -> int:
+    with opener() as f:
+        n = sum(1 for _ in f)
+    return n
+
+
+def _zip_side(pairs: Iterator[tuple[tuple[int, str], tuple[int, str]]]) -> Iterator[Pair]:
+    for (i, en), (_, x) in pairs:
+        yield i, en, x
+
+
+def read_moses_streams(open_en, open_x, name_en: str, name_x: str, max_chars: int) -> Iterator[Pair]:
+    """Two line-aligned text streams. The line counts are checked before anything is yielded."""
+    n_en, n_x = _count_lines(open_en), _count_lines(open_x)
+    if n_en == 0:
+        raise CorpusError(f"{name_en}: the file is empty")
+    if n_x == 0:
+        raise CorpusError(f"{name_x}: the file is empty")
+    if n_en != n_x:
+        raise CorpusError(f"{name_en} has {n_en} lines but {name_x} has {n_x}: the two sides of a "
+                          "Moses corpus must be line-aligned")
+    with open_en() as fe, open_x() as fx:
+        yield from _zip_side(zip(_decode_lines(fe, name_en, max_chars), _decode_lines(fx, name_x, max_chars)))
+
+
+def _local_opener(path: str):
+    if not os.path.exists(path):
+        raise CorpusError(f"{path}: no such file")
+    return lambda: open(path, "rb")
+
+
+def read_moses(en_path: str, x_path: str, max_chars: int) -> Iterator[Pair]:
+    return read_moses_streams(_local_opener(en_path), _local_opener(x_path), en_path, x_path, max_chars)
+
+
+def read_tsv(path: str, max_chars: int) -> Iterator[Pair]:
+    """`en<TAB>x` per line, no header."""
+    opener = _local_opener(path)
+    with opener() as f:
+        lines = _decode_lines(f, path, max_chars)
+        n = 0
+        for i, text in lines:
+            n += 1
+            if not text.strip():
+                yield i, "", ""
+                continue
+            cols = text.split("\t")
+            if len(cols) != 2:
+                raise CorpusError(f"{path} line {i}: expected 2 tab-separated columns (en, x), found {len(cols)}")
+            yield i, cols[0], cols[1]
+    if n == 0:
+        raise CorpusError(f"{path}: the file is empty")
+
+
+def read_opus_zip(path: str, ref: OpusRef, max_chars: int) -> Iterator[Pair]:
+    """The Moses zip OPUS serves: members `{Corpus}.{a-b}.{a}` and `{Corpus}.{a-b}.{b}`.
+
+    `path` is a local file or any fsspec URL."""
+    try:
+        zf = zipfile.ZipFile(path) if os.path.exists(path) else zipfile.ZipFile(fsspec.open(path, "rb").open())
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file") from None
+    except zipfile.BadZipFile as e:
+        raise CorpusError(f"{path}: not a readable zip file ({e}); the download may be truncated") from None
+    names = zf.namelist()
+    en_name, x_name = ref.member("en"), ref.member(ref.lang)
+    # Accept any corpus prefix when the user's zip is named differently (e.g. renamed releases).
+    if en_name not in names or x_name not in names:
+        suffix_en, suffix_x = f".{ref.moses_pair}.en", f".{ref.moses_pair}.{ref.lang}"
+        cands_en = [n for n in names if n.endswith(suffix_en)]
+        cands_x = [n for n in names if n.endswith(suffix_x)]
+        if len(cands_en) != 1 or len(cands_x) != 1:
+            raise CorpusError(f"{path}: expected members {en_name} and {x_name}; the zip holds {names}")
+        en_name, x_name = cands_en[0], cands_x[0]
+
+    def opener(member):
+        return lambda: zf.open(member)
+
+    try:
+        yield from read_moses_streams(opener(en_name), opener(x_name), f"{path}:{en_name}",
+                                      f"{path}:{x_name}", max_chars)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise CorpusError(f"{path}: corrupt or truncated zip data ({e})") from None
+
+
+def download_opus(ref: OpusRef, download_dir: str, base_url: str = OPUS_BASE_URL) -> str:
+    """Fetch an OPUS Moses zip into `download_dir` (skipped when already there). Written aside and
+    renamed so an interrupted download is never mistaken for a complete one."""
+    os.makedirs(download_dir, exist_ok=True)
+    dest = os.path.join(download_dir, f"{ref.corpus}-{ref.release}-{ref.moses_pair}.txt.zip")
+    if os.path.exists(dest):
+        return dest
+    url = ref.url(base_url)
+    tmp = dest + ".part"
+    try:
+        with fsspec.open(url, "rb") as src, open(tmp, "wb") as out:
+            from tqdm.auto import tqdm
+            size = getattr(src, "size", None)
+            with tqdm(total=size, unit="B", unit_scale=True, desc=f"download {ref.corpus} {ref.moses_pair}") as bar:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except FileNotFoundError:
+        raise CorpusError(f"{url}: not found") from None
+    os.replace(tmp, dest)
+    return dest
+
+
+def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int) -> Iterator[Pair]:
+    """A Hugging Face dataset (hub name or local folder) whose rows hold
+    `translation: {"en": ..., lang: ...}` (the layout of opus_books, wmt*, europarl_bilingual, ...)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except FileNotFoundError as e:
+        raise CorpusError(f"dataset {name!r} (config {config!r}): not found ({e})") from None
+    if "translation" not in ds.column_names:
+        raise CorpusError(f"dataset {name!r}: no 'translation' column (columns: {ds.column_names})")
+    for i, row in enumerate(ds, start=1):
+        tr = row["translation"]
+        if "en" not in tr or lang not in tr:
+            raise CorpusError(f"dataset {name!r} row {i}: translation has keys {sorted(tr)}, need 'en' and {lang!r}")
+        en, x = tr["en"] or "", tr[lang] or ""
+        for side in (en, x):
+            if len(side) > max_chars:
+                raise CorpusError(f"dataset {name!r} row {i}: {len(side)} characters, over --max-line-chars {max_chars}")
+        yield i, en, x
+
+
+__all__ = ["OPUS_BASE_URL", "PAPER_PAIRS", "OpusRef", "parse_pair", "opus_refs", "read_moses",
+           "read_tsv", "read_opus_zip", "download_opus", "read_hf"]

@@ -23,6 +23,7 @@ from mmkd import __version__
 from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
                                sha256_file, shard_name, zarr_location)
 from mmkd.corpus import PreparedCorpus, default_data_dir, open_corpus
+from mmkd.dist import process_state
 from mmkd.errors import CacheError
 from mmkd.teacher import (encode_words, length_grouped_batches, load_teacher, model_hash,
                           tokenizer_hash)
@@ -87,8 +88,9 @@ def _array(group, name, data, compression):
     kw = dict(compressors=None, config={"write_empty_chunks": True})
     if compression == "zstd":
         # Inner chunks of 64 rows inside one shard object: a random row decompresses 64 rows.
-        inner = (min(64, max(1, data.shape[0])),) + data.shape[1:]
-        kw = dict(chunks=inner, shards=chunks, compressors=zarr.codecs.ZstdCodec(level=3))
+        rows = min(64, max(1, data.shape[0]))
+        whole = (-(-max(1, data.shape[0]) // rows) * rows,) + data.shape[1:]
+        kw = dict(chunks=(rows,) + data.shape[1:], shards=whole, compressors=zarr.codecs.ZstdCodec(level=3))
     else:
         kw["chunks"] = chunks
     arr = group.create_array(name, shape=data.shape, dtype=data.dtype, **kw)
@@ -160,13 +162,11 @@ def _shard_complete(fs, root: str, k: int) -> bool:
 def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
                 progress: bool = True) -> list[str]:
     """Write one cache per corpus under `cfg.out` (`<out>/<corpus name>/`); returns their URLs."""
-    from accelerate import PartialState
-
     if cfg.dtype not in STORAGE:
         raise CacheError(f"--dtype {cfg.dtype!r}: choose one of {', '.join(STORAGE)}")
     if cfg.compression not in (None, "zstd"):
         raise CacheError(f"--compression {cfg.compression!r}: choose none or zstd")
-    state = PartialState()
+    state = process_state()
     corpora = [open_corpus(c, cfg.data_dir) for c in cfg.corpora]
     model, tokenizer = load_teacher(cfg.teacher, state.device, cfg.trust_remote_code)
     outputs = []

@@ -1,0 +1,89 @@
+"""Shared fixtures: the real sample data in ../shared/data, tiny models trained on it, prepared
+corpora. Everything is offline and built once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import make_tiny_bert  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shared-data", default=os.environ.get("MMKD_SHARED_DATA", str(REPO.parent / "shared" / "data")),
+                     help="Folder with the shared real sample data (default ../shared/data).")
+
+
+@pytest.fixture(scope="session")
+def shared(pytestconfig) -> Path:
+    path = Path(pytestconfig.getoption("--shared-data"))
+    if not (path / "MANIFEST.md").is_file():
+        raise pytest.UsageError(f"shared sample data not found at {path}; pass --shared-data DIR")
+    return path
+
+
+def read_lines(path: Path, n: int | None = None) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[:n] if n else lines
+
+
+@pytest.fixture(scope="session")
+def english_texts(shared) -> list[str]:
+    par = shared / "parallel"
+    texts = read_lines(par / "europarl_v7_fr-en" / "europarl-v7.fr-en.en")
+    texts += read_lines(par / "ntrex128" / "newstest2019-src.eng.txt")
+    texts += [line.split("\t")[0] for line in read_lines(par / "tatoeba_challenge" / "eng-fra.tsv")]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def multilingual_texts(shared, english_texts) -> list[str]:
+    par = shared / "parallel" / "ntrex128"
+    texts = list(english_texts)
+    for lang in ("fra", "deu", "spa", "bul", "hin", "arb", "zho_Hans"):
+        texts += read_lines(par / f"newstest2019-ref.{lang}.txt")
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, english_texts) -> str:
+    """A 2-layer, 32-d English BERT with a cased WordPiece vocabulary trained on the samples."""
+    return str(make_tiny_bert(english_texts, tmp_path_factory.mktemp("teacher"), 3000, seed=0))
+
+
+@pytest.fixture(scope="session")
+def other_teacher(tmp_path_factory, english_texts) -> str:
+    """Same shape and vocabulary as tiny_teacher, different weights."""
+    return str(make_tiny_bert(english_texts, tmp_path_factory.mktemp("teacher2"), 3000, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory, multilingual_texts) -> str:
+    """An mBERT-like student: multilingual cased WordPiece vocabulary, BERT + MLM head."""
+    return str(make_tiny_bert(multilingual_texts, tmp_path_factory.mktemp("student"), 6000, seed=2, mlm=True))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, shared) -> Path:
+    """Prepared corpora: en-fr (Europarl, 300 pairs) and en-de (Tatoeba, 300 pairs)."""
+    from mmkd.corpus import CorpusConfig, prepare_corpus
+
+    d = tmp_path_factory.mktemp("data")
+    par = shared / "parallel"
+    prepare_corpus(CorpusConfig(pair="en-fr", data_dir=str(d), max_pairs=300,
+                                moses=(str(par / "europarl_v7_fr-en" / "europarl-v7.fr-en.en"),
+                                       str(par / "europarl_v7_fr-en" / "europarl-v7.fr-en.fr"))), progress=False)
+    prepare_corpus(CorpusConfig(pair="en-de", data_dir=str(d), max_pairs=300, min_tokens=5,
+                                tsv=str(par / "tatoeba_challenge" / "eng-deu.tsv")), progress=False)
+    return d

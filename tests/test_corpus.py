@@ -1,0 +1,195 @@
+"""Corpus preparation: every source format, the paper's filters, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from mmkd.cli import main
+from mmkd.corpus import CorpusConfig, fingerprint_rows, open_corpus, prepare_corpus
+from mmkd.corpus_sources import OpusRef, opus_refs
+from mmkd.errors import CorpusError
+
+EUROPARL = ("parallel/europarl_v7_fr-en/europarl-v7.fr-en.en", "parallel/europarl_v7_fr-en/europarl-v7.fr-en.fr")
+
+
+def _moses(shared):
+    return tuple(str(shared / p) for p in EUROPARL)
+
+
+def _write(path: Path, text: str | bytes) -> str:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return str(path)
+
+
+def test_filters_count_every_drop_on_hand_made_data(tmp_path):
+    long = " ".join(["word"] * 130)
+    en = ["one two three", "", "a b c d e", "a b c d e", long, "ok fine then now", "x"]
+    fr = ["un deux trois", "vide", "a b c d e", "a b c d e", long, "d'accord très bien", "y"]
+    cfg = CorpusConfig(pair="en-fr", data_dir=str(tmp_path), min_tokens=3, max_tokens=128,
+                       moses=(_write(tmp_path / "c.en", "\n".join(en) + "\n"),
+                              _write(tmp_path / "c.fr", "\n".join(fr) + "\n")))
+    meta = json.loads((prepare_corpus(cfg, progress=False) / "meta.json").read_text())
+    # "x"/"y": 1 word < 3; long: 130 words > 128; "a b c d e" twice: one duplicate; "" empty.
+    assert meta["dropped"] == {"empty": 1, "too_short": 1, "too_long": 1, "duplicate": 1, "pruned": 0}
+    assert meta["n_pairs"] == 3 and meta["read"] == 7
+    corpus = open_corpus("en-fr", str(tmp_path))
+    assert sorted(corpus.table.column("source_line").to_pylist()) == [1, 3, 6]
+    assert corpus.table.column("pair_id").to_pylist() == [0, 1, 2]
+    en_rows, fr_rows = corpus.rows([0, 1, 2])
+    assert corpus.fingerprint == fingerprint_rows(en_rows, fr_rows)
+
+
+def test_real_europarl_sample_prunes_with_a_seeded_shuffle(tmp_path, shared):
+    base = dict(pair="en-fr", moses=_moses(shared), max_pairs=500)
+    a = prepare_corpus(CorpusConfig(**base, data_dir=str(tmp_path / "a"), seed=1), progress=False)
+    b = prepare_corpus(CorpusConfig(**base, data_dir=str(tmp_path / "b"), seed=1), progress=False)
+    c = prepare_corpus(CorpusConfig(**base, data_dir=str(tmp_path / "c"), seed=2), progress=False)
+    ma, mb, mc = (json.loads((p / "meta.json").read_text()) for p in (a, b, c))
+    assert ma["n_pairs"] == 500
+    # 6 pairs of the sample have an empty side (MANIFEST.md).
+    assert ma["dropped"]["empty"] == 6
+    assert ma["dropped"]["pruned"] == ma["read"] - sum(v for k, v in ma["dropped"].items() if k != "pruned") - 500
+    assert ma["fingerprint"] == mb["fingerprint"] != mc["fingerprint"]
+    assert (pq.read_table(a / "pairs.parquet").equals(pq.read_table(b / "pairs.parquet")))
+
+
+def test_tsv_source(tmp_path, shared):
+    out = prepare_corpus(CorpusConfig(pair="en-zh", data_dir=str(tmp_path), min_tokens=1,
+                                      tsv=str(shared / "parallel/tatoeba_challenge/eng-zho.tsv")), progress=False)
+    corpus = open_corpus(str(out))
+    assert len(corpus) > 2900 and corpus.pair == "en-zh"
+    en, zh = corpus.rows([0])
+    assert en[0] and zh[0]
+
+
+def _opus_zip(path: Path, shared, corpus="Europarl", pair="en-fr", truncate=False) -> Path:
+    en, fr = (shared / p for p in EUROPARL)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("README", "OPUS sample")
+        z.write(en, f"{corpus}.{pair}.en")
+        z.write(fr, f"{corpus}.{pair}.fr")
+    if truncate:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_opus_zip_gives_the_same_corpus_as_the_moses_files(tmp_path, shared):
+    z = _opus_zip(tmp_path / "en-fr.txt.zip", shared)
+    a = open_corpus(str(prepare_corpus(CorpusConfig(pair="en-fr", zip=str(z), data_dir=str(tmp_path / "z")), progress=False)))
+    b = open_corpus(str(prepare_corpus(CorpusConfig(pair="en-fr", moses=_moses(shared), data_dir=str(tmp_path / "m")), progress=False)))
+    assert a.fingerprint == b.fingerprint and len(a) == len(b) > 2000
+
+
+def test_builtin_opus_table_downloads_through_the_real_path(tmp_path, shared):
+    """No source given: the paper's corpus URL is fetched (here from a local file:// mirror laid out
+    like the OPUS object store) into data/downloads and read as a Moses zip."""
+    ref = opus_refs("en-fr")[0]
+    assert ref == OpusRef("Europarl", "v8", "fr")
+    assert ref.url() == "https://object.pouta.csc.fi/OPUS-Europarl/v8/moses/en-fr.txt.zip"
+    assert opus_refs("en-de")[0].url().endswith("/OPUS-Europarl/v8/moses/de-en.txt.zip")
+    mirror = tmp_path / "mirror" / "OPUS-Europarl" / "v8" / "moses"
+    mirror.mkdir(parents=True)
+    _opus_zip(mirror / "en-fr.txt.zip", shared)
+    cfg = CorpusConfig(pair="en-fr", data_dir=str(tmp_path / "data"), opus_base_url=f"file://{tmp_path / 'mirror'}")
+    corpus = open_corpus(str(prepare_corpus(cfg, progress=False)))
+    assert corpus.meta["sources"] == ["opus:Europarl/v8"]
+    assert (tmp_path / "data" / "downloads" / "Europarl-v8-en-fr.txt.zip").is_file()
+    assert len(corpus) > 2000
+
+
+def test_hf_dataset_with_translation_column(tmp_path, shared):
+    """A dataset folder in the hub's layout (what `load_dataset(name, config)` reads)."""
+    rows = [line.split("\t") for line in (shared / "parallel/tatoeba_challenge/eng-spa.tsv").read_text().splitlines()[:200]]
+    ds_dir = tmp_path / "opus_like"
+    ds_dir.mkdir()
+    with open(ds_dir / "train.jsonl", "w") as f:
+        for en, es in rows:
+            f.write(json.dumps({"translation": {"en": en, "es": es}}, ensure_ascii=False) + "\n")
+    cfg = CorpusConfig(pair="en-es", hf_dataset=str(ds_dir), min_tokens=1, data_dir=str(tmp_path / "d"))
+    corpus = open_corpus(str(prepare_corpus(cfg, progress=False)))
+    assert len(corpus) == len({tuple(r) for r in rows})
+    assert set(corpus.table.column("en").to_pylist()) <= {r[0] for r in rows}
+
+
+# ---------------------------------------------------------------- bad input: clear errors
+def _prepare(tmp_path, **kw):
+    return prepare_corpus(CorpusConfig(pair=kw.pop("pair", "en-fr"), data_dir=str(tmp_path / "d"), **kw), progress=False)
+
+
+def test_mismatched_line_counts_name_both_files(tmp_path):
+    en = _write(tmp_path / "a.en", "one\ntwo\nthree\n")
+    fr = _write(tmp_path / "a.fr", "un\ndeux\n")
+    with pytest.raises(CorpusError, match=r"a\.en has 3 lines but .*a\.fr has 2"):
+        _prepare(tmp_path, moses=(en, fr))
+
+
+def test_empty_side_is_an_error(tmp_path):
+    en = _write(tmp_path / "a.en", "one\n")
+    fr = _write(tmp_path / "a.fr", "")
+    with pytest.raises(CorpusError, match=r"a\.fr: the file is empty"):
+        _prepare(tmp_path, moses=(en, fr))
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    en = _write(tmp_path / "a.en", b"fine line one two\nbad \xff\xfe bytes\n")
+    fr = _write(tmp_path / "a.fr", "ligne\nligne\n")
+    with pytest.raises(CorpusError, match=r"a\.en line 2: invalid UTF-8"):
+        _prepare(tmp_path, moses=(en, fr))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CorpusError, match=r"nope\.en: no such file"):
+        _prepare(tmp_path, moses=(str(tmp_path / "nope.en"), str(tmp_path / "nope.fr")))
+
+
+def test_unknown_pair_names(tmp_path):
+    with pytest.raises(CorpusError, match=r"no built-in OPUS source for 'en-xx'.*en-ar, en-bg"):
+        _prepare(tmp_path, pair="en-xx")
+    with pytest.raises(CorpusError, match=r"must look like 'en-XX'"):
+        _prepare(tmp_path, pair="fr-en")
+
+
+def test_overlong_line(tmp_path):
+    en = _write(tmp_path / "a.en", "short\n" + "x" * 50 + "\n")
+    fr = _write(tmp_path / "a.fr", "court\nlong\n")
+    with pytest.raises(CorpusError, match=r"a\.en line 2: 50 characters, over the limit of 40"):
+        _prepare(tmp_path, moses=(en, fr), max_line_chars=40)
+
+
+def test_truncated_zip(tmp_path, shared):
+    z = _opus_zip(tmp_path / "en-fr.txt.zip", shared, truncate=True)
+    with pytest.raises(CorpusError, match=r"en-fr\.txt\.zip: .*truncated"):
+        _prepare(tmp_path, zip=str(z))
+
+
+def test_tsv_with_wrong_column_count(tmp_path):
+    t = _write(tmp_path / "p.tsv", "hello\tbonjour\nno tab here\n")
+    with pytest.raises(CorpusError, match=r"p\.tsv line 2: expected 2 tab-separated columns"):
+        _prepare(tmp_path, tsv=t)
+
+
+def test_unknown_corpus_name_lists_what_exists_and_how_to_make_it(data_dir):
+    with pytest.raises(CorpusError) as e:
+        open_corpus("en-hi", str(data_dir))
+    msg = str(e.value)
+    assert "Available in" in msg and "en-de, en-fr" in msg and "mmkd corpus prepare en-hi" in msg
+
+
+def test_cli_prepare_and_errors_exit_2(tmp_path, shared):
+    runner = CliRunner()
+    r = runner.invoke(main, ["corpus", "prepare", "en-fr", "--moses", *_moses(shared), "--max-pairs", "50",
+                             "--data-dir", str(tmp_path), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "50 pairs kept" in r.output
+    r = runner.invoke(main, ["corpus", "list", "--data-dir", str(tmp_path)])
+    assert r.output.startswith("en-fr\ten-fr\t50 pairs")
+    r = runner.invoke(main, ["corpus", "prepare", "en-fr", "--moses", "missing.en", "missing.fr",
+                             "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "error: missing.en: no such file" in r.output

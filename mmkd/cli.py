@@ -79,7 +79,7 @@ def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, hf_config, hf_split, name
 
     With no source option the paper's OPUS corpus for PAIR is downloaded (Europarl, MultiUN,
     EUbookshop, IITB; see `mmkd corpus sources`). The result is written to
-    DATA_DIR/corpora/NAME/ (pairs.parquet + meta.json with the counts of what was dropped).
+    DATA_DIR/corpora/NAME/ (pairs.arrow + meta.json with the counts of what was dropped).
     """
     from mmkd.corpus import CorpusConfig, default_data_dir, prepare_corpus
     from mmkd.corpus_sources import OPUS_BASE_URL
@@ -201,6 +201,90 @@ def cache_info_cmd(path, as_json):
     else:
         for key, val in info.items():
             click.echo(f"{key:>20}: {val}")
+
+
+# --------------------------------------------------------------------------- train
+@main.command("train")
+@click.option("--cache", "caches", multiple=True, metavar="DIR_OR_URL",
+              help="Teacher cache (repeatable): one cache, or a folder of caches (cache-teacher --out).")
+@click.option("--corpus", "corpora", multiple=True, metavar="NAME_OR_PATH",
+              help="Prepared corpus (repeatable). Needed with --online-teacher; with --cache it overrides "
+                   "the corpus recorded in the cache (its fingerprint must match).")
+@click.option("--online-teacher", default=None, metavar="NAME_OR_PATH",
+              help="Compute the teacher features on the fly instead of reading a cache.")
+@click.option("--student", default="bert-base-multilingual-cased", show_default=True, metavar="NAME_OR_PATH",
+              help="Student encoder with an MLM head (AutoModelForMaskedLM).")
+@click.option("--out", default="runs/mmkd", show_default=True, help="Run folder (checkpoints, logs, student/).")
+@click.option("--epochs", default=15.0, show_default=True, type=float, help="Epochs (paper: 15).")
+@click.option("--max-steps", default=None, type=int, help="Stop after this many steps (overrides --epochs).")
+@click.option("--batch-size", default=256, show_default=True, type=int,
+              help="Global batch (all processes, all accumulation steps), language-balanced.")
+@click.option("--grad-accum", default=1, show_default=True, type=int,
+              help="Micro-batches per step and process, for when the batch does not fit.")
+@click.option("--lr", default=2e-5, show_default=True, type=float, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", default=0.01, show_default=True, type=float, help="AdamW weight decay.")
+@click.option("--warmup-ratio", default=0.1, show_default=True, type=float, help="Linear warm-up fraction.")
+@click.option("--max-grad-norm", default=1.0, show_default=True, type=float, help="Gradient clipping (0 = off).")
+@click.option("--max-length", default=128, show_default=True, type=int, help="Student input length in tokens.")
+@click.option("--mlm-probability", default=0.15, show_default=True, type=float,
+              help="Fraction of tokens (TLM) and English words (XWCL) masked.")
+@click.option("--alpha", default=1.0, show_default=True, type=float, help="Weight of StrucA (eq. 6).")
+@click.option("--xwcl-temperature", default=1.0, show_default=True, type=float, help="τ of eq. (1).")
+@click.option("--xwcl-similarity", type=click.Choice(["dot", "cosine"]), default="dot", show_default=True,
+              help="sim() of eq. (1): dot product (the paper) or cosine.")
+@click.option("--struca-temperature", default=0.1, show_default=True, type=float, help="τ of eq. (4).")
+@click.option("--without", multiple=True, type=click.Choice(["tlm", "xwcl", "senta", "struca"]),
+              help="Remove an objective (repeatable); its forward pass is skipped.")
+@click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
+              help="Teacher projectors: frozen at their random init, or trained online by SentA/StrucA "
+                   "(can collapse; watch std_teacher_* in metrics.csv). See docs/defaults.md.")
+@click.option("--head-hidden", default=768, show_default=True, type=int, help="Hidden units of the head MLPs.")
+@click.option("--head-out", default=128, show_default=True, type=int, help="Output size of the head MLPs.")
+@click.option("--head-norm", type=click.Choice(["none", "batch", "layer"]), default="none", show_default=True,
+              help="Normalisation inside the head MLPs.")
+@click.option("--teacher-layer", default=-1, show_default=True, type=int, help="Online teacher: hidden_states index.")
+@click.option("--teacher-max-length", default=128, show_default=True, type=int, help="Online teacher: input length.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the data order, masks and heads.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto = bf16 on GPUs, fp32 on CPU.")
+@click.option("--checkpoint-every", default=500, show_default=True, type=int, help="Steps between checkpoints.")
+@click.option("--keep-checkpoints", default=3, show_default=True, type=int, help="Checkpoints kept.")
+@click.option("--num-workers", default=2, show_default=True, type=int, help="Data-loader workers per process.")
+@click.option("--log-with", type=click.Choice(["auto", "tensorboard", "none"]), default="auto", show_default=True,
+              help="Tracker besides metrics.csv (auto = tensorboard when installed).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Delete the run in --out and start again.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default).")
+@data_dir_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly
+def train_cmd(caches, corpora, online_teacher, student, out, epochs, max_steps, batch_size, grad_accum, lr,
+              weight_decay, warmup_ratio, max_grad_norm, max_length, mlm_probability, alpha, xwcl_temperature,
+              xwcl_similarity, struca_temperature, without, teacher_heads, head_hidden, head_out, head_norm,
+              teacher_layer, teacher_max_length, seed, mixed_precision, checkpoint_every, keep_checkpoints,
+              num_workers, log_with, resume, overwrite, trust_remote_code, data_dir, quiet):
+    """Train the student against the teacher cache: L = TLM + XWCL + SentA + α·StrucA.
+
+    \b
+    One process:    mmkd train --cache cache/ --out runs/mmkd
+    Many GPUs:      accelerate launch --multi_gpu --num_processes 8 -m mmkd train --cache cache/ ...
+    """
+    from mmkd.corpus import default_data_dir
+    from mmkd.train import TrainConfig, train
+
+    cfg = TrainConfig(cache=list(caches), corpora=list(corpora), online_teacher=online_teacher, student=student,
+                      out=out, data_dir=data_dir or default_data_dir(), epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
+                      warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, max_length=max_length,
+                      mlm_probability=mlm_probability, alpha=alpha, xwcl_temperature=xwcl_temperature,
+                      xwcl_similarity=xwcl_similarity, struca_temperature=struca_temperature, without=list(without),
+                      teacher_heads=teacher_heads, head_hidden=head_hidden, head_out=head_out, head_norm=head_norm,
+                      teacher_layer=teacher_layer, teacher_max_length=teacher_max_length, seed=seed,
+                      mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
+                      keep_checkpoints=keep_checkpoints, num_workers=num_workers, log_with=log_with,
+                      trust_remote_code=trust_remote_code)
+    run = train(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    click.echo(f"{run}: trained student in {run / 'student'}")
 
 
 if __name__ == "__main__":

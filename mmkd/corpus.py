@@ -1,9 +1,10 @@
 """Prepared parallel corpora: filter, deduplicate, shuffle, prune, write (paper 4.1).
 
 A prepared corpus is a folder `<data_dir>/corpora/<name>/` holding
-- `pairs.parquet`: `pair_id` (int64, 0..N-1, the row number), `source_line` (int64, line/row in
-  the source), `en`, `x` (strings) — in the seeded shuffled order, so `pair_id` is stable for a
-  given fingerprint;
+- `pairs.arrow`: an Arrow IPC file (uncompressed, so every process and data-loader worker
+  memory-maps it and shares the page cache) with `pair_id` (int64, 0..N-1, the row number),
+  `source` (int32, index into meta's `sources`), `source_line` (int64, line/row in that source),
+  `en`, `x` (strings) — in the seeded shuffled order, so `pair_id` is stable for a fingerprint;
 - `meta.json`: the `CorpusConfig` that made it, the counts of what was dropped and why, and the
   content fingerprint (sha256 over every `en\\tx\\n` row in order) that caches and runs record.
 
@@ -26,7 +27,6 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from mmkd import __version__
@@ -35,7 +35,7 @@ from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, down
 from mmkd.errors import CorpusError
 from mmkd.words import WORD_RULE_VERSION, split_words
 
-CORPUS_FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 2
 
 
 def default_data_dir() -> str:
@@ -181,7 +181,8 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> Path:
     out = Path(cfg.data_dir) / "corpora" / cfg.out_name
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, tmp / "pairs.parquet")
+    with pa.OSFile(str(tmp / "pairs.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+        writer.write_table(table)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     if out.exists():
         import shutil
@@ -210,6 +211,14 @@ class PreparedCorpus:
 
     def __len__(self) -> int:
         return self.table.num_rows
+
+    def __getstate__(self):
+        # Sent to data-loader workers as a path: each re-maps the file instead of copying it.
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state):
+        other = open_corpus(state["path"])
+        self.path, self.meta, self.table = other.path, other.meta, other.table
 
     def rows(self, pair_ids: np.ndarray) -> tuple[list[str], list[str]]:
         """English and other-language text of the given pair ids (pair id == row)."""
@@ -242,5 +251,5 @@ def open_corpus(name_or_path: str, data_dir: str | None = None) -> PreparedCorpu
     if meta.get("format_version") != CORPUS_FORMAT_VERSION:
         raise CorpusError(f"{path}/meta.json: corpus format version {meta.get('format_version')}, "
                           f"this mmkd reads version {CORPUS_FORMAT_VERSION}; prepare it again")
-    table = pq.read_table(path / "pairs.parquet")
+    table = pa.ipc.open_file(pa.memory_map(str(path / "pairs.arrow"))).read_all()
     return PreparedCorpus(path=path, meta=meta, table=table)

@@ -8,6 +8,7 @@ built-in table of the paper's OPUS corpora (section 4.1) for users with internet
 
 from __future__ import annotations
 
+import gzip
 import os
 import zipfile
 import zlib
@@ -111,15 +112,23 @@ def read_moses_streams(open_en, open_x, name_en: str, name_x: str, max_chars: in
 def _local_opener(path: str):
     if not os.path.exists(path):
         raise CorpusError(f"{path}: no such file")
+    if path.endswith(".gz"):
+        return lambda: gzip.open(path, "rb")
     return lambda: open(path, "rb")
 
 
 def read_moses(en_path: str, x_path: str, max_chars: int) -> Iterator[Pair]:
-    return read_moses_streams(_local_opener(en_path), _local_opener(x_path), en_path, x_path, max_chars)
+    """Two line-aligned files (plain or .gz)."""
+    return _guard_gzip(read_moses_streams(_local_opener(en_path), _local_opener(x_path), en_path, x_path,
+                                          max_chars), en_path, x_path)
 
 
 def read_tsv(path: str, max_chars: int) -> Iterator[Pair]:
-    """`en<TAB>x` per line, no header."""
+    """`en<TAB>x` per line, no header (plain or .gz)."""
+    return _guard_gzip(_read_tsv(path, max_chars), path)
+
+
+def _read_tsv(path: str, max_chars: int) -> Iterator[Pair]:
     opener = _local_opener(path)
     with opener() as f:
         lines = _decode_lines(f, path, max_chars)
@@ -166,6 +175,13 @@ def read_opus_zip(path: str, ref: OpusRef, max_chars: int) -> Iterator[Pair]:
                                       f"{path}:{x_name}", max_chars)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise CorpusError(f"{path}: corrupt or truncated zip data ({e})") from None
+
+
+def _guard_gzip(pairs: Iterator[Pair], *paths: str) -> Iterator[Pair]:
+    try:
+        yield from pairs
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise CorpusError(f"{' / '.join(paths)}: corrupt or truncated gzip data ({e})") from None
 
 
 def download_opus(ref: OpusRef, download_dir: str, base_url: str = OPUS_BASE_URL) -> str:

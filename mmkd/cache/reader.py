@@ -30,6 +30,30 @@ class TeacherBatch:
     cls: torch.Tensor           # [B, H] float32
     words: list[list[str]]      # the cached word lists (word i of the student = words[b][i])
 
+    @classmethod
+    def from_sentences(cls, states: list[np.ndarray], cls_vectors: list[np.ndarray],
+                       words: list[list[str]]) -> "TeacherBatch":
+        """Pad per-sentence [n_i, H] word states into a batch."""
+        b, hidden = len(states), cls_vectors[0].shape[-1]
+        width = max((len(s) for s in states), default=0)
+        out = np.zeros((b, width, hidden), dtype=np.float32)
+        mask = np.zeros((b, width), dtype=bool)
+        for i, s in enumerate(states):
+            out[i, :len(s)] = s
+            mask[i, :len(s)] = True
+        return cls(word_states=torch.from_numpy(out), word_mask=torch.from_numpy(mask),
+                   cls=torch.from_numpy(np.stack(cls_vectors).astype(np.float32)), words=words)
+
+    @classmethod
+    def concat(cls, parts: list["TeacherBatch"]) -> "TeacherBatch":
+        """Join batches (e.g. from several language caches), padding to the widest."""
+        width = max(p.word_states.shape[1] for p in parts)
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]))  # noqa: E731
+        return cls(word_states=torch.cat([pad(p.word_states) for p in parts]),
+                   word_mask=torch.cat([torch.nn.functional.pad(p.word_mask, (0, width - p.word_mask.shape[1]))
+                                        for p in parts]),
+                   cls=torch.cat([p.cls for p in parts]), words=[w for p in parts for w in p.words])
+
 
 class _Shard:
     def __init__(self, fs, root: str, record: dict, dtype: str, hidden: int, memmap: bool):

@@ -1,0 +1,103 @@
+"""Complete, atomic training checkpoints.
+
+`<run>/checkpoints/step-000123/` holds
+- `model.safetensors`   student + all heads (strict load; tied weights handled by safetensors)
+- `optimizer.pt`        AdamW state (torch.save; loaded with weights_only=True)
+- `scheduler.pt`        LR scheduler state (same)
+- `rng-rank{r}.safetensors`  every rank's torch CPU (and CUDA) generator state
+- `meta.json`           step, epoch, the run config, the caches' fingerprints, mmkd version
+
+It is written into `step-000123.tmp/` and renamed when complete; then `checkpoints/latest` (a
+one-line file, replaced atomically) names it. Resuming reads `latest`, never guesses by time.
+Only the last `keep` checkpoints are kept. The data position is the step: the schedule is a
+function of (seed, step) and masks of (seed, example), so nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from mmkd.errors import MMKDError
+
+
+class CheckpointError(MMKDError):
+    pass
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"torch_cuda_{i}"] = s
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    cuda = [state[k] for k in sorted(k for k in state if k.startswith("torch_cuda_"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, meta: dict, accelerator,
+                    keep: int = 3) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step:07d}"
+    tmp = root / f"step-{step:07d}.tmp"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    save_file(_rng_state(), str(tmp / f"rng-rank{accelerator.process_index}.safetensors"))
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, sort_keys=True) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer = root / "latest.tmp"
+        pointer.write_text(final.name + "\n")
+        os.replace(pointer, root / "latest")
+        done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(f"{pointer} names {path.name}, which is missing or incomplete")
+    return path
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> dict:
+    """Restore everything in place; returns the checkpoint's meta (with its step)."""
+    meta = json.loads((path / "meta.json").read_text())
+    missing, unexpected = load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"), strict=True)
+    if missing or unexpected:  # pragma: no cover - strict=True raises first
+        raise CheckpointError(f"{path}: missing {missing}, unexpected {unexpected}")
+    map_location = accelerator.device
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = path / f"rng-rank{accelerator.process_index}.safetensors"
+    if not rng.is_file():
+        raise CheckpointError(f"{path}: no RNG state for rank {accelerator.process_index}; "
+                              "resume with the same number of processes")
+    _set_rng_state(load_file(str(rng)))
+    return meta

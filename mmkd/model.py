@@ -1,0 +1,73 @@
+"""The MMKD network (paper Figure 1): the student encoder with its MLM head, two student
+projector/predictor pairs, and two teacher projectors fed by the teacher's [CLS] vectors (cached
+or online). The teacher encoder is not part of it.
+
+`forward` returns the tensors the losses need; the losses themselves live in `mmkd.losses`.
+Everything trainable sits in this one module so that DDP wraps it once and sees one forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmkd.batching import StudentBatch
+from mmkd.heads import mlp
+
+
+def _mlm_head(student: nn.Module) -> nn.Module:
+    for name in ("cls", "lm_head", "predictions"):
+        if hasattr(student, name):
+            return getattr(student, name)
+    raise ValueError(f"{type(student).__name__}: cannot find the MLM head (looked for cls, lm_head, predictions)")
+
+
+class MMKDModel(nn.Module):
+    def __init__(self, student: nn.Module, teacher_hidden: int, head_hidden: int = 768, head_out: int = 128,
+                 head_norm: str = "none"):
+        super().__init__()
+        self.student = student                       # *ForMaskedLM
+        hidden = student.config.hidden_size
+        self.senta_projector = mlp(hidden, head_hidden, head_out, head_norm)
+        self.senta_predictor = mlp(head_out, head_hidden, head_out, head_norm)
+        self.struca_projector = mlp(hidden, head_hidden, head_out, head_norm)
+        self.struca_predictor = mlp(head_out, head_hidden, head_out, head_norm)
+        self.teacher_senta_projector = mlp(teacher_hidden, head_hidden, head_out, head_norm)
+        self.teacher_struca_projector = mlp(teacher_hidden, head_hidden, head_out, head_norm)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.student.base_model
+
+    def teacher_heads(self) -> list[nn.Module]:
+        return [self.teacher_senta_projector, self.teacher_struca_projector]
+
+    def _encode(self, ids, attention, types) -> torch.Tensor:
+        kw = {"input_ids": ids, "attention_mask": attention}
+        if types is not None:
+            kw["token_type_ids"] = types
+        return self.encoder(**kw).last_hidden_state
+
+    def forward(self, batch: StudentBatch, objectives: frozenset[str]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if "tlm" in objectives:
+            hidden = self._encode(batch.tlm_input_ids, batch.tlm_attention_mask, batch.tlm_token_type_ids)
+            selected = batch.tlm_labels != -100
+            # Vocabulary logits only at masked positions: [1, N, V] instead of [B, L, V] (mBERT's
+            # 119k vocabulary makes the full tensor ~2 GB at batch 32 x 128).
+            out["tlm_logits"] = _mlm_head(self.student)(hidden[selected])[None]
+            out["tlm_labels"] = batch.tlm_labels[selected][None]
+        if "xwcl" in objectives:
+            hidden = self._encode(batch.xwcl_input_ids, batch.xwcl_attention_mask, batch.xwcl_token_type_ids)
+            index = batch.xwcl_word_pos[..., None].expand(-1, -1, hidden.shape[-1])
+            out["student_words"] = torch.gather(hidden, 1, index)        # [B, W, H]: first sub-tokens
+        if {"senta", "struca"} & objectives:
+            cls = self._encode(batch.sent_input_ids, batch.sent_attention_mask, batch.sent_token_type_ids)[:, 0]
+            teacher_cls = batch.teacher_cls.to(cls.dtype)
+            if "senta" in objectives:
+                out["senta_student"] = self.senta_predictor(self.senta_projector(cls))
+                out["senta_teacher"] = self.teacher_senta_projector(teacher_cls)
+            if "struca" in objectives:
+                out["struca_student"] = self.struca_predictor(self.struca_projector(cls))
+                out["struca_teacher"] = self.teacher_struca_projector(teacher_cls)
+        return out

@@ -1,0 +1,389 @@
+"""`mmkd train`: the student against the teacher cache with L = TLM + XWCL + SentA + α·StrucA (eq. 6).
+
+Distribution (accelerate/DDP) is exact: every term is the mean over the *global* batch. Before a
+step each process counts what its micro-batches average over (masked tokens, anchors,
+sentences); one all-reduce gives the global counts; micro-batch m's term is weighted by
+n_m / N_global × world (DDP divides by world when it averages gradients). StrucA's similarity
+matrices span the whole global micro-batch: the heads' outputs are all-gathered with gradient.
+So 2 processes × 128 pairs give the gradient of 1 process × 256 pairs, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmkd import __version__
+from mmkd.batching import OBJECTIVES, BatchConfig, StudentBatch, build_student_batch, random_token_ids
+from mmkd.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmkd.corpus import default_data_dir
+from mmkd.errors import MMKDError
+from mmkd.losses import projection_std, senta_loss, struca_loss, tlm_loss, xwcl_loss
+from mmkd.schedule import BalancedSchedule, split_for
+from mmkd.sources import TrainingSources, open_sources
+
+
+class TrainingError(MMKDError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    cache: list[str] = field(default_factory=list)      # cache folders, or roots holding several
+    corpora: list[str] = field(default_factory=list)    # prepared corpora (online mode, or overrides)
+    online_teacher: str | None = None                   # run this teacher on the fly instead of a cache
+    student: str = "bert-base-multilingual-cased"
+    out: str = "runs/mmkd"
+    data_dir: str = field(default_factory=default_data_dir)
+    epochs: float = 15.0                                # paper 4.1
+    max_steps: int | None = None                        # overrides epochs
+    batch_size: int = 256                               # global, paper 4.1
+    grad_accum: int = 1                                 # micro-batches per step and process
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    mlm_probability: float = 0.15
+    alpha: float = 1.0
+    xwcl_temperature: float = 1.0
+    xwcl_similarity: str = "dot"
+    struca_temperature: float = 0.1
+    without: list[str] = field(default_factory=list)
+    teacher_heads: str = "frozen"                       # frozen | train (see docs/defaults.md)
+    head_hidden: int = 768
+    head_out: int = 128
+    head_norm: str = "none"
+    teacher_layer: int = -1                             # online teacher only; a cache records its own
+    teacher_max_length: int = 128
+    seed: int = 0
+    mixed_precision: str = "auto"                       # auto = bf16 on CUDA, fp32 on CPU
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    num_workers: int = 2
+    log_with: str = "auto"                              # auto | tensorboard | none
+    trust_remote_code: bool = False
+
+    @property
+    def objectives(self) -> frozenset[str]:
+        return frozenset(o for o in OBJECTIVES if o not in self.without)
+
+
+# Settings a resumed run may change without changing its results.
+_RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora"}
+
+METRICS = ["step", "epoch", "loss", "tlm", "xwcl", "senta", "struca", "lr", "grad_norm",
+           "std_student_senta", "std_teacher_senta", "std_teacher_struca", "data_wait", "step_seconds"]
+
+
+def validate(cfg: TrainConfig) -> None:
+    bad = [w for w in cfg.without if w not in OBJECTIVES]
+    if bad:
+        raise TrainingError(f"--without {bad[0]!r}: choose from {', '.join(OBJECTIVES)}")
+    if not cfg.objectives:
+        raise TrainingError("every objective was removed with --without; nothing to train")
+    if cfg.teacher_heads not in ("train", "frozen"):
+        raise TrainingError(f"--teacher-heads {cfg.teacher_heads!r}: choose train or frozen")
+    if cfg.xwcl_similarity not in ("dot", "cosine"):
+        raise TrainingError(f"--xwcl-similarity {cfg.xwcl_similarity!r}: choose dot or cosine")
+    if cfg.batch_size % cfg.grad_accum:
+        raise TrainingError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum {cfg.grad_accum}")
+    if bool(cfg.cache) == bool(cfg.online_teacher):
+        raise TrainingError("give either --cache (the teacher cache) or --online-teacher NAME (with --corpus)")
+
+
+class StepData(torch.utils.data.Dataset):
+    """Item `step` = this process's micro-batches of that step. With a cache, workers read the
+    teacher features and build the student tensors; with an online teacher the main process does
+    (the teacher runs on the training device)."""
+
+    def __init__(self, sources: TrainingSources, schedule: BalancedSchedule,
+                 rank: int, world: int, cfg: TrainConfig, tokenizer):
+        self.sources, self.schedule, self.rank, self.world = sources, schedule, rank, world
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.batch_cfg = BatchConfig(cfg.max_length, cfg.mlm_probability, cfg.seed)
+        self.random_ids = random_token_ids(tokenizer)
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def raw(self, step: int):
+        parts = []
+        for keys in split_for(self.schedule.batch(step), self.rank, self.world, self.cfg.grad_accum):
+            english, targets = self.sources.texts(keys)
+            parts.append((keys, english, targets))
+        return parts
+
+    def finish(self, keys, english, targets) -> StudentBatch:
+        teacher = self.sources.features.get([(c, p) for c, _, p in keys], english)
+        return build_student_batch(self.tokenizer, teacher, targets, keys, set(self.cfg.objectives),
+                                   self.batch_cfg, self.random_ids)
+
+    def __getitem__(self, step: int):
+        parts = self.raw(step)
+        if self.sources.features.runs_in_workers:
+            return [self.finish(*p) for p in parts]
+        return parts
+
+
+def _identity(x):
+    return x
+
+
+def _gather_with_grad(t: torch.Tensor, accelerator) -> torch.Tensor:
+    if accelerator.num_processes == 1:
+        return t
+    import torch.distributed.nn.functional as dist_fn
+    return torch.cat(dist_fn.all_gather(t.contiguous()), dim=0)
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # BERT practice: no weight decay on biases and LayerNorm weights.
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _check_resume_config(saved: dict, cfg: TrainConfig, where: Path) -> None:
+    now = dataclasses.asdict(cfg)
+    diffs = [f"{k}: run has {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(now)
+             if k not in _RESUMABLE and saved.get(k) != now.get(k)]
+    if diffs:
+        raise TrainingError(f"cannot resume {where}: the configuration differs:\n  " + "\n  ".join(diffs))
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train; returns the run folder. The trained student is in `<run>/student/`."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
+
+    from mmkd.dist import use_cpu
+    from mmkd.model import MMKDModel
+    from mmkd.words import require_fast
+
+    validate(cfg)
+    out = Path(cfg.out)
+    cpu = use_cpu()
+    mixed = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("no" if cpu else "bf16")
+    log_with = cfg.log_with
+    if log_with == "auto":
+        import importlib.util
+        log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    objectives = cfg.objectives
+    # Unused parameters: removed objectives leave heads (or the MLM head) without gradients.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=len(objectives) < len(OBJECTIVES))
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, project_dir=str(out),
+                              log_with=None if log_with == "none" else log_with, kwargs_handlers=[ddp])
+    main = accelerator.is_main_process
+
+    existing = latest_checkpoint(out)
+    if existing and not resume and not overwrite:
+        raise TrainingError(f"{out} already holds a run (checkpoint {existing.name}); pass --resume to "
+                            "continue it or --overwrite to start again")
+    if overwrite and main and out.exists():
+        import shutil
+        shutil.rmtree(out)
+    accelerator.wait_for_everyone()
+
+    sources = open_sources(cfg, device=accelerator.device)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    require_fast(tokenizer)
+    torch.manual_seed(cfg.seed)
+    student = AutoModelForMaskedLM.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    if "xwcl" in objectives and student.config.hidden_size != sources.features.hidden_size:
+        raise TrainingError(f"XWCL compares student and teacher word states by dot product (eq. 1), so their "
+                            f"sizes must match: student {student.config.hidden_size}, teacher "
+                            f"{sources.features.hidden_size}. Use a matching teacher or --without xwcl.")
+    model = MMKDModel(student, sources.features.hidden_size, cfg.head_hidden, cfg.head_out, cfg.head_norm)
+    if cfg.teacher_heads == "frozen":
+        for head in model.teacher_heads():
+            head.requires_grad_(False)
+    schedule = BalancedSchedule(sources.sizes, cfg.batch_size, cfg.seed)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * schedule.steps_per_epoch))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    # Stepped by us once per optimiser step (not prepared: accelerate would step it per process).
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    run_meta = {"config": dataclasses.asdict(cfg), "caches": sources.identities, "mmkd_version": __version__,
+                "total_steps": total_steps, "steps_per_epoch": schedule.steps_per_epoch,
+                "processes": accelerator.num_processes}
+    start = 0
+    if resume and existing:
+        meta = load_checkpoint(existing, model, optimizer, scheduler, accelerator)
+        _check_resume_config(meta["config"], cfg, existing)
+        if meta["caches"] != sources.identities:
+            raise TrainingError(f"cannot resume {existing}: the run was trained on other caches/corpora "
+                                f"({meta['caches']} vs {sources.identities})")
+        start = meta["step"]
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
+        _trim_metrics(out / "metrics.csv", start)
+    if log_with != "none":
+        accelerator.init_trackers("mmkd", config=_flat(dataclasses.asdict(cfg)))
+
+    data = StepData(sources, schedule, accelerator.process_index, accelerator.num_processes, cfg, tokenizer)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, total_steps),
+                                         num_workers=cfg.num_workers, collate_fn=_identity,
+                                         prefetch_factor=2 if cfg.num_workers else None,
+                                         persistent_workers=False)
+    bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not (progress and main),
+               dynamic_ncols=True)
+    model.train()
+    weights_t = {"tlm": 1.0, "xwcl": 1.0, "senta": 1.0, "struca": cfg.alpha}
+    tick = time.perf_counter()
+    step = start
+    for step, parts in zip(range(start, total_steps), loader):
+        got_data = time.perf_counter()
+        if not sources.features.runs_in_workers:
+            parts = [data.finish(*p) for p in parts]
+        logs = _train_step(step, parts, model, optimizer, scheduler, accelerator, cfg, objectives, weights_t)
+        now = time.perf_counter()
+        logs.update(step=step + 1, epoch=round((step + 1) / schedule.steps_per_epoch, 4),
+                    data_wait=round(got_data - tick, 4), step_seconds=round(now - tick, 4))
+        tick = now
+        if main:
+            _append_metrics(out / "metrics.csv", logs)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+            bar.update(1)
+        if log_with != "none":
+            accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total_steps:
+            save_checkpoint(out, step + 1, model, optimizer, scheduler, run_meta, accelerator, cfg.keep_checkpoints)
+    bar.close()
+    if main:
+        _save_student(out, accelerator.unwrap_model(model), tokenizer, run_meta, sources)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, accelerator, cfg, objectives,
+                weights) -> dict:
+    world = accelerator.num_processes
+    device = accelerator.device
+    # What each term averages over (masked tokens, anchors, sentences), per micro-batch, here and
+    # summed over processes: one all-reduce a step gives the weights of an exact global mean.
+    local = torch.tensor([[p.count(o) for o in OBJECTIVES] for p in parts], dtype=torch.float64)
+    across = accelerator.reduce(local.to(device), reduction="sum").cpu()       # [micro, objective]
+    totals = across.sum(0)
+    logged = {o: torch.zeros((), dtype=torch.float64, device=device) for o in objectives}
+    stds = {}
+    for m, part in enumerate(parts):
+        batch = part.to(device)
+        sync = m == len(parts) - 1
+        with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+            out = model(batch, objectives)
+            loss = 0.0
+            for o in objectives:
+                j = OBJECTIVES.index(o)
+                value = _term(o, out, batch, cfg, accelerator)
+                if not totals[j]:
+                    back = 0.0
+                elif o == "struca":
+                    # Every process computes the same loss over the gathered micro-batch; all_gather's
+                    # backward sums the processes' gradients and DDP divides by world: net weight 1.
+                    back = float(across[m, j] / totals[j])
+                else:
+                    back = float(local[m, j] * world / totals[j])
+                if _any(not torch.isfinite(value.detach()).item(), accelerator):
+                    raise TrainingError(_nan_message(step, m, o, value, part))
+                loss = loss + weights[o] * back * value
+                logged[o] += value.detach().double() * (back / world)
+            if "senta" in objectives:
+                stds["std_student_senta"] = projection_std(out["senta_student"]).item()
+                stds["std_teacher_senta"] = projection_std(out["senta_teacher"]).item()
+            if "struca" in objectives:
+                stds["std_teacher_struca"] = projection_std(out["struca_teacher"]).item()
+            accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    reduced = {o: accelerator.reduce(v, reduction="sum").item() for o, v in logged.items()}
+    logs = {o: reduced.get(o) for o in OBJECTIVES}
+    logs["loss"] = sum(weights[o] * v for o, v in reduced.items())
+    logs["lr"] = scheduler.get_last_lr()[0]
+    logs["grad_norm"] = float(grad_norm) if grad_norm is not None else None
+    logs.update(stds)
+    return logs
+
+
+def _term(objective: str, out: dict, batch: StudentBatch, cfg: TrainConfig, accelerator) -> torch.Tensor:
+    if objective == "tlm":
+        return tlm_loss(out["tlm_logits"], out["tlm_labels"])
+    if objective == "xwcl":
+        return xwcl_loss(out["student_words"], batch.teacher_words, batch.teacher_word_mask, batch.xwcl_masked,
+                         cfg.xwcl_temperature, cfg.xwcl_similarity)
+    if objective == "senta":
+        return senta_loss(out["senta_student"], out["senta_teacher"])
+    return struca_loss(_gather_with_grad(out["struca_student"], accelerator),
+                       _gather_with_grad(out["struca_teacher"], accelerator), cfg.struca_temperature)
+
+
+def _any(flag: bool, accelerator) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor(1.0 if flag else 0.0, device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").item() > 0
+
+
+def _nan_message(step, micro, objective, value, part: StudentBatch) -> str:
+    keys = [(c, p) for c, _, p in part.pair_keys[:8]]
+    return (f"step {step + 1}, micro-batch {micro}: the {objective} loss is {value.item()} "
+            f"(non-finite on this or another process); first (corpus, pair_id) of the batch: {keys}. "
+            "Stopped before the update; the last checkpoint is intact.")
+
+
+def _flat(d: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in d.items()}
+
+
+def _trim_metrics(path: Path, start: int) -> None:
+    """On resume, drop rows logged after the checkpoint: they are about to be recomputed."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRICS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_metrics(path: Path, logs: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRICS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: ("" if logs.get(k) is None else logs.get(k)) for k in METRICS})
+
+
+def _save_student(out: Path, model, tokenizer, run_meta: dict, sources: TrainingSources) -> None:
+    from safetensors.torch import save_model
+
+    dest = out / "student"
+    model.student.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    (dest / "mmkd_run.json").write_text(json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
+    for name, manifest in sources.manifests.items():
+        (dest / f"cache-manifest-{name}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    heads = torch.nn.ModuleDict({k: getattr(model, k) for k in (
+        "senta_projector", "senta_predictor", "struca_projector", "struca_predictor",
+        "teacher_senta_projector", "teacher_struca_projector")})
+    save_model(heads, str(out / "heads.safetensors"))

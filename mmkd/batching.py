@@ -54,12 +54,15 @@ class StudentBatch:
                                for k, v in kw.items()})
 
     def count(self, objective: str) -> int:
-        """How many items the objective averages over (masked tokens, anchors, sentences)."""
+        """How many items the objective averages over (masked tokens, anchors, sentences);
+        0 for an objective this batch was not built for."""
         if objective == "tlm":
+            if self.tlm_labels is None:
+                return 0
             return int((self.tlm_labels != -100).sum())
         if objective == "xwcl":
-            return int((self.xwcl_masked & self.teacher_word_mask).sum())
-        return len(self.pair_keys)
+            return 0 if self.xwcl_masked is None else int((self.xwcl_masked & self.teacher_word_mask).sum())
+        return 0 if self.sent_input_ids is None else len(self.pair_keys)
 
 
 @dataclass
@@ -97,7 +100,7 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
     if {"tlm", "xwcl"} & objectives:
         t_words = [t.split() for t in targets]
         enc = tokenizer(teacher.words, t_words, is_split_into_words=True, truncation="longest_first",
-                        max_length=cfg.max_length)
+                        max_length=cfg.max_length, return_token_type_ids=True)
         special = set(_special_ids(tokenizer).tolist())
         rows = [np.array(ids, dtype=np.int64) for ids in enc["input_ids"]]
         types = [np.array(t, dtype=np.int64) for t in enc["token_type_ids"]] if "token_type_ids" in enc else None
@@ -137,7 +140,8 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
             batch.xwcl_masked = torch.from_numpy(masked)
             batch.teacher_words = teacher.word_states
     if {"senta", "struca"} & objectives:
-        enc = tokenizer(targets, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt")
+        enc = tokenizer(targets, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt",
+                        return_token_type_ids=True)
         batch.sent_input_ids, batch.sent_attention_mask = enc["input_ids"], enc["attention_mask"]
         batch.sent_token_type_ids = enc.get("token_type_ids")
         batch.teacher_cls = teacher.cls

@@ -48,7 +48,7 @@ class MMKDModel(nn.Module):
             kw["token_type_ids"] = types
         return self.encoder(**kw).last_hidden_state
 
-    def forward(self, batch: StudentBatch, objectives: frozenset[str]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: StudentBatch, objectives: tuple[str, ...]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if "tlm" in objectives:
             hidden = self._encode(batch.tlm_input_ids, batch.tlm_attention_mask, batch.tlm_token_type_ids)
@@ -61,7 +61,7 @@ class MMKDModel(nn.Module):
             hidden = self._encode(batch.xwcl_input_ids, batch.xwcl_attention_mask, batch.xwcl_token_type_ids)
             index = batch.xwcl_word_pos[..., None].expand(-1, -1, hidden.shape[-1])
             out["student_words"] = torch.gather(hidden, 1, index)        # [B, W, H]: first sub-tokens
-        if {"senta", "struca"} & objectives:
+        if {"senta", "struca"} & set(objectives):
             cls = self._encode(batch.sent_input_ids, batch.sent_attention_mask, batch.sent_token_type_ids)[:, 0]
             teacher_cls = batch.teacher_cls.to(cls.dtype)
             if "senta" in objectives:

@@ -82,7 +82,7 @@ def open_sources(cfg, device="cpu") -> TrainingSources:
         from mmkd.teacher import load_teacher, model_hash
 
         model, tokenizer = load_teacher(cfg.online_teacher, device, cfg.trust_remote_code)
-        corpora = list(overrides.values())
+        corpora = sorted(overrides.values(), key=lambda c: c.name)   # same order as caches: by name
         teacher_hash = model_hash(model)
         identities = [{"corpus": c.name, "fingerprint": c.fingerprint, "teacher_hash": teacher_hash,
                        "layer": cfg.teacher_layer, "max_length": cfg.teacher_max_length, "source": "online"}
@@ -90,7 +90,8 @@ def open_sources(cfg, device="cpu") -> TrainingSources:
         features = OnlineTeacher(model, tokenizer, cfg.teacher_layer, cfg.teacher_max_length)
         return TrainingSources(corpora, features, identities, {})
 
-    caches = [TeacherCache(p) for p in find_caches(cfg.cache)]
+    # Corpus index = rank of the corpus name, whatever the order on the command line.
+    caches = sorted((TeacherCache(p) for p in find_caches(cfg.cache)), key=lambda c: c.manifest["corpus"]["name"])
     first = caches[0].manifest
     corpora, identities, manifests = [], [], {}
     for cache in caches:

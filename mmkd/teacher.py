@@ -76,7 +76,7 @@ def encode_words(model, tokenizer, words: list[list[str]], layer: int = -1,
     """
     device = next(model.parameters()).device
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                    padding=True, return_tensors="pt")
+                    padding=True, return_tensors="pt", return_token_type_ids=True)
     inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     with autocast_for(device):
         out = model(**inputs, output_hidden_states=layer != -1)

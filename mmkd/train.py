@@ -74,8 +74,10 @@ class TrainConfig:
     trust_remote_code: bool = False
 
     @property
-    def objectives(self) -> frozenset[str]:
-        return frozenset(o for o in OBJECTIVES if o not in self.without)
+    def objectives(self) -> tuple[str, ...]:
+        """In the fixed order of OBJECTIVES: every process must issue its collectives (StrucA's
+        all-gather, the reductions) in the same order, which a set's hash order does not give."""
+        return tuple(o for o in OBJECTIVES if o not in self.without)
 
 
 # Settings a resumed run may change without changing its results.
@@ -240,7 +242,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, total_steps),
                                          num_workers=cfg.num_workers, collate_fn=_identity,
                                          prefetch_factor=2 if cfg.num_workers else None,
-                                         persistent_workers=False)
+                                         persistent_workers=False,
+                                         # Its own generator: creating the iterator must not draw from
+                                         # the global RNG (dropout), or a resumed run would diverge.
+                                         generator=torch.Generator().manual_seed(cfg.seed))
     bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not (progress and main),
                dynamic_ncols=True)
     model.train()

@@ -45,3 +45,22 @@ def make_tiny_bert(texts: list[str], out: Path, vocab_size: int, seed: int, mlm:
     model = cls(tiny_config(len(tok), hidden=hidden))
     model.save_pretrained(out)
     return out
+
+
+def tiny_batch(student: str, hidden: int = 32):
+    """A StudentBatch of two real pairs with random teacher features of size `hidden`."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from mmkd.batching import BatchConfig, build_student_batch
+    from mmkd.cache.reader import TeacherBatch
+    from mmkd.words import split_words
+
+    pairs = [("The report was adopted by the committee.", "Le rapport a été adopté par le comité."),
+             ("Peace is near, they said.", "Der Frieden ist nahe, sagten sie.")]
+    words = [split_words(en) for en, _ in pairs]
+    g = np.random.default_rng(0)
+    teacher = TeacherBatch.from_sentences([g.standard_normal((len(w), hidden)).astype(np.float32) for w in words],
+                                          [g.standard_normal(hidden).astype(np.float32) for _ in words], words)
+    return build_student_batch(AutoTokenizer.from_pretrained(student), teacher, [x for _, x in pairs],
+                               [(0, 0, 0), (0, 1, 1)], {"tlm", "xwcl", "senta", "struca"}, BatchConfig())

@@ -1,0 +1,290 @@
+"""Stage two: the trainer against the cache, on tiny models and real sample sentences."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+from mmkd.batching import OBJECTIVES
+from mmkd.cache import CacheConfig, build_cache
+from mmkd.model import MMKDModel
+from mmkd.schedule import BalancedSchedule
+from mmkd.sources import SourceError, open_sources
+from mmkd.train import StepData, TrainConfig, TrainingError, _term, train
+
+from tiny import make_tiny_bert, tiny_batch
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory, tiny_teacher, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("train-cache") / "cache"
+    build_cache(CacheConfig(corpora=["en-fr", "en-de"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir),
+                            dtype="fp32", batch_size=1, shard_size=128), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def student_nodrop(tmp_path_factory, tiny_student) -> str:
+    """The tiny student without dropout: runs that differ only in how the batch is split across
+    processes must then agree to float rounding."""
+    out = tmp_path_factory.mktemp("student-nodrop")
+    model = AutoModelForMaskedLM.from_pretrained(tiny_student)
+    model.config.hidden_dropout_prob = 0.0
+    model.config.attention_probs_dropout_prob = 0.0
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_student).save_pretrained(out)
+    return str(out)
+
+
+def config(tmp_path, cache_root, student, data_dir, **kw) -> TrainConfig:
+    base = dict(cache=[str(cache_root)], student=student, out=str(tmp_path / "run"), data_dir=str(data_dir),
+                batch_size=8, max_steps=4, lr=1e-3, warmup_ratio=0.0, checkpoint_every=1000, num_workers=0,
+                log_with="none", head_hidden=32, head_out=16)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ the same numbers both ways
+def _losses_of_step(cfg: TrainConfig, model: MMKDModel, step: int = 0) -> dict[str, float]:
+    tokenizer = AutoTokenizer.from_pretrained(cfg.student)
+    sources = open_sources(cfg)
+    data = StepData(sources, BalancedSchedule(sources.sizes, cfg.batch_size, cfg.seed), 0, 1, cfg, tokenizer)
+    (batch,) = [data.finish(*p) for p in data.raw(step)]
+    out = model(batch, cfg.objectives)
+    return {o: _term(o, out, batch, cfg, accelerator=_One()).item() for o in cfg.objectives}
+
+
+class _One:
+    num_processes = 1
+
+
+def test_cached_and_online_teacher_give_the_same_losses(tmp_path, cache_root, tiny_student, tiny_teacher, data_dir):
+    cached = config(tmp_path, cache_root, tiny_student, data_dir, batch_size=16)
+    online = dataclasses.replace(cached, cache=[], online_teacher=tiny_teacher, corpora=["en-fr", "en-de"])
+    torch.manual_seed(0)
+    model = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), 32, 32, 16).eval()
+    a = _losses_of_step(cached, model)
+    b = _losses_of_step(online, model)
+    assert set(a) == set(OBJECTIVES)
+    for o in OBJECTIVES:
+        assert a[o] == pytest.approx(b[o], rel=1e-5, abs=1e-6), o
+    assert a["xwcl"] > 0 and a["tlm"] > 0
+
+
+def test_tiny_model_overfits_a_tiny_batch(tmp_path, tiny_student, tiny_teacher, shared):
+    """8 pairs, batch 8, every step sees the same pairs: the loss must fall far."""
+    from mmkd.corpus import CorpusConfig, prepare_corpus
+
+    d = tmp_path / "data"
+    prepare_corpus(CorpusConfig(pair="en-fr", data_dir=str(d), max_pairs=8,
+                                tsv=str(shared / "parallel/tatoeba_challenge/eng-fra.tsv")), progress=False)
+    build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(tmp_path / "c"), data_dir=str(d),
+                            dtype="fp32"), progress=False)
+    cfg = config(tmp_path, tmp_path / "c", tiny_student, d, max_steps=80, lr=3e-3, teacher_heads="train")
+    rows = metrics(train(cfg, progress=False))
+    first, last = rows[0], rows[-1]
+    # TLM draws fresh masks every step (ln 6000 = 8.7 at the start), so it falls slowest.
+    for term, factor in (("loss", 0.7), ("xwcl", 0.4), ("senta", 0.1), ("tlm", 0.7)):
+        assert float(last[term]) < factor * float(first[term]), (term, first[term], last[term])
+
+
+# ------------------------------------------------------------------ ablations
+@pytest.mark.parametrize("removed", OBJECTIVES)
+def test_without_drops_exactly_its_term(tmp_path, cache_root, tiny_student, data_dir, removed):
+    cfg = config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2, without=[removed], alpha=0.5)
+    rows = metrics(train(cfg, progress=False))
+    for row in rows:
+        assert row[removed] == ""
+        kept = [o for o in OBJECTIVES if o != removed]
+        assert all(row[o] != "" for o in kept)
+        expected = sum(float(row[o]) * (0.5 if o == "struca" else 1.0) for o in kept)
+        assert float(row["loss"]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_removed_objectives_skip_their_forward_pass(tiny_student):
+    torch.manual_seed(0)
+    model = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), 32, 32, 16)
+    calls = []
+    model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    batch = tiny_batch(tiny_student)
+    for objectives, n in [(OBJECTIVES, 3), (("xwcl", "senta", "struca"), 2), (("tlm", "senta", "struca"), 2),
+                          (("tlm", "xwcl", "struca"), 3), (("tlm", "xwcl"), 2), (("senta",), 1)]:
+        calls.clear()
+        out = model(batch, tuple(objectives))
+        assert len(calls) == n, objectives
+        assert ("tlm_logits" in out) == ("tlm" in objectives)
+        assert ("senta_student" in out) == ("senta" in objectives)
+        assert ("struca_student" in out) == ("struca" in objectives)
+
+
+def test_teacher_heads_frozen_or_trained(tmp_path, cache_root, tiny_student, data_dir):
+    from safetensors.torch import load_file
+
+    for mode, should_change in (("frozen", False), ("train", True)):
+        cfg = config(tmp_path / mode, cache_root, tiny_student, data_dir, max_steps=3, teacher_heads=mode)
+        run = train(cfg, progress=False)
+        torch.manual_seed(cfg.seed)
+        ref = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), 32, 32, 16)
+        heads = load_file(str(run / "heads.safetensors"))
+        w0 = ref.teacher_senta_projector[0].weight
+        changed = not torch.equal(heads["teacher_senta_projector.0.weight"], w0)
+        assert changed == should_change, mode
+        assert not torch.equal(heads["senta_projector.0.weight"], ref.senta_projector[0].weight)
+        stds = [float(r["std_teacher_senta"]) for r in metrics(run)]
+        assert all(s >= 0 for s in stds)
+
+
+# ------------------------------------------------------------------ resume and distribution
+def _cli_train(out: Path, cache_root: Path, student: str, data_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mmkd", "train", "--cache", str(cache_root), "--student", student,
+            "--out", str(out), "--data-dir", str(data_dir), "--batch-size", "8", "--lr", "1e-3",
+            "--head-hidden", "32", "--head-out", "16", "--log-with", "none", "--quiet", *extra]
+
+
+def test_resume_after_kill_9_gives_the_same_loss_curve(tmp_path, cache_root, tiny_student, data_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ("--max-steps", "30", "--checkpoint-every", "5", "--num-workers", "2")
+    ref = tmp_path / "ref"
+    subprocess.run(_cli_train(ref, cache_root, tiny_student, data_dir, *args), check=True, env=env)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_train(run, cache_root, tiny_student, data_dir, *args), env=env)
+    latest = run / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() == "step-0000010"):
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = metrics(run)
+    assert 10 <= len(rows) < 30
+    r = subprocess.run(_cli_train(run, cache_root, tiny_student, data_dir, *args), env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    subprocess.run(_cli_train(run, cache_root, tiny_student, data_dir, *args, "--resume"), check=True, env=env)
+    got, want = metrics(run), metrics(ref)
+    assert [row["step"] for row in got] == [str(i) for i in range(1, 31)]
+    for a, b in zip(got, want):
+        for key in ("loss", "tlm", "xwcl", "senta", "struca", "lr"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6, abs=1e-9), (a["step"], key)
+    from safetensors.torch import load_file
+    w_got, w_ref = load_file(str(run / "student" / "model.safetensors")), load_file(str(ref / "student" / "model.safetensors"))
+    assert w_got.keys() == w_ref.keys()
+    assert all(torch.allclose(w_got[k], w_ref[k], atol=1e-6) for k in w_ref)
+    assert len(list((run / "checkpoints").glob("step-*"))) == 3          # keep the last 3
+
+
+def test_two_processes_match_one_process(tmp_path, cache_root, student_nodrop, data_dir):
+    """Same global batch (16): 1 process; 1 process with 2 accumulation steps; 2 gloo processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ("--max-steps", "6", "--num-workers", "0", "--batch-size", "16", "--max-grad-norm", "0")
+    one = tmp_path / "one"
+    subprocess.run(_cli_train(one, cache_root, student_nodrop, data_dir, *args), check=True, env=env)
+    accum = tmp_path / "accum"
+    subprocess.run(_cli_train(accum, cache_root, student_nodrop, data_dir, *args, "--grad-accum", "2"),
+                   check=True, env=env)
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmkd",
+           *_cli_train(two, cache_root, student_nodrop, data_dir, *args)[3:]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    assert json.loads((two / "config.json").read_text())["processes"] == 2
+    ref = metrics(one)
+    for other in (accum, two):
+        for a, b in zip(metrics(other), ref):
+            for key in ("loss", "tlm", "xwcl", "senta"):
+                # Tolerance: different padding widths change float summation order (~1e-6 relative).
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=2e-4), (other.name, a["step"], key)
+    from safetensors.torch import load_file
+    w_one = load_file(str(one / "student" / "model.safetensors"))
+    for other in (accum, two):
+        w = load_file(str(other / "student" / "model.safetensors"))
+        worst = max((w[k] - w_one[k]).abs().max().item() for k in w_one)
+        assert worst < 1e-4, (other.name, worst)
+
+
+# ------------------------------------------------------------------ refusals and guards
+def test_changed_corpus_is_refused(tmp_path, cache_root, tiny_student, data_dir, shared):
+    from mmkd.corpus import CorpusConfig, prepare_corpus
+
+    other = tmp_path / "data"
+    par = shared / "parallel"
+    prepare_corpus(CorpusConfig(pair="en-fr", data_dir=str(other), max_pairs=300, seed=7,
+                                moses=(str(par / "europarl_v7_fr-en/europarl-v7.fr-en.en"),
+                                       str(par / "europarl_v7_fr-en/europarl-v7.fr-en.fr"))), progress=False)
+    cfg = config(tmp_path, cache_root, tiny_student, data_dir, corpora=[str(other / "corpora" / "en-fr")])
+    with pytest.raises(SourceError, match=r"was written for corpus 'en-fr' with fingerprint .* the corpus changed"):
+        train(cfg, progress=False)
+
+
+def test_caches_of_different_teachers_are_refused(tmp_path, cache_root, other_teacher, tiny_student, data_dir):
+    build_cache(CacheConfig(corpora=["en-de"], teacher=other_teacher, out=str(tmp_path / "c2"), data_dir=str(data_dir),
+                            dtype="fp32"), progress=False)
+    cfg = config(tmp_path, cache_root, tiny_student, data_dir, cache=[str(cache_root / "en-fr"), str(tmp_path / "c2")])
+    with pytest.raises(SourceError, match="differ in teacher"):
+        train(cfg, progress=False)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, cache_root, tiny_student, data_dir):
+    cfg = config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2)
+    train(cfg, progress=False)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(cfg, progress=False)
+    with pytest.raises(TrainingError, match=r"the configuration differs:\n  lr: run has 0.001, now 0.002"):
+        train(dataclasses.replace(cfg, lr=2e-3), resume=True, progress=False)
+
+
+def test_xwcl_needs_matching_hidden_sizes(tmp_path, english_texts, tiny_student, data_dir):
+    wide = make_tiny_bert(english_texts[:2000], tmp_path / "wide", 1000, seed=0, hidden=48)
+    build_cache(CacheConfig(corpora=["en-fr"], teacher=str(wide), out=str(tmp_path / "c"), data_dir=str(data_dir)),
+                progress=False)
+    cfg = config(tmp_path, tmp_path / "c", tiny_student, data_dir)
+    with pytest.raises(TrainingError, match="student 32, teacher 48"):
+        train(cfg, progress=False)
+    rows = metrics(train(dataclasses.replace(cfg, without=["xwcl"]), progress=False))
+    assert len(rows) == 4
+
+
+def test_nan_guard_names_step_and_loss(tmp_path, cache_root, tiny_student, data_dir):
+    broken = tmp_path / "broken"
+    model = AutoModelForMaskedLM.from_pretrained(tiny_student)
+    with torch.no_grad():
+        model.base_model.encoder.layer[0].output.dense.weight[0, 0] = float("nan")
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_student).save_pretrained(broken)
+    cfg = config(tmp_path, cache_root, str(broken), data_dir)
+    with pytest.raises(TrainingError, match=r"step 1, micro-batch 0: the tlm loss is nan .* \(corpus, pair_id\)"):
+        train(cfg, progress=False)
+
+
+def test_trained_student_loads_with_automodel(tmp_path, cache_root, tiny_student, data_dir):
+    run = train(config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2), progress=False)
+    student = AutoModel.from_pretrained(run / "student")
+    tok = AutoTokenizer.from_pretrained(run / "student")
+    with torch.no_grad():
+        out = student(**tok(["A sentence."], return_tensors="pt"))
+    assert out.last_hidden_state.shape[-1] == 32
+    assert (run / "student" / "mmkd_run.json").is_file()
+    assert sorted(p.name for p in (run / "student").glob("cache-manifest-*.json")) == [
+        "cache-manifest-en-de.json", "cache-manifest-en-fr.json"]
+    before = AutoModel.from_pretrained(tiny_student)
+    name = "embeddings.word_embeddings.weight"
+    assert not torch.equal(dict(student.named_parameters())[name], dict(before.named_parameters())[name])
+    assert AutoConfig.from_pretrained(run / "student").hidden_size == 32

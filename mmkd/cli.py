@@ -287,5 +287,150 @@ def train_cmd(caches, corpora, online_teacher, student, out, epochs, max_steps, 
     click.echo(f"{run}: trained student in {run / 'student'}")
 
 
+# --------------------------------------------------------------------------- eval
+@main.group("eval")
+def eval_group():
+    """Zero-shot evaluation of any encoder (a student from `mmkd train`, or a baseline such as mBERT).
+
+    \b
+    mmkd eval xnli --model runs/mmkd/student --data-dir XTREME_DIR --train-file train-en.tsv
+    mmkd eval xquad --model bert-base-multilingual-cased      (hub datasets, needs internet)
+    mmkd eval retrieval --model M --pairs fr=en.txt,fr.txt
+    """
+
+
+def _zero_shot_options(fn):
+    options = [
+        click.option("--model", required=True, metavar="NAME_OR_PATH", help="Encoder to evaluate (hub name or folder)."),
+        click.option("--data-dir", default=None, metavar="DIR",
+                     help="Local XTREME-format data (DIR/xnli, DIR/pawsx, DIR/xquad); default: hub datasets."),
+        click.option("--train-file", default=None, metavar="FILE",
+                     help="English training data (XTREME TSV / SQuAD JSON); default: the hub's English train."),
+        click.option("--dev-file", default=None, metavar="FILE",
+                     help="English dev for checkpoint selection (default: DIR/task/dev-en.tsv; for XQuAD the "
+                          "last 10% of the training questions)."),
+        click.option("--languages", default=None, metavar="LIST", help="Comma-separated target languages."),
+        click.option("--seeds", default="1", show_default=True, metavar="LIST",
+                     help="Fine-tuning seeds; reports mean ± std."),
+        click.option("--epochs", default=None, type=float, help="Default: 5 (XNLI, PAWS-X), 3 (XQuAD)."),
+        click.option("--lr", default=None, type=float, help="Default: 2e-5 (XNLI, PAWS-X), 3e-5 (XQuAD)."),
+        click.option("--batch-size", default=32, show_default=True, type=int, help="Fine-tuning batch size."),
+        click.option("--max-length", default=None, type=int, help="Default: 128 (XNLI, PAWS-X), 384 (XQuAD)."),
+        click.option("--weight-decay", default=None, type=float, help="Default: 0 (XNLI, PAWS-X), 1e-4 (XQuAD)."),
+        click.option("--warmup-ratio", default=None, type=float, help="Default: 0 (XNLI, PAWS-X), 0.1 (XQuAD)."),
+        click.option("--max-train-examples", default=None, type=int, help="Cap the training set (smoke runs)."),
+        click.option("--max-eval-examples", default=None, type=int, help="Cap every dev/test set (smoke runs)."),
+        click.option("--oracle", is_flag=True, help="Also report target-dev (oracle) checkpoint selection."),
+        click.option("--doc-stride", default=128, show_default=True, type=int,
+                     help="XQuAD: overlap of the strided context windows, in tokens."),
+        click.option("--out", default=None, metavar="DIR",
+                     help="Where results.json/results.md go (default: MODEL/eval/TASK or runs/eval/MODEL/TASK)."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_zero_shot(task, model, data_dir, train_file, dev_file, languages, seeds, epochs, lr, batch_size,
+                   max_length, weight_decay, warmup_ratio, max_train_examples, max_eval_examples, oracle, doc_stride,
+                   out, trust_remote_code):
+    from pathlib import Path
+
+    from mmkd.eval.finetune import EvalConfig
+    from mmkd.eval.runner import default_out, markdown_table, run_task, write_result
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"--seeds {seeds!r}: give integers separated by commas") from None
+    cfg = EvalConfig(task=task, model=model, data_dir=data_dir, train_file=train_file, dev_file=dev_file,
+                     languages=[x.strip() for x in languages.split(",")] if languages else [], seeds=seed_list,
+                     epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, weight_decay=weight_decay,
+                     warmup_ratio=warmup_ratio, max_train_examples=max_train_examples,
+                     max_eval_examples=max_eval_examples, oracle=oracle, doc_stride=doc_stride,
+                     trust_remote_code=trust_remote_code)
+    result = run_task(cfg)
+    where = write_result(result, Path(out) if out else default_out(model, task))
+    click.echo(markdown_table(result))
+    click.echo(f"\nwritten to {where}/results.json and results.md")
+
+
+for _task, _doc in (("xnli", "XNLI: fine-tune on English NLI, test ar bg de en es fr hi zh (accuracy)."),
+                    ("pawsx", "PAWS-X: fine-tune on English PAWS, test de en es fr zh (accuracy)."),
+                    ("xquad", "XQuAD: fine-tune on English SQuAD, test ar de en es hi zh (F1, EM).")):
+    def _make(task):
+        @_zero_shot_options
+        @_friendly
+        def command(**kwargs):
+            _run_zero_shot(task, **kwargs)
+        return command
+    eval_group.command(_task, help=_doc + " Zero-shot: the checkpoint is selected on English dev.")(_make(_task))
+
+
+@eval_group.command("retrieval")
+@click.option("--model", required=True, metavar="NAME_OR_PATH", help="Encoder to evaluate.")
+@click.option("--pairs", "specs", multiple=True, metavar="[NAME=]EN_FILE,X_FILE | [NAME=]PAIRS.tsv",
+              help="Parallel sentences (repeatable): two line-aligned files or one en<TAB>x TSV.")
+@click.option("--max-eval-examples", default=None, type=int, help="Sentences per set (first N unique).")
+@click.option("--out", default=None, metavar="DIR", help="Where results.json/results.md go.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
+@_friendly
+def eval_retrieval(model, specs, max_eval_examples, out, trust_remote_code):
+    """Translation retrieval accuracy, both directions, [CLS] and mean pooling (no fine-tuning)."""
+    from pathlib import Path
+
+    from mmkd.eval.retrieval import run_retrieval
+    from mmkd.eval.runner import default_out, markdown_table, write_result
+
+    result = run_retrieval(model, list(specs), max_eval_examples, trust_remote_code)
+    where = write_result(result, Path(out) if out else default_out(model, "retrieval"))
+    click.echo(markdown_table(result))
+    click.echo(f"\nwritten to {where}/results.json")
+
+
+@main.group("plot")
+def plot_group():
+    """Pictures of the representation space."""
+
+
+@plot_group.command("tsne")
+@click.option("--model", "models", multiple=True, required=True, metavar="NAME_OR_PATH",
+              help="Encoder (repeat for side-by-side panels, e.g. the baseline then the student).")
+@click.option("--file", "files", multiple=True, metavar="LANG=PATH",
+              help="Line-aligned multi-way parallel file for one language (repeatable).")
+@click.option("--xnli-dir", default=None, metavar="DIR", help="XNLI dev files (15-way parallel; the paper's choice).")
+@click.option("--languages", default=None, help="With --xnli-dir: comma-separated languages.")
+@click.option("-n", "n", default=20, show_default=True, type=int, help="Sentences (colours).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which sentences, and t-SNE's seed.")
+@click.option("--out", default="tsne.png", show_default=True, help="PNG file.")
+@_friendly
+def plot_tsne_cmd(models, files, xnli_dir, languages, n, seed, out):
+    """Figure 2: t-SNE of sentences and their translations (colour = sentence, marker = language)."""
+    from mmkd.eval.tsne import plot_tsne, read_multiway
+
+    pairs = {}
+    for f in files:
+        lang, sep, path = f.partition("=")
+        if not sep:
+            raise click.BadParameter(f"--file {f!r}: write LANG=PATH")
+        pairs[lang] = path
+    sentences = read_multiway(pairs, n, seed, xnli_dir, languages.split(",") if languages else None)
+    click.echo(f"wrote {plot_tsne(list(models), sentences, out, seed)}")
+
+
+@main.command("report")
+@click.argument("paths", nargs=-1, required=True)
+@_friendly
+def report_cmd(paths):
+    """One table comparing runs: every results.json under PATHS, one row per model (like Table 5)."""
+    from mmkd.eval.runner import report_table
+
+    try:
+        click.echo(report_table(list(paths)))
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+
+
 if __name__ == "__main__":
     main()

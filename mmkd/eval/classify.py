@@ -1,0 +1,104 @@
+"""XNLI and PAWS-X: sentence-pair classification, zero-shot (paper 4.2).
+
+Fine-tune on English training pairs, keep the epoch with the best English dev accuracy, test on
+every target language. When the training file is also the English dev file (the shared samples
+only have XNLI dev-en as English training data) the last 10% of it become the dev set.
+XTREME's mBERT recipe: lr 2e-5, 5 epochs, batch 32, max length 128.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmkd.eval.data import PAWSX, XNLI, PairExample, PairTask, check_languages, load_pair_split, load_pair_train
+from mmkd.eval.finetune import EvalConfig, autocast, device, fine_tune
+from mmkd.eval.metrics import accuracy
+
+TASKS = {"xnli": XNLI, "pawsx": PAWSX}
+DEFAULTS = {"epochs": 5.0, "lr": 2e-5, "max_length": 128, "weight_decay": 0.0, "warmup_ratio": 0.0}
+
+
+def _encode(tokenizer, examples: list[PairExample], max_length: int):
+    enc = tokenizer([e.a for e in examples], [e.b for e in examples], truncation=True, max_length=max_length)
+    return enc, torch.tensor([e.label for e in examples])
+
+
+def _batches(tokenizer, enc, labels, batch_size: int, order: np.ndarray):
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        feats = [{k: enc[k][j] for k in enc.keys()} for j in idx]
+        batch = tokenizer.pad(feats, return_tensors="pt")
+        batch["labels"] = labels[idx]
+        yield dict(batch)
+
+
+@torch.no_grad()
+def predict(model, tokenizer, examples: list[PairExample], max_length: int, batch_size: int = 64) -> list[int]:
+    enc, labels = _encode(tokenizer, examples, max_length)
+    dev = device()
+    preds = []
+    for batch in _batches(tokenizer, enc, labels, batch_size, np.arange(len(examples))):
+        batch.pop("labels")
+        with autocast(dev):
+            logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits
+        preds += logits.argmax(-1).tolist()
+    return preds
+
+
+def run_seed(cfg: EvalConfig, seed: int) -> dict:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from mmkd.eval.finetune import seed_everything
+
+    task: PairTask = TASKS[cfg.task]
+    hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
+    languages = check_languages(cfg.languages or list(task.default_languages), task.all_languages, task.name)
+    train = load_pair_train(task, cfg.train_file, cfg.max_train_examples)
+    if cfg.dev_file:
+        dev_en = load_pair_train(task, cfg.dev_file, cfg.max_eval_examples)
+    elif cfg.data_dir and cfg.train_file and (_same(cfg.train_file, f"{cfg.data_dir}/{task.folder}/dev-en.tsv")):
+        cut = max(1, len(train) // 10)
+        train, dev_en = train[:-cut], train[-cut:]
+    else:
+        dev_en = load_pair_split(task, "en", "dev", cfg.data_dir, cfg.max_eval_examples)
+    tests = {lang: load_pair_split(task, lang, "test", cfg.data_dir, cfg.max_eval_examples) for lang in languages}
+    oracle_devs = ({lang: load_pair_split(task, lang, "dev", cfg.data_dir, cfg.max_eval_examples)
+                    for lang in languages if lang != "en"} if cfg.oracle else {})
+
+    seed_everything(seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=len(task.labels),
+                                                               trust_remote_code=cfg.trust_remote_code)
+    enc, labels = _encode(tokenizer, train, hp["max_length"])
+    rng = np.random.default_rng(seed)
+
+    def evaluate():
+        scores = {"dev-en": accuracy(predict(model, tokenizer, dev_en, hp["max_length"]), [e.label for e in dev_en])}
+        for lang, ex in oracle_devs.items():
+            scores[f"dev-{lang}"] = accuracy(predict(model, tokenizer, ex, hp["max_length"]), [e.label for e in ex])
+        return scores
+
+    steps = -(-len(train) // cfg.batch_size)
+    keep = ["dev-en"] + [f"dev-{lang}" for lang in oracle_devs]
+    states, info = fine_tune(model, lambda epoch: _batches(tokenizer, enc, labels, cfg.batch_size,
+                                                           rng.permutation(len(train))),
+                             steps, hp["epochs"], hp["lr"], hp["weight_decay"], hp["warmup_ratio"], evaluate,
+                             keep, desc=f"{task.name} seed {seed}")
+    result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en), **info, "test": {}}
+    model.load_state_dict(states["dev-en"])
+    for lang, ex in tests.items():
+        result["test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"]), [e.label for e in ex])
+    if oracle_devs:
+        result["oracle_test"] = {}
+        for lang, ex in tests.items():
+            model.load_state_dict(states.get(f"dev-{lang}", states["dev-en"]))
+            result["oracle_test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"]),
+                                                   [e.label for e in ex])
+    result["hyper_parameters"] = {**hp, "batch_size": cfg.batch_size}
+    return result
+
+
+def _same(a: str, b: str) -> bool:
+    from pathlib import Path
+    return Path(a).resolve() == Path(b).resolve()

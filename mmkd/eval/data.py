@@ -1,0 +1,155 @@
+"""Evaluation data: local files in the XTREME formats, or Hugging Face dataset names.
+
+Local layout (`--data-dir DIR`): `DIR/xnli/{dev,test}-{lang}.tsv` (premise, hypothesis, label),
+`DIR/pawsx/{dev,test}-{lang}.tsv` (sentence1, sentence2, label), `DIR/xquad/xquad.{lang}.json`
+(SQuAD v1.1 JSON). English training data comes from `--train-file` (XTREME TSV or SQuAD JSON).
+Without `--data-dir` the hub datasets are used: `xnli`, `paws-x` (configs = languages; the `en`
+train split is MultiNLI / PAWS), `squad` (train) and `xquad` (`xquad.{lang}`, validation).
+A test file without labels is an error, never a silent 33%.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmkd.errors import MMKDError
+
+
+class EvalDataError(MMKDError):
+    pass
+
+
+@dataclass(frozen=True)
+class PairTask:
+    name: str
+    folder: str
+    labels: tuple[str, ...]
+    default_languages: tuple[str, ...]
+    all_languages: tuple[str, ...]
+    hf_name: str
+    hf_columns: tuple[str, str]
+    aliases: tuple[tuple[str, str], ...] = ()
+
+
+XNLI = PairTask("xnli", "xnli", ("entailment", "neutral", "contradiction"),
+                ("ar", "bg", "de", "en", "es", "fr", "hi", "zh"),
+                ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"),
+                "xnli", ("premise", "hypothesis"), aliases=(("contradictory", "contradiction"),))
+PAWSX = PairTask("pawsx", "pawsx", ("0", "1"), ("de", "en", "es", "fr", "zh"),
+                 ("de", "en", "es", "fr", "ja", "ko", "zh"), "paws-x", ("sentence1", "sentence2"))
+XQUAD_LANGUAGES = ("ar", "de", "en", "es", "hi", "zh")
+XQUAD_ALL = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
+
+
+@dataclass
+class PairExample:
+    a: str
+    b: str
+    label: int
+
+
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: list[dict]    # [{"text": str, "answer_start": int}]
+
+
+def check_languages(languages: list[str], allowed: tuple[str, ...], task: str) -> list[str]:
+    bad = [lang for lang in languages if lang not in allowed]
+    if bad:
+        raise EvalDataError(f"{task}: unknown language code {bad[0]!r}; {task} has {', '.join(allowed)}")
+    return languages
+
+
+def read_pair_tsv(path: Path, task: PairTask, limit: int | None = None) -> list[PairExample]:
+    if not path.is_file():
+        raise EvalDataError(f"{path}: no such file")
+    alias = dict(task.aliases)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            cols = line.rstrip("\r\n").split("\t")
+            if len(cols) == 2:
+                raise EvalDataError(f"{path} line {i}: no label column (XTREME strips the XNLI/PAWS-X test "
+                                    "labels); evaluate on a labelled copy")
+            if len(cols) != 3:
+                raise EvalDataError(f"{path} line {i}: expected 3 tab-separated columns, found {len(cols)}")
+            label = alias.get(cols[2].strip(), cols[2].strip())
+            if label not in task.labels:
+                if i == 1 and label.lower() in ("label", "gold_label"):
+                    continue   # a header line
+                raise EvalDataError(f"{path} line {i}: label {cols[2]!r} is not one of {', '.join(task.labels)}")
+            out.append(PairExample(cols[0], cols[1], task.labels.index(label)))
+            if limit and len(out) >= limit:
+                break
+    if not out:
+        raise EvalDataError(f"{path}: no examples")
+    return out
+
+
+def load_pair_split(task: PairTask, lang: str, split: str, data_dir: str | None, limit: int | None) -> list[PairExample]:
+    """split: dev or test (local names) / validation or test (hub)."""
+    if data_dir:
+        return read_pair_tsv(Path(data_dir) / task.folder / f"{split}-{lang}.tsv", task, limit)
+    import datasets
+
+    hub_split = {"dev": "validation", "test": "test", "train": "train"}[split]
+    ds = datasets.load_dataset(task.hf_name, lang, split=hub_split)
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    a, b = task.hf_columns
+    out = [PairExample(r[a], r[b], int(r["label"])) for r in ds]
+    if any(e.label < 0 for e in out):
+        raise EvalDataError(f"{task.hf_name}/{lang} {hub_split}: unlabelled rows (label -1)")
+    return out
+
+
+def load_pair_train(task: PairTask, train_file: str | None, limit: int | None) -> list[PairExample]:
+    if train_file:
+        return read_pair_tsv(Path(train_file), task, limit)
+    return load_pair_split(task, "en", "train", None, limit)
+
+
+def read_squad(path: Path, limit: int | None = None) -> list[QAExample]:
+    if not path.is_file():
+        raise EvalDataError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise EvalDataError(f"{path}: not SQuAD v1.1 JSON ({e})") from None
+    out = []
+    for article in data:
+        for para in article["paragraphs"]:
+            for qa in para["qas"]:
+                if not qa.get("answers"):
+                    raise EvalDataError(f"{path}: question {qa.get('id')} has no answers")
+                out.append(QAExample(str(qa["id"]), qa["question"], para["context"], qa["answers"]))
+                if limit and len(out) >= limit:
+                    return out
+    return out
+
+
+def load_qa(lang: str | None, train_file: str | None, data_dir: str | None, limit: int | None) -> list[QAExample]:
+    """lang=None: English training data (train_file, else the hub's squad train)."""
+    if lang is None:
+        if train_file:
+            return read_squad(Path(train_file), limit)
+        return _hub_qa("squad", None, "train", limit)
+    if data_dir:
+        return read_squad(Path(data_dir) / "xquad" / f"xquad.{lang}.json", limit)
+    return _hub_qa("xquad", f"xquad.{lang}", "validation", limit)
+
+
+def _hub_qa(name, config, split, limit) -> list[QAExample]:
+    import datasets
+
+    ds = datasets.load_dataset(name, config, split=split)
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    return [QAExample(str(r["id"]), r["question"], r["context"],
+                      [{"text": t, "answer_start": s} for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"])])
+            for r in ds]

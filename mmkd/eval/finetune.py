@@ -1,0 +1,99 @@
+"""The fine-tuning loop shared by the zero-shot tasks: AdamW, linear schedule, evaluation on the
+English dev set after every epoch, and the best epoch's weights kept (in memory) for testing.
+Optionally also the per-language best epoch on the target dev sets (the "oracle" selection)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class EvalConfig:
+    task: str
+    model: str
+    out: str | None = None
+    data_dir: str | None = None
+    train_file: str | None = None
+    dev_file: str | None = None
+    languages: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [1])
+    epochs: float | None = None          # task default
+    lr: float | None = None
+    batch_size: int = 32
+    max_length: int | None = None
+    weight_decay: float | None = None
+    warmup_ratio: float | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    oracle: bool = False
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    n_best: int = 20
+    trust_remote_code: bool = False
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(dev: torch.device):
+    import contextlib
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+
+
+def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epoch: int, epochs: float, lr: float,
+              weight_decay: float, warmup_ratio: float, evaluate: Callable[[], dict[str, float]],
+              keep: list[str], desc: str) -> tuple[dict, dict]:
+    """Train; after each epoch `evaluate()` returns {name: score}. For every name in `keep`
+    ("dev-en", and each "dev-xx" for the oracle) the weights of its best epoch are kept.
+    Returns ({name: state_dict}, {"history": [...], "best": {name: score}})."""
+    from transformers import get_linear_schedule_with_warmup
+
+    dev = device()
+    model.to(dev)
+    total = max(1, int(round(n_steps_per_epoch * epochs)))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
+    best: dict[str, tuple[float, dict]] = {}
+    history = []
+    step = 0
+    n_epochs = max(1, int(-(-epochs // 1)))
+    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+    for epoch in range(n_epochs):
+        model.train()
+        for batch in train_batches(epoch):
+            if step >= total:
+                break
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            with autocast(dev):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.eval()
+        scores = evaluate()
+        history.append({"epoch": epoch + 1, **scores})
+        for key, score in scores.items():
+            if key in keep:
+                if key not in best or score > best[key][0]:
+                    best[key] = (score, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+    bar.close()
+    return {k: v[1] for k, v in best.items()}, {"history": history,
+                                                "best": {k: v[0] for k, v in best.items()}}
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+    set_seed(seed)

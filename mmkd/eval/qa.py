@@ -1,0 +1,130 @@
+"""XQuAD: extractive QA, zero-shot (paper 4.2). Fine-tune on English SQuAD-format data, keep the
+best epoch on English dev (the last 10% of the training questions unless --dev-file is given:
+SQuAD v1.1 dev is where XQuAD comes from, so it must not be used), test on XQuAD languages.
+
+Contexts longer than the window are split into strided windows (max length 384, stride 128);
+every window proposes its n-best start/end pairs, and the highest-scoring valid span over all
+windows of a question is its answer. XTREME's recipe: lr 3e-5, 3 epochs, batch 32, warm-up 10%,
+weight decay 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmkd.eval.data import XQUAD_ALL, XQUAD_LANGUAGES, EvalDataError, QAExample, check_languages, load_qa
+from mmkd.eval.finetune import EvalConfig, autocast, device, fine_tune
+from mmkd.eval.metrics import squad_scores
+
+DEFAULTS = {"epochs": 3.0, "lr": 3e-5, "max_length": 384, "weight_decay": 1e-4, "warmup_ratio": 0.1}
+
+
+def featurize(tokenizer, examples: list[QAExample], max_length: int, stride: int, train: bool) -> dict:
+    enc = tokenizer([e.question for e in examples], [e.context for e in examples], truncation="only_second",
+                    max_length=max_length, stride=stride, return_overflowing_tokens=True,
+                    return_offsets_mapping=True, padding="max_length")
+    sample = enc.pop("overflow_to_sample_mapping")
+    offsets = enc.pop("offset_mapping")
+    feats = {k: torch.tensor(v) for k, v in enc.items()}
+    feats["example"] = torch.tensor(sample)
+    if train:
+        starts, ends = [], []
+        for i, ex_i in enumerate(sample):
+            ex = examples[ex_i]
+            a = ex.answers[0]
+            s_char, e_char = a["answer_start"], a["answer_start"] + len(a["text"])
+            seq = enc.sequence_ids(i)
+            ctx = [t for t, s in enumerate(seq) if s == 1]
+            s_tok = e_tok = 0   # answer not in this window: point at [CLS]
+            if ctx and offsets[i][ctx[0]][0] <= s_char and offsets[i][ctx[-1]][1] >= e_char:
+                s_tok = next(t for t in ctx if offsets[i][t][1] > s_char)
+                e_tok = next(t for t in reversed(ctx) if offsets[i][t][0] < e_char)
+            starts.append(s_tok)
+            ends.append(e_tok)
+        feats["start_positions"], feats["end_positions"] = torch.tensor(starts), torch.tensor(ends)
+    else:
+        # Keep offsets only for context tokens, so decoding can never pick a question token.
+        feats["offsets"] = [[o if enc.sequence_ids(i)[t] == 1 else None for t, o in enumerate(offs)]
+                            for i, offs in enumerate(offsets)]
+    return feats
+
+
+@torch.no_grad()
+def predict(model, tokenizer, examples: list[QAExample], max_length: int, stride: int, n_best: int,
+            max_answer_length: int, batch_size: int = 32) -> dict[str, str]:
+    feats = featurize(tokenizer, examples, max_length, stride, train=False)
+    dev = device()
+    inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats]
+    best: dict[int, tuple[float, str]] = {}
+    for i in range(0, len(feats["input_ids"]), batch_size):
+        with autocast(dev):
+            out = model(**{k: feats[k][i:i + batch_size].to(dev) for k in inputs})
+        starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        for j in range(len(starts)):
+            f = i + j
+            ex_i = int(feats["example"][f])
+            offs = feats["offsets"][f]
+            context = examples[ex_i].context
+            for s in np.argsort(starts[j])[::-1][:n_best]:
+                for e in np.argsort(ends[j])[::-1][:n_best]:
+                    if offs[s] is None or offs[e] is None or e < s or e - s + 1 > max_answer_length:
+                        continue
+                    score = float(starts[j][s] + ends[j][e])
+                    if ex_i not in best or score > best[ex_i][0]:
+                        best[ex_i] = (score, context[offs[s][0]:offs[e][1]])
+    return {ex.id: best.get(i, (0.0, ""))[1] for i, ex in enumerate(examples)}
+
+
+def _answers(examples: list[QAExample]) -> dict[str, list[str]]:
+    return {e.id: [a["text"] for a in e.answers] for e in examples}
+
+
+def run_seed(cfg: EvalConfig, seed: int) -> dict:
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from mmkd.eval.finetune import seed_everything
+
+    hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
+    languages = check_languages(cfg.languages or list(XQUAD_LANGUAGES), XQUAD_ALL, "xquad")
+    if cfg.doc_stride >= hp["max_length"] // 2:
+        raise EvalDataError(f"--doc-stride {cfg.doc_stride} must be under half of --max-length {hp['max_length']} "
+                            "(the window also holds the question)")
+    train = load_qa(None, cfg.train_file, None, cfg.max_train_examples)
+    if cfg.dev_file:
+        dev_en = load_qa(None, cfg.dev_file, None, cfg.max_eval_examples)
+    else:
+        cut = max(1, len(train) // 10)
+        train, dev_en = train[:-cut], train[-cut:]
+    tests = {lang: load_qa(lang, None, cfg.data_dir, cfg.max_eval_examples) for lang in languages}
+
+    seed_everything(seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForQuestionAnswering.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    feats = featurize(tokenizer, train, hp["max_length"], cfg.doc_stride, train=True)
+    names = [k for k in ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions") if k in feats]
+    n = len(feats["input_ids"])
+    rng = np.random.default_rng(seed)
+
+    def batches(epoch):
+        order = rng.permutation(n)
+        for i in range(0, n, cfg.batch_size):
+            idx = torch.from_numpy(order[i:i + cfg.batch_size])
+            yield {k: feats[k][idx] for k in names}
+
+    def run(examples):
+        return predict(model, tokenizer, examples, hp["max_length"], cfg.doc_stride, cfg.n_best, cfg.max_answer_length)
+
+    def evaluate():
+        return {"dev-en": squad_scores(run(dev_en), _answers(dev_en), "en")["f1"]}
+
+    states, info = fine_tune(model, batches, -(-n // cfg.batch_size), hp["epochs"], hp["lr"], hp["weight_decay"],
+                             hp["warmup_ratio"], evaluate, ["dev-en"], desc=f"xquad seed {seed}")
+    model.load_state_dict(states["dev-en"])
+    result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en), **info,
+              "test": {}, "test_exact_match": {}, "hyper_parameters": {**hp, "batch_size": cfg.batch_size}}
+    for lang, ex in tests.items():
+        scores = squad_scores(run(ex), _answers(ex), lang)
+        result["test"][lang] = scores["f1"]
+        result["test_exact_match"][lang] = scores["exact_match"]
+    return result

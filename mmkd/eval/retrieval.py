@@ -1,0 +1,98 @@
+"""Translation retrieval: for each sentence, is its nearest neighbour (cosine) among the other
+language's sentences its own translation? Both directions, [CLS] and mean pooling of the last
+layer, no fine-tuning: cheap on a CPU and the most direct measure of cross-lingual alignment.
+
+Inputs: TSV pairs `en<TAB>x` (Tatoeba) or two line-aligned files (FLORES/NTREX/TICO layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmkd.eval.data import EvalDataError
+from mmkd.eval.finetune import autocast, device
+from mmkd.eval.metrics import retrieval_accuracy
+
+
+@dataclass
+class ParallelSet:
+    name: str
+    english: list[str]
+    other: list[str]
+
+
+def read_parallel(spec: str, limit: int | None = None) -> ParallelSet:
+    """`NAME=EN_FILE,X_FILE` (line-aligned) or `NAME=PAIRS.tsv` or just a TSV path."""
+    name, _, paths = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    files = [Path(p) for p in paths.split(",")]
+    for f in files:
+        if not f.is_file():
+            raise EvalDataError(f"{f}: no such file")
+    if len(files) == 1:
+        en, x = [], []
+        for i, line in enumerate(files[0].read_text(encoding="utf-8").splitlines(), start=1):
+            cols = line.split("\t")
+            if len(cols) != 2:
+                raise EvalDataError(f"{files[0]} line {i}: expected en<TAB>x")
+            en.append(cols[0])
+            x.append(cols[1])
+    elif len(files) == 2:
+        en = files[0].read_text(encoding="utf-8").splitlines()
+        x = files[1].read_text(encoding="utf-8").splitlines()
+        if len(en) != len(x):
+            raise EvalDataError(f"{files[0]} has {len(en)} lines but {files[1]} has {len(x)}")
+    else:
+        raise EvalDataError(f"{spec}: give one TSV or two line-aligned files separated by a comma")
+    keep = [(a, b) for a, b in zip(en, x) if a.strip() and b.strip()]
+    seen, uniq = set(), []
+    for a, b in keep:   # duplicates would make "the right candidate" ambiguous
+        if a not in seen:
+            seen.add(a)
+            uniq.append((a, b))
+    uniq = uniq[:limit] if limit else uniq
+    return ParallelSet(name or files[-1].stem, [a for a, _ in uniq], [b for _, b in uniq])
+
+
+@torch.no_grad()
+def embed(model, tokenizer, sentences: list[str], batch_size: int = 64, max_length: int = 128) -> dict[str, torch.Tensor]:
+    """{"cls": [N, H], "mean": [N, H]} from the last hidden layer, L2-normalised."""
+    dev = device()
+    cls, mean = [], []
+    for i in range(0, len(sentences), batch_size):
+        enc = tokenizer(sentences[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt").to(dev)
+        with autocast(dev):
+            h = model(**enc).last_hidden_state.float()
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        cls.append(h[:, 0])
+        mean.append((h * m).sum(1) / m.sum(1))
+    norm = torch.nn.functional.normalize
+    return {"cls": norm(torch.cat(cls), dim=-1).cpu(), "mean": norm(torch.cat(mean), dim=-1).cpu()}
+
+
+def retrieval_scores(model, tokenizer, data: ParallelSet) -> dict[str, float]:
+    a, b = embed(model, tokenizer, data.english), embed(model, tokenizer, data.other)
+    out = {}
+    for pooling in ("cls", "mean"):
+        sim = (b[pooling] @ a[pooling].T).numpy()
+        out[f"{pooling}_x2en"] = retrieval_accuracy(sim)
+        out[f"{pooling}_en2x"] = retrieval_accuracy(sim.T)
+        out[pooling] = (out[f"{pooling}_x2en"] + out[f"{pooling}_en2x"]) / 2
+    return out
+
+
+def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, trust_remote_code: bool = False) -> dict:
+    from transformers import AutoModel, AutoTokenizer
+
+    if not specs:
+        raise EvalDataError("give at least one --pairs NAME=EN_FILE,X_FILE or --pairs FILE.tsv")
+    sets = [read_parallel(s, limit) for s in specs]
+    tokenizer = AutoTokenizer.from_pretrained(model_name, trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(model_name, trust_remote_code=trust_remote_code).to(device()).eval()
+    per_set = {s.name: {"n": len(s.english), **retrieval_scores(model, tokenizer, s)} for s in sets}
+    return {"task": "retrieval", "model": model_name, "sets": per_set,
+            "average": {k: float(np.mean([v[k] for v in per_set.values()])) for k in ("cls", "mean")}}

@@ -1,0 +1,112 @@
+"""Run a zero-shot task over several seeds and write `results.json` + `results.md`; compare runs.
+
+Zero-shot scores move with the fine-tuning seed and with English-dev selection, so `--seeds 1,2,3`
+reports mean ± std per language and of the average, as in Tables 2–5 of the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+from mmkd import __version__
+from mmkd.eval.finetune import EvalConfig
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def default_out(model: str, task: str) -> Path:
+    path = Path(model)
+    base = path / "eval" if path.is_dir() else Path("runs") / "eval" / model.replace("/", "--")
+    return base / task
+
+
+def run_task(cfg: EvalConfig) -> dict:
+    if cfg.task in ("xnli", "pawsx"):
+        from mmkd.eval.classify import run_seed
+        metric = "accuracy"
+    elif cfg.task == "xquad":
+        from mmkd.eval.qa import run_seed
+        metric = "f1"
+    else:
+        raise ValueError(f"unknown task {cfg.task!r}")
+    runs = [run_seed(cfg, seed) for seed in cfg.seeds]
+    languages = list(runs[0]["test"])
+    summary = {lang: _mean_std([r["test"][lang] for r in runs]) for lang in languages}
+    summary["avg"] = _mean_std([statistics.fmean(r["test"].values()) for r in runs])
+    result = {"task": cfg.task, "metric": metric, "model": cfg.model, "selection": "English dev",
+              "languages": languages, "seeds": cfg.seeds, "summary": summary, "runs": runs,
+              "config": dataclasses.asdict(cfg), "mmkd_version": __version__}
+    if cfg.task == "xquad":
+        result["summary_exact_match"] = {lang: _mean_std([r["test_exact_match"][lang] for r in runs]) for lang in languages}
+    if cfg.oracle:
+        result["summary_oracle"] = {lang: _mean_std([r["oracle_test"][lang] for r in runs]) for lang in languages}
+    return result
+
+
+def write_result(result: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (out / "results.md").write_text(markdown_table(result) + "\n")
+    return out
+
+
+def _fmt(ms: dict) -> str:
+    return f"{ms['mean']:.1f} ± {ms['std']:.1f}" if ms["std"] else f"{ms['mean']:.1f}"
+
+
+def markdown_table(result: dict) -> str:
+    if result["task"] == "retrieval":
+        rows = ["| set | n | cls x→en | cls en→x | mean x→en | mean en→x |", "|---|---|---|---|---|---|"]
+        for name, s in result["sets"].items():
+            rows.append(f"| {name} | {s['n']} | {s['cls_x2en']:.1f} | {s['cls_en2x']:.1f} | "
+                        f"{s['mean_x2en']:.1f} | {s['mean_en2x']:.1f} |")
+        return f"Translation retrieval accuracy (%), model `{result['model']}`\n\n" + "\n".join(rows)
+    langs = result["languages"] + ["avg"]
+    head = "| selection | " + " | ".join(langs) + " |"
+    lines = [head, "|" + "---|" * (len(langs) + 1)]
+    lines.append("| English dev | " + " | ".join(_fmt(result["summary"][lang]) for lang in langs) + " |")
+    if "summary_oracle" in result:
+        oracle = result["summary_oracle"]
+        lines.append("| target dev (oracle) | " + " | ".join(_fmt(oracle[lang]) for lang in result["languages"]) + " | |")
+    title = (f"{result['task']} zero-shot {result['metric']} (%), model `{result['model']}`, "
+             f"seeds {','.join(map(str, result['seeds']))}")
+    if "summary_exact_match" in result:
+        em = result["summary_exact_match"]
+        lines.append("| exact match | " + " | ".join(_fmt(em[lang]) for lang in result["languages"]) + " | |")
+    return title + "\n\n" + "\n".join(lines)
+
+
+def collect(paths: list[str]) -> list[dict]:
+    found = []
+    for p in paths:
+        path = Path(p)
+        files = [path] if path.is_file() else sorted(path.rglob("results.json"))
+        for f in files:
+            found.append({**json.loads(f.read_text()), "_path": str(f)})
+    return found
+
+
+def report_table(paths: list[str]) -> str:
+    """One row per model, one column per task (average over languages; retrieval: mean of cls and
+    mean pooling), like Table 5."""
+    results = collect(paths)
+    if not results:
+        raise FileNotFoundError(f"no results.json under {', '.join(paths)}")
+    tasks = sorted({r["task"] for r in results})
+    rows: dict[str, dict[str, str]] = {}
+    for r in results:
+        if r["task"] == "retrieval":
+            cell = f"{r['average']['cls']:.1f} / {r['average']['mean']:.1f}"
+        else:
+            cell = _fmt(r["summary"]["avg"])
+        rows.setdefault(r["model"], {})[r["task"]] = cell
+    header = "| model | " + " | ".join(t + (" (cls / mean)" if t == "retrieval" else "") for t in tasks) + " |"
+    lines = [header, "|" + "---|" * (len(tasks) + 1)]
+    for model, cells in rows.items():
+        lines.append(f"| {model} | " + " | ".join(cells.get(t, "–") for t in tasks) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""Evaluation: metric functions on hand-worked examples; every task end to end on a tiny model over
+small slices of the real shared files; bad inputs give clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mmkd.cli import main
+from mmkd.eval.data import XNLI, EvalDataError, read_pair_tsv
+from mmkd.eval.metrics import accuracy, exact_match, f1_score, normalize_answer, retrieval_accuracy, squad_scores
+
+
+# ------------------------------------------------------------------ metrics, by hand
+def test_squad_normalisation():
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    assert normalize_answer("theatre") == "theatre"            # 'the' only as a word
+    assert normalize_answer("«Die Katze»", "de") == "die katze"  # Unicode punctuation; no English articles
+
+
+def test_exact_match_and_f1_by_hand():
+    assert exact_match("the Eiffel tower", "Eiffel Tower.") == 1.0
+    # pred tokens: [eiffel, tower, in, paris], gold: [eiffel, tower] -> P = 2/4, R = 1, F1 = 2/3
+    assert f1_score("Eiffel Tower in Paris", "the Eiffel Tower") == pytest.approx(2 / 3)
+    # pred [eiffel, tower, paris] -> P = 2/3, R = 1, F1 = 0.8
+    assert f1_score("Eiffel Tower, Paris", "the Eiffel Tower") == pytest.approx(0.8)
+    assert f1_score("London", "Paris") == 0.0
+    scores = squad_scores({"q1": "Paris", "q2": "in 1889"}, {"q1": ["Paris", "paris France"], "q2": ["1889"]})
+    # q1: EM 1, F1 1. q2: EM 0, F1: [in, 1889] vs [1889] -> P 1/2, R 1 -> 2/3.
+    assert scores["exact_match"] == pytest.approx(50.0)
+    assert scores["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+
+
+def test_chinese_answers_are_scored_by_character():
+    # Without character segmentation any partial answer would score 0 (no spaces).
+    # pred 北京大学 (4 chars), gold 北京 (2 chars): P = 2/4, R = 1 -> F1 = 2/3.
+    assert f1_score("北京大学", "北京", "zh") == pytest.approx(2 / 3)
+    assert f1_score("北京大学", "北京", "en") == 0.0
+    assert exact_match("“北京”。", "北京", "zh") == 1.0          # Chinese punctuation removed
+    # Latin words inside Chinese stay whole: [2008, 年] vs [2008, 年, 夏] -> P 1, R 2/3 -> F1 0.8
+    assert f1_score("2008年", "2008年夏", "zh") == pytest.approx(0.8)
+
+
+def test_accuracy_and_retrieval_accuracy_by_hand():
+    assert accuracy([0, 1, 2, 2], [0, 1, 1, 2]) == 75.0
+    with pytest.raises(ValueError):
+        accuracy([0], [0, 1])
+    sim = np.array([[0.9, 0.1, 0.0], [0.8, 0.3, 0.1], [0.0, 0.2, 0.7]])   # row 1 picks 0: wrong
+    assert retrieval_accuracy(sim) == pytest.approx(200 / 3)
+    # Other direction: column j's best row. col 0 -> row 0 (ok), col 1 -> row 1 (ok), col 2 -> row 2 (ok).
+    assert retrieval_accuracy(sim.T) == pytest.approx(100.0)
+
+
+# ------------------------------------------------------------------ bad input
+def test_unlabelled_test_file_is_an_error_not_33_percent(tmp_path, shared):
+    lines = (shared / "xnli" / "test-fr.tsv").read_text(encoding="utf-8").splitlines()[:5]
+    stripped = tmp_path / "test-fr.tsv"
+    stripped.write_text("\n".join("\t".join(line.split("\t")[:2]) for line in lines) + "\n", encoding="utf-8")
+    with pytest.raises(EvalDataError, match=r"test-fr\.tsv line 1: no label column"):
+        read_pair_tsv(stripped, XNLI)
+
+
+def test_bad_label_and_missing_file(tmp_path):
+    f = tmp_path / "x.tsv"
+    f.write_text("a\tb\tentailment\nc\td\tmaybe\n")
+    with pytest.raises(EvalDataError, match=r"x\.tsv line 2: label 'maybe' is not one of entailment"):
+        read_pair_tsv(f, XNLI)
+    with pytest.raises(EvalDataError, match=r"nope\.tsv: no such file"):
+        read_pair_tsv(tmp_path / "nope.tsv", XNLI)
+
+
+def _xnli_args(model, shared, out, *extra):
+    return ["eval", "xnli", "--model", model, "--data-dir", str(shared), "--train-file",
+            str(shared / "xnli" / "dev-en.tsv"), "--max-train-examples", "96", "--max-eval-examples", "24",
+            "--epochs", "1", "--batch-size", "16", "--out", str(out), *extra]
+
+
+def test_cli_errors_for_language_code_and_missing_file(tmp_path, tiny_student, shared):
+    r = CliRunner().invoke(main, _xnli_args(tiny_student, shared, tmp_path, "--languages", "fr,xx"))
+    assert r.exit_code == 2 and "unknown language code 'xx'" in r.output
+    r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--data-dir", str(shared),
+                                  "--train-file", str(shared / "pawsx" / "dev-en.tsv"), "--languages", "fr",
+                                  "--max-train-examples", "32", "--epochs", "1", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "pawsx/test-fr.tsv: no such file" in r.output
+
+
+# ------------------------------------------------------------------ end to end on tiny models
+def test_xnli_end_to_end_with_seeds_and_oracle(tmp_path, tiny_student, shared):
+    out = tmp_path / "xnli"
+    r = CliRunner().invoke(main, _xnli_args(tiny_student, shared, out, "--languages", "fr,zh", "--seeds", "1,2",
+                                            "--oracle"))
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "results.json").read_text())
+    assert result["languages"] == ["fr", "zh"] and result["seeds"] == [1, 2]
+    for run in result["runs"]:
+        # Train = first 90% of the 96 English dev pairs, English dev = the last 10%.
+        assert run["train_examples"] == 87 and run["dev_en_examples"] == 9
+        for lang in ("fr", "zh"):
+            acc = run["test"][lang]
+            assert 0 <= acc <= 100 and math.isclose(acc * 24 / 100, round(acc * 24 / 100))   # k of 24 right
+    avg = result["summary"]["avg"]
+    assert avg["mean"] == pytest.approx(np.mean([np.mean(list(r["test"].values())) for r in result["runs"]]))
+    assert set(result["summary_oracle"]) == {"fr", "zh"}
+    assert "| English dev |" in (out / "results.md").read_text()
+
+
+def test_pawsx_end_to_end(tmp_path, tiny_student, shared):
+    out = tmp_path / "pawsx"
+    r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--data-dir", str(shared),
+                                  "--train-file", str(shared / "pawsx" / "dev-en.tsv"), "--languages", "de,zh",
+                                  "--max-train-examples", "64", "--max-eval-examples", "20", "--epochs", "1",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["runs"][0]["test"]) == {"de", "zh"}
+
+
+def test_xquad_end_to_end_with_strided_windows(tmp_path, tiny_student, shared):
+    out = tmp_path / "xquad"
+    r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--data-dir", str(shared),
+                                  "--train-file", str(shared / "english_qa_train" / "tydiqa-goldp-v1.1-en-train.first1500.json"),
+                                  "--languages", "en,zh", "--max-train-examples", "40", "--max-eval-examples", "8",
+                                  "--epochs", "1", "--max-length", "96", "--doc-stride", "32", "--batch-size", "8",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "results.json").read_text())
+    run = result["runs"][0]
+    assert set(run["test"]) == {"en", "zh"} and set(run["test_exact_match"]) == {"en", "zh"}
+    assert all(0 <= v <= 100 for v in run["test"].values())
+
+
+def test_qa_decoding_recovers_gold_spans_across_windows(tiny_student, shared):
+    """With logits that point at the gold span, decoding over strided windows must return the gold
+    answer text exactly: checks featurize's token positions and predict's offset mapping."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mmkd.eval.data import read_squad
+    from mmkd.eval.qa import featurize, predict
+
+    tok = AutoTokenizer.from_pretrained(tiny_student)
+    examples = read_squad(shared / "xquad" / "xquad.en.json", limit=12)
+    train_feats = featurize(tok, examples, 96, 32, train=True)
+
+    class Oracle(torch.nn.Module):
+        """Scores 10 at the training features' gold start/end, 0 elsewhere."""
+        def forward(self, input_ids, **kw):
+            rows = [next(i for i in range(len(train_feats["input_ids"]))
+                         if torch.equal(train_feats["input_ids"][i], ids)) for ids in input_ids]
+            start = torch.zeros(input_ids.shape)
+            end = torch.zeros(input_ids.shape)
+            for b, r in enumerate(rows):
+                s, e = int(train_feats["start_positions"][r]), int(train_feats["end_positions"][r])
+                if s > 0:
+                    start[b, s], end[b, e] = 10.0, 10.0
+            return type("Out", (), {"start_logits": start, "end_logits": end})()
+
+    assert len(train_feats["input_ids"]) > len(examples)      # contexts really were split into windows
+    preds = predict(Oracle(), tok, examples, 96, 32, n_best=5, max_answer_length=60)
+    for ex in examples:
+        assert preds[ex.id].strip() == ex.answers[0]["text"].strip(), ex.id
+
+
+def test_retrieval_end_to_end(tmp_path, tiny_student, shared):
+    en = shared / "parallel/ntrex128/newstest2019-src.eng.txt"
+    out = tmp_path / "ret"
+    r = CliRunner().invoke(main, ["eval", "retrieval", "--model", tiny_student,
+                                  "--pairs", f"fr={en},{shared / 'parallel/ntrex128/newstest2019-ref.fra.txt'}",
+                                  "--pairs", str(shared / "parallel/tatoeba_challenge/eng-deu.tsv"),
+                                  "--pairs", f"identity={en},{en}",
+                                  "--max-eval-examples", "50", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["sets"]) == {"fr", "eng-deu", "identity"}
+    # A sentence is always nearest to itself: the identity set is a check of the whole pipeline.
+    assert result["sets"]["identity"]["cls"] == 100.0 and result["sets"]["identity"]["mean"] == 100.0
+    assert all(0 <= result["sets"]["fr"][k] <= 100 for k in ("cls_x2en", "cls_en2x", "mean_x2en", "mean_en2x"))
+
+
+def test_tsne_picture_and_report(tmp_path, tiny_student, tiny_teacher, shared):
+    png = tmp_path / "tsne.png"
+    r = CliRunner().invoke(main, ["plot", "tsne", "--model", tiny_student, "--model", tiny_teacher,
+                                  "--xnli-dir", str(shared / "xnli"), "--languages", "en,fr,de", "-n", "8",
+                                  "--out", str(png)])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Two retrieval results -> one comparison table.
+    for name, model in (("a", tiny_student), ("b", tiny_teacher)):
+        CliRunner().invoke(main, ["eval", "retrieval", "--model", model, "--pairs",
+                                  str(shared / "parallel/tatoeba_challenge/eng-fra.tsv"), "--max-eval-examples", "20",
+                                  "--out", str(tmp_path / name / "retrieval")])
+    r = CliRunner().invoke(main, ["report", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert lines[0].startswith("| model | retrieval") and len(lines) == 4
+    assert tiny_student in r.output and tiny_teacher in r.output

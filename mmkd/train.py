@@ -63,6 +63,7 @@ class TrainConfig:
     head_hidden: int = 768
     head_out: int = 128
     head_norm: str = "none"
+    head_warmup_steps: int = 0                          # encoder lr 0 for the first N steps (0 = the paper)
     teacher_layer: int = -1                             # online teacher only; a cache records its own
     teacher_max_length: int = 128
     seed: int = 0
@@ -83,7 +84,7 @@ class TrainConfig:
 # Settings a resumed run may change without changing its results.
 _RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora"}
 
-METRICS = ["step", "epoch", "loss", "tlm", "xwcl", "senta", "struca", "lr", "grad_norm",
+METRICS = ["step", "epoch", "loss", "tlm", "xwcl", "senta", "struca", "lr", "lr_heads", "grad_norm",
            "std_student_senta", "std_teacher_senta", "std_teacher_struca", "data_wait", "step_seconds"]
 
 
@@ -148,14 +149,35 @@ def _gather_with_grad(t: torch.Tensor, accelerator) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(t.contiguous()), dim=0)
 
 
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    """Four groups: (encoder | heads) x (decay | no decay). BERT practice: no weight decay on biases
+    and LayerNorm weights. The MLM head's transform is a head; its decoder is tied to the
+    encoder's word embeddings and so belongs to the encoder."""
+    encoder = {id(p) for p in model.encoder.parameters()}
+    groups = {(e, d): [] for e in ("encoder", "heads") for d in (True, False)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        # BERT practice: no weight decay on biases and LayerNorm weights.
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = not (p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name)
+        groups[("encoder" if id(p) in encoder else "heads", decay)].append(p)
+    return [{"params": ps, "weight_decay": weight_decay if d else 0.0, "name": e}
+            for (e, d), ps in groups.items() if ps]
+
+
+def _lr_schedule(optimizer, total: int, warmup: int, head_warmup: int):
+    """Linear warm-up then linear decay (paper 4.1), for every group; with `head_warmup` > 0 the
+    encoder groups keep lr 0 for the first `head_warmup` steps, so only the freshly initialised
+    heads learn (then the usual schedule, from where it stands, applies to all)."""
+    def base(step: int) -> float:
+        if step < warmup:   # the formula of transformers' get_linear_schedule_with_warmup
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    def encoder(step: int) -> float:
+        return 0.0 if step < head_warmup else base(step)
+
+    lambdas = [encoder if g["name"] == "encoder" else base for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 def _check_resume_config(saved: dict, cfg: TrainConfig, where: Path) -> None:
@@ -170,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     """Train; returns the run folder. The trained student is in `<run>/student/`."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from mmkd.dist import use_cpu
     from mmkd.model import MMKDModel
@@ -217,7 +239,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * schedule.steps_per_epoch))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     # Stepped by us once per optimiser step (not prepared: accelerate would step it per process).
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+    scheduler = _lr_schedule(optimizer, total_steps, round(cfg.warmup_ratio * total_steps), cfg.head_warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     run_meta = {"config": dataclasses.asdict(cfg), "caches": sources.identities, "mmkd_version": __version__,
@@ -316,13 +338,14 @@ def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, ac
                 stds["std_teacher_struca"] = projection_std(out["struca_teacher"]).item()
             accelerator.backward(loss)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+    used = {g["name"]: g["lr"] for g in optimizer.param_groups}     # the lr of this step
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     reduced = {o: accelerator.reduce(v, reduction="sum").item() for o, v in logged.items()}
     logs = {o: reduced.get(o) for o in OBJECTIVES}
     logs["loss"] = sum(weights[o] * v for o, v in reduced.items())
-    logs["lr"] = scheduler.get_last_lr()[0]
+    logs["lr"], logs["lr_heads"] = used.get("encoder", 0.0), used.get("heads", 0.0)
     logs["grad_norm"] = float(grad_norm) if grad_norm is not None else None
     logs.update(stds)
     return logs

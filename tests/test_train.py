@@ -288,3 +288,23 @@ def test_trained_student_loads_with_automodel(tmp_path, cache_root, tiny_student
     name = "embeddings.word_embeddings.weight"
     assert not torch.equal(dict(student.named_parameters())[name], dict(before.named_parameters())[name])
     assert AutoConfig.from_pretrained(run / "student").hidden_size == 32
+
+
+def test_head_warmup_keeps_the_encoder_fixed_then_trains_it(tmp_path, cache_root, tiny_student, data_dir):
+    from safetensors.torch import load_file
+
+    cfg = config(tmp_path, cache_root, tiny_student, data_dir, max_steps=6, head_warmup_steps=3, checkpoint_every=3)
+    run = train(cfg, progress=False)
+    start = AutoModelForMaskedLM.from_pretrained(tiny_student).state_dict()
+    at3 = load_file(str(run / "checkpoints" / "step-0000003" / "model.safetensors"))
+    at6 = load_file(str(run / "checkpoints" / "step-0000006" / "model.safetensors"))
+    name = "student.bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(at3[name], start["bert.encoder.layer.0.attention.self.query.weight"])
+    assert not torch.equal(at6[name], at3[name])
+    head = "senta_projector.0.weight"
+    assert not torch.equal(at3[head], at6[head])
+    rows = metrics(run)
+    # lr = the encoder's lr used in that step, lr_heads = the heads'; no warm-up ratio in this config.
+    assert [float(r["lr"]) for r in rows[:3]] == [0.0, 0.0, 0.0]
+    assert float(rows[3]["lr"]) == pytest.approx(1e-3 * 3 / 6)
+    assert [float(r["lr_heads"]) for r in rows] == pytest.approx([1e-3 * (6 - i) / 6 for i in range(6)])

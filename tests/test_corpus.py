@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from mmkd.cli import main
 from mmkd.corpus import CorpusConfig, fingerprint_rows, open_corpus, prepare_corpus
-from mmkd.corpus_sources import OpusRef, opus_refs
+from mmkd.corpus_sources import OPUS_BASE_URL, OpusRef, opus_refs
 from mmkd.errors import CorpusError
 
 EUROPARL = ("parallel/europarl_v7_fr-en/europarl-v7.fr-en.en", "parallel/europarl_v7_fr-en/europarl-v7.fr-en.fr")
@@ -91,7 +91,7 @@ def test_builtin_opus_table_downloads_through_the_real_path(tmp_path, shared):
     like the OPUS object store) into data/downloads and read as a Moses zip."""
     ref = opus_refs("en-fr")[0]
     assert ref == OpusRef("Europarl", "v8", "fr")
-    assert ref.url() == "https://object.pouta.csc.fi/OPUS-Europarl/v8/moses/en-fr.txt.zip"
+    assert ref.url() == f"{OPUS_BASE_URL}/OPUS-Europarl/v8/moses/en-fr.txt.zip"   # built, never fetched here
     assert opus_refs("en-de")[0].url().endswith("/OPUS-Europarl/v8/moses/de-en.txt.zip")
     mirror = tmp_path / "mirror" / "OPUS-Europarl" / "v8" / "moses"
     mirror.mkdir(parents=True)

@@ -200,3 +200,11 @@ def test_tsne_picture_and_report(tmp_path, tiny_student, tiny_teacher, shared):
     lines = r.output.strip().splitlines()
     assert lines[0].startswith("| model | retrieval") and len(lines) == 4
     assert tiny_student in r.output and tiny_teacher in r.output
+
+
+def test_window_longer_than_the_model_is_a_clear_error(tmp_path, tiny_student, shared):
+    r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--data-dir", str(shared),
+                                  "--train-file", str(shared / "english_qa_train" / "tydiqa-goldp-v1.1-en-train.first1500.json"),
+                                  "--languages", "en", "--max-train-examples", "8", "--max-eval-examples", "2",
+                                  "--out", str(tmp_path)])          # default --max-length 384 > 160 positions
+    assert r.exit_code == 2 and "--max-length 384 exceeds the model's 160 positions" in r.output

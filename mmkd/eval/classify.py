@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mmkd.eval.data import PAWSX, XNLI, PairExample, PairTask, check_languages, load_pair_split, load_pair_train
-from mmkd.eval.finetune import EvalConfig, autocast, device, fine_tune
+from mmkd.eval.finetune import EvalConfig, autocast, check_max_length, device, fine_tune
 from mmkd.eval.metrics import accuracy
 
 TASKS = {"xnli": XNLI, "pawsx": PAWSX}
@@ -70,6 +70,7 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=len(task.labels),
                                                                trust_remote_code=cfg.trust_remote_code)
+    check_max_length(model, hp["max_length"])
     enc, labels = _encode(tokenizer, train, hp["max_length"])
     rng = np.random.default_rng(seed)
 

@@ -97,3 +97,13 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
 def seed_everything(seed: int) -> None:
     from transformers import set_seed
     set_seed(seed)
+
+
+def check_max_length(model, max_length: int) -> None:
+    """A window longer than the model's position table would crash deep inside the model."""
+    from mmkd.eval.data import EvalDataError
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise EvalDataError(f"--max-length {max_length} exceeds the model's {limit} positions; "
+                            f"pass --max-length {limit} or less")

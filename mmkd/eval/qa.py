@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mmkd.eval.data import XQUAD_ALL, XQUAD_LANGUAGES, EvalDataError, QAExample, check_languages, load_qa
-from mmkd.eval.finetune import EvalConfig, autocast, device, fine_tune
+from mmkd.eval.finetune import EvalConfig, autocast, check_max_length, device, fine_tune
 from mmkd.eval.metrics import squad_scores
 
 DEFAULTS = {"epochs": 3.0, "lr": 3e-5, "max_length": 384, "weight_decay": 1e-4, "warmup_ratio": 0.1}
@@ -101,6 +101,7 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     seed_everything(seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForQuestionAnswering.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    check_max_length(model, hp["max_length"])
     feats = featurize(tokenizer, train, hp["max_length"], cfg.doc_stride, train=True)
     names = [k for k in ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions") if k in feats]
     n = len(feats["input_ids"])

@@ -22,6 +22,21 @@ VARIANTS = {
     "F": ("as A, head warm-up 40 steps", {"head_warmup_steps": 40}),
     "H": ("as A, head warm-up 40 steps, XWCL cosine tau 0.1",
           {"head_warmup_steps": 40, "xwcl_similarity": "cosine", "xwcl_temperature": 0.1}),
+    "T": ("TLM only", {"without": ["xwcl", "senta", "struca"]}),
+    "X": ("XWCL only (dot, tau 1)", {"without": ["tlm", "senta", "struca"]}),
+    "S": ("SentA only", {"without": ["tlm", "xwcl", "struca"]}),
+    "R": ("StrucA only", {"without": ["tlm", "xwcl", "senta"]}),
+    "XC": ("XWCL only, cosine tau 0.1", {"without": ["tlm", "senta", "struca"], "xwcl_similarity": "cosine",
+                                         "xwcl_temperature": 0.1}),
+    "SB": ("SentA only, batch-norm heads", {"without": ["tlm", "xwcl", "struca"], "head_norm": "batch"}),
+    "AB": ("all four, batch-norm heads", {"head_norm": "batch"}),
+    "NS": ("all but SentA", {"without": ["senta"]}),
+    "K1": ("all four, XWCL cosine tau 0.1, alpha 20",
+           {"xwcl_similarity": "cosine", "xwcl_temperature": 0.1, "alpha": 20.0}),
+    "K2": ("as K1, batch-norm heads", {"xwcl_similarity": "cosine", "xwcl_temperature": 0.1, "alpha": 20.0,
+                                       "head_norm": "batch"}),
+    "K3": ("as K1, head warm-up 40 steps", {"xwcl_similarity": "cosine", "xwcl_temperature": 0.1, "alpha": 20.0,
+                                            "head_warmup_steps": 40}),
 }
 
 

@@ -231,7 +231,7 @@ def _train_options(fn):
               help="Remove an objective (repeatable); its forward pass is skipped."),
         click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
               help="Teacher projectors: frozen at their random init, or trained online by SentA/StrucA "
-                   "(can collapse; watch std_teacher_* in metrics.csv). See docs/defaults.md."),
+                   "(can collapse; watch std_teacher_* in metrics.csv). See 'Defaults the paper leaves open' in docs/method.md."),
         click.option("--head-hidden", default=768, show_default=True, type=int, help="Hidden units of the head MLPs."),
         click.option("--head-out", default=128, show_default=True, type=int, help="Output size of the head MLPs."),
         click.option("--head-norm", type=click.Choice(["none", "batch", "layer"]), default="none", show_default=True,

@@ -70,7 +70,84 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
+@dataclass
+class PreparedBatch:
+    """A tokenized batch and, per sentence, where each kept word's first sub-token is."""
+    words: list[list[str]]
+    enc: dict                   # input_ids, token_type_ids, attention_mask: [B, L] int64, CPU
+    positions: list[np.ndarray]  # [n_kept] token position of each kept word's first sub-token
+    kept: list[np.ndarray]       # [n_kept] index of each kept word in its word list
+    truncated: list[bool]        # the teacher's max_length cut words off the end
+
+
+def tokenize_words(tokenizer, words: list[list[str]], max_length: int = 128):
+    """`[CLS] s [SEP]` for each word list, cut at `max_length`, not padded (a BatchEncoding of
+    lists: lengths for grouping, `word_ids` for the first sub-tokens)."""
+    return tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+                     return_token_type_ids=True, return_attention_mask=False)
+
+
+def collate(tokenizer, enc, idx, words: list[list[str]], max_length: int = 128) -> PreparedBatch:
+    """Rows `idx` of a `tokenize_words` result as one right-padded batch (what the tokenizer's own
+    `padding=True` gives a BERT-family model), and every word's first sub-token."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no pad token; the teacher needs one")
+    idx = list(idx)
+    rows = [enc["input_ids"][i] for i in idx]
+    width = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)
+    token_type_ids = np.zeros((len(rows), width), dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    batch_words, positions, kept, truncated = [], [], [], []
+    for b, i in enumerate(idx):
+        n = len(rows[b])
+        input_ids[b, :n] = rows[b]
+        token_type_ids[b, :n] = enc["token_type_ids"][i]
+        attention_mask[b, :n] = 1
+        ws = words[i]
+        pos = first_subtoken_positions(enc.word_ids(i), len(ws), enc.sequence_ids(i), 0)
+        k = np.flatnonzero(pos >= 0)
+        batch_words.append(ws)
+        kept.append(k)
+        positions.append(pos[k])
+        # Truncated = some word after the last kept one exists but was not seen.
+        truncated.append(bool(len(k) < len(ws) and (len(k) == 0 or k[-1] < len(ws) - 1) and n >= max_length))
+    tensors = {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
+               "attention_mask": torch.from_numpy(attention_mask)}
+    return PreparedBatch(batch_words, tensors, positions, kept, truncated)
+
+
+def prepare_batch(tokenizer, words: list[list[str]], max_length: int = 128) -> PreparedBatch:
+    """Tokenize and collate one batch of word lists. CPU only, so it can run ahead of the forward."""
+    return collate(tokenizer, tokenize_words(tokenizer, words, max_length), range(len(words)), words, max_length)
+
+
+def token_lengths(enc) -> np.ndarray:
+    """Sub-token count of each row of a `tokenize_words` result (what batching should group by)."""
+    return np.array([len(r) for r in enc["input_ids"]], dtype=np.int64)
+
+
 @torch.inference_mode()
+def encode_prepared(model, batch: PreparedBatch, layer: int = -1) -> list[EncodedSentence]:
+    """Run the teacher on a `prepare_batch` result and gather word and [CLS] states."""
+    global FORWARD_PASSES
+    FORWARD_PASSES += 1
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.enc.items()
+              if k in ("input_ids", "attention_mask", "token_type_ids")}
+    with autocast_for(device):
+        out = model(**inputs, output_hidden_states=layer != -1)
+    hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+    # Only the rows we keep leave the device: [sum n_kept + B, H] instead of [B, L, H].
+    length, n = hidden.shape[1], len(batch.words)
+    flat = np.concatenate([b * length + p for b, p in enumerate(batch.positions)] + [np.arange(n) * length])
+    rows = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(flat).to(device)].float().cpu().numpy()
+    counts = [len(p) for p in batch.positions]
+    word_rows, cls_rows = rows[:sum(counts)], rows[sum(counts):]
+    return [EncodedSentence(word_states=states, cls=cls_rows[b], kept=batch.kept[b], truncated=batch.truncated[b])
+            for b, states in enumerate(np.split(word_rows, np.cumsum(counts)[:-1]))]
+
+
 def encode_words(model, tokenizer, words: list[list[str]], layer: int = -1,
                  max_length: int = 128) -> list[EncodedSentence]:
     """Run the teacher on `[CLS] s [SEP]` for each word list and gather word and [CLS] states.
@@ -79,26 +156,7 @@ def encode_words(model, tokenizer, words: list[list[str]], layer: int = -1,
     dropped (and the sentence marked truncated), as are words the tokenizer maps to nothing.
     `layer` indexes `hidden_states` (-1 = last layer, 0 = embeddings).
     """
-    global FORWARD_PASSES
-    FORWARD_PASSES += 1
-    device = next(model.parameters()).device
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                    padding=True, return_tensors="pt", return_token_type_ids=True)
-    inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    with autocast_for(device):
-        out = model(**inputs, output_hidden_states=layer != -1)
-    hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-    hidden = hidden.float().cpu().numpy()
-    results = []
-    for b, ws in enumerate(words):
-        pos = first_subtoken_positions(enc.word_ids(b), len(ws), enc.sequence_ids(b), 0)
-        kept = np.flatnonzero(pos >= 0)
-        # Truncated = some word after the last kept one exists but was not seen.
-        truncated = bool(len(kept) < len(ws) and (len(kept) == 0 or kept[-1] < len(ws) - 1)
-                         and int(enc["attention_mask"][b].sum()) >= max_length)
-        results.append(EncodedSentence(word_states=hidden[b, pos[kept]], cls=hidden[b, 0].copy(),
-                                       kept=kept, truncated=truncated))
-    return results
+    return encode_prepared(model, prepare_batch(tokenizer, words, max_length), layer)
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

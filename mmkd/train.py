@@ -59,7 +59,7 @@ class TrainConfig:
     xwcl_similarity: str = "dot"
     struca_temperature: float = 0.1
     without: list[str] = field(default_factory=list)
-    teacher_heads: str = "frozen"                       # frozen | train (see docs/defaults.md)
+    teacher_heads: str = "frozen"                       # frozen | train (docs/method.md, "Defaults the paper leaves open")
     head_hidden: int = 768
     head_out: int = 128
     head_norm: str = "none"

@@ -22,6 +22,7 @@ from mmkd.cache.verify import verify_cache
 from mmkd.cli import main
 from mmkd.corpus import open_corpus
 from mmkd.errors import CacheError
+from mmkd.teacher import load_teacher
 from mmkd.words import split_words
 
 
@@ -73,6 +74,39 @@ def test_fp32_cache_equals_a_fresh_teacher_forward_exactly(fp32_cache, tiny_teac
         assert np.array_equal(batch.word_states[j, :n].numpy(), ref_words)
         assert np.array_equal(batch.cls[j].numpy(), ref_cls)
         assert not batch.word_states[j, n:].any()
+
+
+def test_collated_batches_and_device_gather_match_a_plain_loop(tiny_teacher, data_dir):
+    """The writer tokenizes a whole shard, groups by sub-token length and pads each batch itself;
+    encode_prepared gathers the kept rows on the device. Both must match the tokenizer's own
+    padding and a plain loop over the padded batch exactly."""
+    from mmkd.teacher import collate, encode_prepared, length_grouped_batches, token_lengths, tokenize_words
+
+    model, tok = load_teacher(tiny_teacher)
+    english, _ = open_corpus("en-fr", str(data_dir)).rows(np.arange(23))
+    words = [split_words(s) for s in english]
+    enc = tokenize_words(tok, words)
+    lengths = token_lengths(enc)
+    batches = length_grouped_batches(lengths, 7)                      # 7, 7, 7, 2: padded batches
+    assert [len(b) for b in batches] == [7, 7, 7, 2]
+    assert all(lengths[a].min() >= lengths[b].max() for a, b in zip(batches, batches[1:]))
+    for idx in batches:
+        batch = [words[i] for i in idx]
+        ref = tok(batch, is_split_into_words=True, truncation=True, max_length=128, padding=True,
+                  return_tensors="pt", return_token_type_ids=True)
+        prepared = collate(tok, enc, idx, words)
+        for key in ("input_ids", "token_type_ids", "attention_mask"):
+            assert torch.equal(prepared.enc[key], ref[key]), key
+        with torch.no_grad():
+            hidden = model(**ref).last_hidden_state
+        for j, (ws, got) in enumerate(zip(batch, encode_prepared(model, prepared))):
+            first = {}
+            for t, w in enumerate(ref.word_ids(j)):
+                if w is not None and w not in first:
+                    first[w] = t
+            assert got.kept.tolist() == sorted(first)
+            assert np.array_equal(got.word_states, torch.stack([hidden[j, first[i]] for i in sorted(first)]).numpy())
+            assert np.array_equal(got.cls, hidden[j, 0].numpy())
 
 
 def test_reduced_precision_stays_within_tolerance(tmp_path, fp32_cache, tiny_teacher, data_dir):

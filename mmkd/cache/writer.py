@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -25,8 +26,8 @@ from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, enco
 from mmkd.corpus import PreparedCorpus, default_data_dir, open_corpus
 from mmkd.dist import process_state
 from mmkd.errors import CacheError
-from mmkd.teacher import (encode_words, length_grouped_batches, load_teacher, model_hash,
-                          tokenizer_hash)
+from mmkd.teacher import (collate, encode_prepared, length_grouped_batches, load_teacher, model_hash,
+                          token_lengths, tokenize_words, tokenizer_hash)
 from mmkd.words import WORD_RULE_VERSION, split_words
 
 # bert-base-cased: the paper's teacher is "BERT-base" with the same architecture as mBERT, and
@@ -98,21 +99,45 @@ def _array(group, name, data, compression):
         arr[...] = data
 
 
-def _write_shard(fs, root: str, k: int, corpus: PreparedCorpus, cfg: CacheConfig, model, tokenizer,
-                 bar) -> dict:
+@dataclass
+class _Shard:
+    k: int
+    first_pair_id: int
+    pair_ids: np.ndarray
+    words: list[list[str]]          # as split
+    batches: list                   # (indices into the shard, PreparedBatch), length-grouped
+    encoded: list | None = None     # EncodedSentence per sentence, in pair-id order
+
+
+def _prepare_shard(k: int, corpus: PreparedCorpus, cfg: CacheConfig, tokenizer) -> _Shard:
+    """Read, split and tokenize shard k, and cut it into batches of similar sub-token length."""
     lo, hi = k * cfg.shard_size, min(len(corpus), (k + 1) * cfg.shard_size)
     pair_ids = np.arange(lo, hi, dtype=np.int64)
     english, _ = corpus.rows(pair_ids)
     words = [split_words(s) for s in english]
-    encoded = [None] * len(words)
-    for idx in length_grouped_batches(np.array([len(w) for w in words]), cfg.batch_size):
-        for i, e in zip(idx, encode_words(model, tokenizer, [words[i] for i in idx], cfg.layer, cfg.max_length)):
+    enc = tokenize_words(tokenizer, words, cfg.max_length)
+    batches = [(idx, collate(tokenizer, enc, idx, words, cfg.max_length))
+               for idx in length_grouped_batches(token_lengths(enc), cfg.batch_size)]
+    return _Shard(k, lo, pair_ids, words, batches)
+
+
+def _encode_shard(shard: _Shard, cfg: CacheConfig, model, bar) -> _Shard:
+    """Run the teacher over a prepared shard."""
+    encoded = [None] * len(shard.words)
+    for idx, batch in shard.batches:
+        for i, e in zip(idx, encode_prepared(model, batch, cfg.layer)):
             encoded[i] = e
         bar.update(len(idx))
+    shard.encoded, shard.batches = encoded, []
+    return shard
+
+
+def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) -> dict:
+    """Write an encoded shard into `shards/<k>.tmp/`, checksum it, then rename it into place."""
+    k, words, encoded = shard.k, shard.words, shard.encoded
     kept_words = [[w[j] for j in e.kept] for w, e in zip(words, encoded)]
     counts = np.array([len(e.kept) for e in encoded], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    hidden = model.config.hidden_size
     word_states = (np.concatenate([e.word_states for e in encoded]) if counts.sum()
                    else np.zeros((0, hidden), np.float32))
     cls = np.stack([e.cls for e in encoded])
@@ -131,7 +156,7 @@ def _write_shard(fs, root: str, k: int, corpus: PreparedCorpus, cfg: CacheConfig
         _array(group, "cls_scale", scale, cfg.compression)
     _array(group, "offsets", offsets, None)
     meta = pa.table({
-        "pair_id": pa.array(pair_ids),
+        "pair_id": pa.array(shard.pair_ids),
         "words": pa.array(kept_words, pa.list_(pa.string())),
         "n_words": pa.array(counts.astype(np.int32)),
         "n_words_split": pa.array(np.array([len(w) for w in words], dtype=np.int32)),
@@ -142,8 +167,8 @@ def _write_shard(fs, root: str, k: int, corpus: PreparedCorpus, cfg: CacheConfig
     files = sorted(p[len(tmp) + 1:] for p in fs.find(tmp))
     record = {
         "name": shard_name(k),
-        "first_pair_id": lo,
-        "n_sentences": hi - lo,
+        "first_pair_id": shard.first_pair_id,
+        "n_sentences": len(words),
         "n_words": int(counts.sum()),
         "n_truncated": int(sum(e.truncated for e in encoded)),
         "n_words_dropped": int(sum(len(w) for w in words) - counts.sum()),
@@ -153,6 +178,29 @@ def _write_shard(fs, root: str, k: int, corpus: PreparedCorpus, cfg: CacheConfig
         f.write(dumps(record))
     fs.mv(tmp, f"{root}/shards/{shard_name(k)}", recursive=True)
     return record
+
+
+def _write_shards(fs, root: str, todo: list[int], corpus: PreparedCorpus, cfg: CacheConfig, model,
+                  tokenizer, bar) -> None:
+    """A three-stage pipeline, so the teacher never waits for the CPU work around it: while the
+    teacher runs on shard k, one thread tokenizes shard k+1 and another stores shard k-1. At most
+    one shard waits on each side. An error in any stage is raised here; a shard being stored when
+    the main thread fails is still finished (the pool waits for it) or left as `.tmp`."""
+    hidden = model.config.hidden_size
+    with ThreadPoolExecutor(1, thread_name_prefix="mmkd-prepare") as prep, \
+            ThreadPoolExecutor(1, thread_name_prefix="mmkd-store") as store:
+        following = prep.submit(_prepare_shard, todo[0], corpus, cfg, tokenizer) if todo else None
+        stored = None
+        for n, k in enumerate(todo):
+            shard = following.result()
+            following = (prep.submit(_prepare_shard, todo[n + 1], corpus, cfg, tokenizer)
+                         if n + 1 < len(todo) else None)
+            _encode_shard(shard, cfg, model, bar)
+            if stored is not None:
+                stored.result()
+            stored = store.submit(_store_shard, fs, root, shard, cfg, hidden)
+        if stored is not None:
+            stored.result()
 
 
 def _shard_complete(fs, root: str, k: int) -> bool:
@@ -207,8 +255,7 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
     n_todo = sum(min(len(corpus), (k + 1) * cfg.shard_size) - k * cfg.shard_size for k in todo)
     with tqdm(total=n_todo, unit=" sent", desc=f"cache {corpus.name}", disable=not progress,
               position=state.process_index, dynamic_ncols=True) as bar:
-        for k in todo:
-            _write_shard(fs, root, k, corpus, cfg, model, tokenizer, bar)
+        _write_shards(fs, root, todo, corpus, cfg, model, tokenizer, bar)
     state.wait_for_everyone()
 
     if state.is_main_process:

@@ -34,6 +34,10 @@ from mmkd.words import WORD_RULE_VERSION, split_words
 # mBERT (the student) is cased; a cased teacher keeps the case information the student sees.
 DEFAULT_TEACHER = "bert-base-cased"
 
+# How a shard is cut into teacher batches (it decides the padding, hence the fp32 rounding): sort
+# the shard by sub-token count, longest first, ties in pair-id order, then cut every batch_size.
+BATCHING_RULE = "subtoken-length-v1"
+
 
 @dataclass
 class CacheConfig:
@@ -65,6 +69,7 @@ def _identity(cfg: CacheConfig, corpus: PreparedCorpus, model, tokenizer) -> dic
         "stored_dtype": STORAGE[cfg.dtype][0],
         "compression": cfg.compression,
         "batch_size": cfg.batch_size,
+        "batching": BATCHING_RULE,
         "shard_size": cfg.shard_size,
         "hidden_size": model.config.hidden_size,
         "corpus": {"name": corpus.name, "pair": corpus.pair, "fingerprint": corpus.fingerprint,

@@ -1,12 +1,15 @@
 """Does the student improve? Translation retrieval of the demo's student before and after short
 MMKD runs under several settings, on the demo's data. Prints JSON.
 
-    python benchmarks/demo_variants.py [--out runs/variants] [--steps 120] [--only A,B]
+    python benchmarks/demo_variants.py [--out runs/variants] [--steps 120] [--only A,B] [--seeds 0,1,2]
 
 Data and models as in `mmkd demo` (Tatoeba en-fr/de/es training pairs; held out: the last 500
 Tatoeba pairs per language and 500 TICO-19 en-fr/en-es lines; teacher and initial student
-all-MiniLM-L6-v2). Every variant: 120 steps, batch 30 (10 per language), the cache in fp16.
-Finished variants are reused (delete their folder to re-run).
+all-MiniLM-L6-v2). Every variant: 120 steps (--steps), batch 30 (10 per language), lr 5e-5 unless the
+variant says otherwise, the cache in fp16.
+Finished variants are reused (delete their folder to re-run). Runs of seed n > 0 go to KEY-sN, runs
+of other than 120 steps to KEY[-sN]-<steps>steps; with several seeds the JSON gives each seed and
+the mean.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ VARIANTS = {
                                        "head_norm": "batch"}),
     "K3": ("as K1, head warm-up 40 steps", {"xwcl_similarity": "cosine", "xwcl_temperature": 0.1, "alpha": 20.0,
                                             "head_warmup_steps": 40}),
+    "SC": ("SentA only, batch-centred", {"without": ["tlm", "xwcl", "struca"], "senta_center": True}),
+    "KC": ("as K3, batch-centred SentA", {"xwcl_similarity": "cosine", "xwcl_temperature": 0.1, "alpha": 20.0,
+                                         "head_warmup_steps": 40, "senta_center": True}),
+    "KD": ("as KC, alpha 50", {"xwcl_similarity": "cosine", "xwcl_temperature": 0.1, "alpha": 50.0,
+                               "head_warmup_steps": 40, "senta_center": True}),
 }
 
 
@@ -45,6 +53,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/variants")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--only", default=None, help="comma-separated variant letters")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds; seed 0 runs in DIR/KEY, seed n in DIR/KEY-sN")
     args = ap.parse_args()
 
     from mmkd.cache import CacheConfig, build_cache
@@ -73,14 +82,25 @@ def main() -> None:
 
     report = {"steps": args.steps, "batch_size": 30, "before": retrieval(teacher, root / "before.json"), "variants": {}}
     chosen = args.only.split(",") if args.only else list(VARIANTS)
+    seeds = [int(s) for s in args.seeds.split(",")]
     for key in chosen:
         what, overrides = VARIANTS[key]
-        out = root / key
-        if not (out / "student" / "config.json").exists():
-            base = dict(cache=[str(root / "cache")], student=teacher, out=str(out), data_dir=data_dir, batch_size=30,
-                        max_steps=args.steps, lr=5e-5, num_workers=1, log_with="none", checkpoint_every=10**9)
-            train(TrainConfig(**{**base, **overrides}), overwrite=True, progress=False)
-        report["variants"][key] = {"setting": what, **retrieval(str(out / "student"), out / "retrieval.json")}
+        runs = {}
+        for seed in seeds:
+            out = root / (key if seed == 0 else f"{key}-s{seed}")
+            if args.steps != 120:
+                out = out.with_name(f"{out.name}-{args.steps}steps")
+            if not (out / "student" / "config.json").exists():
+                base = dict(cache=[str(root / "cache")], student=teacher, out=str(out), data_dir=data_dir,
+                            batch_size=30, max_steps=args.steps, lr=5e-5, num_workers=1, log_with="none",
+                            checkpoint_every=10**9, seed=seed)
+                train(TrainConfig(**{**base, **overrides}), overwrite=True, progress=False)
+            runs[seed] = retrieval(str(out / "student"), out / "retrieval.json")
+        entry = {"setting": what, **runs[seeds[0]]} if len(seeds) == 1 else {
+            "setting": what, "seeds": runs,
+            "cls": round(sum(r["cls"] for r in runs.values()) / len(runs), 1),
+            "mean": round(sum(r["mean"] for r in runs.values()) / len(runs), 1)}
+        report["variants"][key] = entry
     print(json.dumps(report, indent=2))
 
 

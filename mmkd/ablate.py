@@ -59,10 +59,15 @@ def _evaluate(model: str, out: Path, cfg: AblationConfig, log) -> dict[str, dict
     return results
 
 
-def _score(task: str, result: dict) -> float:
+def _scores(task: str, result: dict) -> dict[str, float]:
+    """The table's columns for one evaluation: retrieval gives [CLS] and mean pooling."""
     if task == "retrieval":
-        return result["average"]["cls"]
-    return result["summary"]["avg"]["mean"]
+        return {"retrieval": result["average"]["cls"], "retrieval_mean": result["average"]["mean"]}
+    return {task: result["summary"]["avg"]["mean"]}
+
+
+def _row(results: dict[str, dict]) -> dict[str, float]:
+    return {col: v for task, r in results.items() for col, v in _scores(task, r).items()}
 
 
 def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
@@ -82,7 +87,7 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
     if cfg.include_baseline:
         log(f"baseline (initial student {cfg.base.student})")
         base = _evaluate(cfg.base.student, out / "baseline" / "eval", cfg, log)
-        table["runs"]["baseline"] = {task: _score(task, r) for task, r in base.items()}
+        table["runs"]["baseline"] = _row(base)
     for name, removed in RUNS:
         run_cfg = _run_config(cfg, name, removed)
         run_dir = Path(run_cfg.out)
@@ -90,12 +95,15 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
             log(f"{name}: trained already ({run_dir}/student), skipping training")
         else:
             resume = latest_checkpoint(run_dir) is not None
-            log(f"{name}: {'resuming' if resume else 'training'} without {removed or 'nothing'} -> {run_dir}")
+            what = f"without {removed}" if removed else "with all four objectives"
+            log(f"{name}: {'resuming' if resume else 'training'} {what} -> {run_dir}")
             train(run_cfg, resume=resume, progress=progress)
         config = json.loads((run_dir / "config.json").read_text())["config"]
-        assert config["without"] == ([removed] if removed else []), f"{run_dir}: config.json has without={config['without']}"
+        if config["without"] != ([removed] if removed else []):
+            raise ValueError(f"{run_dir}/config.json has without={config['without']}, not the {name} run's; "
+                             "another sweep wrote this folder: give another --out")
         results = _evaluate(str(run_dir / "student"), run_dir / "student" / "eval", cfg, log)
-        table["runs"][name] = {task: _score(task, r) for task, r in results.items()}
+        table["runs"][name] = _row(results)
     forwards = teacher.FORWARD_PASSES - forwards_before
     log(f"teacher forward passes during the sweep: {forwards}")
     table["teacher_forward_passes"] = forwards
@@ -106,12 +114,14 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
 
 
 def ablation_markdown(table: dict) -> str:
-    names = {"retrieval": "retrieval acc. ([CLS], mean of both directions)", "xnli": "XNLI acc.",
-             "pawsx": "PAWS-X acc.", "xquad": "XQuAD F1"}
-    evals = table["evals"]
-    lines = ["| model | " + " | ".join(names.get(e, e) for e in evals) + " |", "|" + "---|" * (len(evals) + 1)]
+    names = {"retrieval": "retrieval acc. [CLS]", "retrieval_mean": "retrieval acc. mean-pool",
+             "xnli": "XNLI acc.", "pawsx": "PAWS-X acc.", "xquad": "XQuAD F1"}
+    columns = list(next(iter(table["runs"].values()), {}))
+    lines = ["| model | " + " | ".join(names.get(c, c) for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for name, scores in table["runs"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{scores[e]:.1f}" for e in evals) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{scores[c]:.1f}" for c in columns) + " |")
+    if "retrieval" in table["evals"]:
+        lines += ["", "Retrieval: held-out translation pairs, x→en and en→x averaged over the sets."]
     return "\n".join(lines)
 
 

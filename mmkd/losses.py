@@ -51,11 +51,19 @@ def xwcl_loss(student_words: Tensor, teacher_words: Tensor, word_mask: Tensor, m
     return -log_prob[anchors].mean()
 
 
-def senta_loss(student_pred: Tensor, teacher_proj: Tensor) -> Tensor:
+def senta_loss(student_pred: Tensor, teacher_proj: Tensor, center: bool = False) -> Tensor:
     """Sentence alignment, eq. (2): mean over the batch of ||q̄(g(c̃)) − ḡ_t(c)||²,
-    both L2-normalised. student_pred, teacher_proj: [B, D]."""
-    s = F.normalize(student_pred.float(), dim=-1)
-    t = F.normalize(teacher_proj.float(), dim=-1)
+    both L2-normalised. student_pred, teacher_proj: [B, D].
+
+    center=True (not in the paper; docs/method.md): subtract each side's batch mean before
+    normalising, so only what tells the sentences of the batch apart is matched and a student
+    that outputs one vector for every input cannot lower the loss."""
+    student_pred, teacher_proj = student_pred.float(), teacher_proj.float()
+    if center:
+        student_pred = student_pred - student_pred.mean(dim=0, keepdim=True)
+        teacher_proj = teacher_proj - teacher_proj.mean(dim=0, keepdim=True)
+    s = F.normalize(student_pred, dim=-1)
+    t = F.normalize(teacher_proj, dim=-1)
     return (s - t).pow(2).sum(dim=-1).mean()
 
 

@@ -58,6 +58,7 @@ class TrainConfig:
     xwcl_temperature: float = 1.0
     xwcl_similarity: str = "dot"
     struca_temperature: float = 0.1
+    senta_center: bool = False                          # SentA on batch-centred vectors (not the paper)
     without: list[str] = field(default_factory=list)
     teacher_heads: str = "frozen"                       # frozen | train (docs/method.md, "Defaults the paper leaves open")
     head_hidden: int = 768
@@ -180,10 +181,16 @@ def _lr_schedule(optimizer, total: int, warmup: int, head_warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
+def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The settings (other than those a resume may change) in which `cfg` differs from a run's saved
+    config. A setting added after the run was made counts as its default there."""
+    now, defaults = dataclasses.asdict(cfg), dataclasses.asdict(TrainConfig())
+    return [f"{k}: run has {saved.get(k, defaults[k])!r}, now {now[k]!r}" for k in sorted(now)
+            if k not in _RESUMABLE and saved.get(k, defaults[k]) != now[k]]
+
+
 def _check_resume_config(saved: dict, cfg: TrainConfig, where: Path) -> None:
-    now = dataclasses.asdict(cfg)
-    diffs = [f"{k}: run has {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(now)
-             if k not in _RESUMABLE and saved.get(k) != now.get(k)]
+    diffs = config_differences(saved, cfg)
     if diffs:
         raise TrainingError(f"cannot resume {where}: the configuration differs:\n  " + "\n  ".join(diffs))
 
@@ -285,7 +292,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         tick = now
         if main:
             _append_metrics(out / "metrics.csv", logs)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+            shown = {"loss": f"{logs['loss']:.4f}", "lr": f"{logs['lr']:.2e}"}
+            if cfg.head_warmup_steps:   # the encoder's lr is 0 during the warm-up; show the heads' too
+                shown["lr_heads"] = f"{logs['lr_heads']:.2e}"
+            bar.set_postfix(shown)
             bar.update(1)
         if log_with != "none":
             accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
@@ -321,7 +331,7 @@ def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, ac
                 value = _term(o, out, batch, cfg, accelerator)
                 if not totals[j]:
                     back = 0.0
-                elif o == "struca":
+                elif o == "struca" or (o == "senta" and cfg.senta_center):
                     # Every process computes the same loss over the gathered micro-batch; all_gather's
                     # backward sums the processes' gradients and DDP divides by world: net weight 1.
                     back = float(across[m, j] / totals[j])
@@ -357,6 +367,10 @@ def _term(objective: str, out: dict, batch: StudentBatch, cfg: TrainConfig, acce
     if objective == "xwcl":
         return xwcl_loss(out["student_words"], batch.teacher_words, batch.teacher_word_mask, batch.xwcl_masked,
                          cfg.xwcl_temperature, cfg.xwcl_similarity)
+    if objective == "senta" and cfg.senta_center:
+        # The batch mean must be the global batch's: computed over the gathered micro-batch.
+        return senta_loss(_gather_with_grad(out["senta_student"], accelerator),
+                          _gather_with_grad(out["senta_teacher"], accelerator), center=True)
     if objective == "senta":
         return senta_loss(out["senta_student"], out["senta_teacher"])
     return struca_loss(_gather_with_grad(out["struca_student"], accelerator),

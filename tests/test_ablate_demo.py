@@ -42,7 +42,13 @@ def test_ablation_sweep_five_runs_from_one_cache(tmp_path, sweep_cache, tiny_stu
         assert run["caches"] == json.loads((tmp_path / "sweep" / "mmkd" / "config.json").read_text())["caches"]
         assert (tmp_path / "sweep" / name / "student" / "eval" / "retrieval" / "results.json").is_file()
     md = (tmp_path / "sweep" / "ablation.md").read_text().splitlines()
-    assert len(md) == 2 + 6 and md[2].startswith("| baseline |")
+    assert md[0] == "| model | retrieval acc. [CLS] | retrieval acc. mean-pool |"
+    assert md[2].startswith("| baseline |") and md[7].startswith("| -struca |")
+    # The table's numbers are each run's own evaluation, both poolings.
+    for name in ["mmkd", "-struca"]:
+        result = json.loads((tmp_path / "sweep" / name / "student" / "eval" / "retrieval" / "results.json").read_text())
+        assert table["runs"][name] == {"retrieval": result["average"]["cls"],
+                                       "retrieval_mean": result["average"]["mean"]}
 
     # An interrupted sweep continues: only the missing run trains again.
     shutil.rmtree(tmp_path / "sweep" / "-senta")
@@ -88,3 +94,21 @@ def test_demo_small_end_to_end_and_rerun_reuses(tmp_path):
     r = CliRunner().invoke(main, args)       # everything is reused
     assert r.exit_code == 0, r.output
     assert {p: p.stat().st_mtime for p in stamp} == stamp
+    # The run records the demo's settings; a rerun asking for other settings is refused by name.
+    saved = json.loads((out / "run" / "config.json").read_text())["config"]
+    assert saved["senta_center"] is True and saved["alpha"] == 50.0 and saved["head_warmup_steps"] == 5
+    r = CliRunner().invoke(main, [*args, "--alpha", "3"])
+    assert r.exit_code != 0 and "alpha: run has 50.0, now 3.0" in r.output
+
+
+def test_demo_cli_defaults_are_the_demo_config():
+    from dataclasses import fields
+
+    from mmkd.demo import DemoConfig
+
+    demo = main.commands["demo"]
+    by_name = {p.name: p for p in demo.params}
+    shared = [f for f in fields(DemoConfig) if f.name in by_name and f.name not in ("teacher", "student")]
+    assert {f.name for f in shared} >= {"lr", "alpha", "senta_center", "head_warmup_steps", "xwcl_similarity", "steps"}
+    for f in shared:
+        assert by_name[f.name].default == f.default, f.name

@@ -1,16 +1,20 @@
-"""StrucA across processes: the all-gathered loss on 2 gloo processes, weighted as the trainer
-weights it and averaged by DDP, gives the gradient of the single-process full-batch loss."""
+"""Batch-level losses across processes (StrucA, centred SentA): the all-gathered loss on 2 gloo
+processes, weighted as the trainer weights it and averaged by DDP, gives the gradient of the
+single-process full-batch loss."""
 
 from __future__ import annotations
 
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmkd.losses import struca_loss
+from mmkd.losses import senta_loss, struca_loss
+
+LOSSES = {"struca": lambda s, t: struca_loss(s, t, 0.2), "senta_centred": lambda s, t: senta_loss(s, t, center=True)}
 
 
 def _free_port() -> int:
@@ -26,7 +30,7 @@ def _full_batch():
     return student_in, teacher_in, w_s, w_t
 
 
-def _worker(rank: int, world: int, port: int, out: dict):
+def _worker(rank: int, world: int, port: int, out: dict, name: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from mmkd.train import _gather_with_grad
@@ -39,7 +43,7 @@ def _worker(rank: int, world: int, port: int, out: dict):
     half = slice(rank * 4, rank * 4 + 4)
     z_s = _gather_with_grad(student_in[half] @ w_s, _Acc())
     z_t = _gather_with_grad(teacher_in[half] @ w_t, _Acc())
-    loss = struca_loss(z_s, z_t, 0.2)
+    loss = LOSSES[name](z_s, z_t)
     loss.backward()
     for w in (w_s, w_t):            # what DDP does: average the gradients over processes
         dist.all_reduce(w.grad)
@@ -48,16 +52,17 @@ def _worker(rank: int, world: int, port: int, out: dict):
     dist.destroy_process_group()
 
 
-def test_struca_gathered_over_two_processes_equals_one_process():
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_batch_losses_gathered_over_two_processes_equal_one_process(name):
     student_in, teacher_in, w_s, w_t = _full_batch()
     w_s.requires_grad_()
     w_t.requires_grad_()
-    ref = struca_loss(student_in @ w_s, teacher_in @ w_t, 0.2)
+    ref = LOSSES[name](student_in @ w_s, teacher_in @ w_t)
     ref.backward()
     assert ref.item() > 0.05   # a real structure difference, not a degenerate zero
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, _free_port(), out, name), nprocs=2, join=True)
         results = dict(out)
     for rank in (0, 1):
         loss, g_s, g_t = results[rank]

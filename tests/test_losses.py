@@ -100,6 +100,27 @@ def test_senta_equals_two_minus_two_cosine():
     assert senta_loss(s, t).item() == pytest.approx(sum(2 - 2 * c for c in cos) / 7, rel=1e-5)
 
 
+def test_senta_centred_hand_worked():
+    # Batch means: s (2, 2), t (1, 1). Centred: s (1, 2), (-1, -2); t (0, -1), (0, 1).
+    # Both rows: cos = -2/sqrt(5), so ||s̄ - t̄||² = 2 + 4/sqrt(5); the mean is the same.
+    s = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    t = torch.tensor([[1.0, 0.0], [1.0, 2.0]])
+    assert senta_loss(s, t, center=True).item() == pytest.approx(2 + 4 / math.sqrt(5), rel=1e-6)
+    assert senta_loss(s, t).item() == pytest.approx(
+        ((3 / 5 - 1) ** 2 + (4 / 5) ** 2 + (1 - 1 / math.sqrt(5)) ** 2 + (2 / math.sqrt(5)) ** 2) / 2, rel=1e-6)
+
+
+def test_senta_centred_gives_a_constant_student_nothing():
+    # Targets bunched around one direction (as frozen random projections of [CLS] are): the plain
+    # loss rewards predicting that direction for every input; the centred loss does not.
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([10.0] + [0.0] * 7) + torch.randn(16, 8, generator=g)
+    constant = torch.tensor([[1.0] + [0.0] * 7]).expand(16, 8)
+    assert senta_loss(constant, t).item() < 0.1
+    assert senta_loss(constant, t, center=True).item() == pytest.approx(1.0, abs=1e-6)
+    assert senta_loss(t * 3, t, center=True).item() == pytest.approx(0.0, abs=1e-6)
+
+
 # ------------------------------------------------------------------ StrucA
 def naive_struca(s, t, tau):
     def norm(v):

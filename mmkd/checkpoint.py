@@ -49,6 +49,12 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, meta:
                     keep: int = 3) -> Path:
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
+    # Never publish a checkpoint that holds NaN or inf: `latest` must always be a state to resume from.
+    bad = [name for name, t in accelerator.unwrap_model(model).state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"step {step}: {len(bad)} tensors are not finite (e.g. {', '.join(bad[:3])}); "
+                              "the checkpoint was not written and checkpoints/latest still names the last good one")
     tmp = root / f"step-{step:07d}.tmp"
     if accelerator.is_main_process:
         if tmp.exists():
@@ -88,13 +94,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> dict:
     """Restore everything in place; returns the checkpoint's meta (with its step)."""
-    meta = json.loads((path / "meta.json").read_text())
-    missing, unexpected = load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"), strict=True)
+    damaged = (f"the checkpoint {path} is damaged; move it away and write the previous step's name "
+               f"(ls {path.parent}) into {path.parent / 'latest'}, or start again with --overwrite")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        missing, unexpected = load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"), strict=True)
+        map_location = accelerator.device
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    except Exception as e:   # safetensors' SafetensorError, torch's unpickling errors, OSError, ...
+        if isinstance(e, FileNotFoundError):
+            raise CheckpointError(f"{e.filename}: missing; {damaged}") from None
+        raise CheckpointError(f"{str(e).splitlines()[0][:200]}: {damaged}") from None
     if missing or unexpected:  # pragma: no cover - strict=True raises first
         raise CheckpointError(f"{path}: missing {missing}, unexpected {unexpected}")
-    map_location = accelerator.device
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = path / f"rng-rank{accelerator.process_index}.safetensors"
     if not rng.is_file():
         raise CheckpointError(f"{path}: no RNG state for rank {accelerator.process_index}; "

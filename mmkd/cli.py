@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -21,22 +22,58 @@ def _friendly(fn):
         except MMKDError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:   # the disk, not mmkd: say which file and what to do
+            from mmkd.models import is_verbose
+
+            if is_verbose():
+                raise
+            fix = _OS_FIX.get(e.errno, "check the path and try again")
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}; {fix}", err=True)
+            sys.exit(2)
     return wrapper
 
+
+_OS_FIX = {errno.ENOSPC: "free some space or write somewhere else",
+           errno.EROFS: "the file system is read-only: write somewhere else",
+           errno.EACCES: "no permission: write somewhere else or fix the permissions",
+           errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+           errno.EEXIST: "something already exists there: choose another path",
+           errno.EISDIR: "a folder was given where a file is needed"}
+
+
+DEFAULT_RUN = "runs/mmkd"                 # `mmkd train --out` default
+DEFAULT_STUDENT = f"{DEFAULT_RUN}/student"
 
 data_dir_option = click.option(
     "--data-dir", default=None, metavar="DIR",
     help="Folder holding prepared corpora in corpora/<name>/ (default: $MMKD_DATA_DIR or ./data).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """`--verbose` is accepted anywhere on the line (`mmkd --verbose demo` or `mmkd demo --verbose`)."""
+
+    def parse_args(self, ctx, args):
+        if "--verbose" in args:
+            cut = args.index("--") if "--" in args else len(args)
+            args = [a for a in args[:cut] if a != "--verbose"] + args[cut:]
+            from mmkd.models import set_verbose
+            set_verbose(True)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mmkd")
-def main():
+@click.option("--verbose", is_flag=True,
+              help="Show everything libraries print (transformers' load reports, weight-loading bars); "
+                   "also accepted after the command name, or MMKD_VERBOSE=1.")
+def main(verbose):
     """MMKD: multi-level multilingual knowledge distillation with a precomputed teacher cache.
 
     \b
     Stage one:  mmkd corpus prepare en-fr ...   then   mmkd cache-teacher --corpus en-fr
     Stage two:  mmkd train --cache cache/
+    Evaluate:   mmkd eval xnli --model runs/mmkd/student
     """
 
 
@@ -51,7 +88,9 @@ def corpus():
 @click.option("--moses", nargs=2, type=click.Path(), metavar="EN_FILE X_FILE",
               help="Two line-aligned text files (OPUS Moses format), English first.")
 @click.option("--tsv", type=click.Path(), metavar="FILE", help="One pair per line: en<TAB>x, no header.")
-@click.option("--zip", "zip_", metavar="PATH_OR_URL", help="An OPUS Moses zip (e.g. Europarl de-en.txt.zip).")
+@click.option("--zip", "zip_", metavar="PATH_OR_URL",
+              help="An OPUS Moses zip (e.g. Europarl de-en.txt.zip); a URL is downloaded once into "
+                   "DATA_DIR/downloads/ (resumable).")
 @click.option("--hf-dataset", metavar="NAME_OR_DIR",
               help="A Hugging Face dataset with a 'translation' column {en: ..., XX: ...}.")
 @click.option("--hf-config", default=None, metavar="NAME", help="Dataset config, e.g. de-en.")
@@ -69,12 +108,15 @@ def corpus():
 @click.option("--max-line-chars", default=20_000, show_default=True, type=int,
               help="A longer line is an error (a broken file), not a long sentence.")
 @click.option("--opus-base-url", default=None, metavar="URL",
-              help="Mirror of the OPUS object store, used when no source option is given.")
+              help="Mirror of the OPUS object store, used when no source option is given "
+                   "(default: $MMKD_OPUS_BASE_URL, else the OPUS object store).")
 @data_dir_option
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing prepared corpus of the same name (never a folder mmkd did not make).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly
 def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, hf_config, hf_split, name, min_tokens, max_tokens,
-                   length_tokenizer, max_pairs, seed, max_line_chars, opus_base_url, data_dir, quiet):
+                   length_tokenizer, max_pairs, seed, max_line_chars, opus_base_url, data_dir, overwrite, quiet):
     """Filter, deduplicate, shuffle and prune one language pair PAIR (e.g. en-fr).
 
     With no source option the paper's OPUS corpus for PAIR is downloaded (Europarl, MultiUN,
@@ -82,14 +124,13 @@ def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, hf_config, hf_split, name
     DATA_DIR/corpora/NAME/ (pairs.arrow + meta.json with the counts of what was dropped).
     """
     from mmkd.corpus import CorpusConfig, default_data_dir, prepare_corpus
-    from mmkd.corpus_sources import OPUS_BASE_URL
 
+    mirror = {"opus_base_url": opus_base_url} if opus_base_url else {}   # else $MMKD_OPUS_BASE_URL or OPUS
     cfg = CorpusConfig(pair=pair, name=name, moses=tuple(moses) if moses else None, tsv=tsv, zip=zip_,
-                       hf_dataset=hf_dataset, hf_config=hf_config, hf_split=hf_split,
-                       opus_base_url=opus_base_url or OPUS_BASE_URL, min_tokens=min_tokens,
+                       hf_dataset=hf_dataset, hf_config=hf_config, hf_split=hf_split, **mirror, min_tokens=min_tokens,
                        max_tokens=max_tokens, length_tokenizer=length_tokenizer, max_pairs=max_pairs,
                        seed=seed, max_line_chars=max_line_chars, data_dir=data_dir or default_data_dir())
-    out = prepare_corpus(cfg, progress=not quiet)
+    out = prepare_corpus(cfg, progress=not quiet, overwrite=overwrite)
     meta = json.loads((out / "meta.json").read_text())
     click.echo(f"{out}: {meta['n_pairs']} pairs kept of {meta['read']} read; dropped {meta['dropped']}")
 
@@ -252,6 +293,9 @@ def _train_options(fn):
         click.option("--num-workers", default=2, show_default=True, type=int, help="Data-loader workers per process."),
         click.option("--log-with", type=click.Choice(["auto", "tensorboard", "none"]), default="auto", show_default=True,
               help="Tracker besides metrics.csv (auto = tensorboard when installed)."),
+        click.option("--verify/--no-verify", "verify_cache", default=True, show_default=True,
+              help="Check every cache shard's checksums before its first use (once per cache: remembered in "
+                   "CACHE/verified/). --no-verify for caches you verified yourself."),
     ]):
         fn = option(fn)
     return fn
@@ -265,7 +309,7 @@ def _train_options(fn):
                    "the corpus recorded in the cache (its fingerprint must match).")
 @click.option("--online-teacher", default=None, metavar="NAME_OR_PATH",
               help="Compute the teacher features on the fly instead of reading a cache.")
-@click.option("--out", default="runs/mmkd", show_default=True, help="Run folder (checkpoints, logs, student/).")
+@click.option("--out", default=DEFAULT_RUN, show_default=True, help="Run folder (checkpoints, logs, student/).")
 @_train_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Delete the run in --out and start again.")
@@ -399,7 +443,9 @@ def eval_group():
 
 def _zero_shot_options(fn):
     options = [
-        click.option("--model", required=True, metavar="NAME_OR_PATH", help="Encoder to evaluate (hub name or folder)."),
+        click.option("--model", default=None, metavar="NAME_OR_PATH",
+                     help=f"Encoder to evaluate (hub name or folder). Default: the student of the default run "
+                          f"folder, {DEFAULT_STUDENT}, when `mmkd train` has written it."),
         click.option("--data-dir", default=None, metavar="DIR",
                      help="Local XTREME-format data (DIR/xnli, DIR/pawsx, DIR/xquad); default: hub datasets."),
         click.option("--train-file", default=None, metavar="FILE",
@@ -430,6 +476,20 @@ def _zero_shot_options(fn):
     return fn
 
 
+def _default_model(model: str | None) -> str:
+    """--model, or the student `mmkd train` writes with its default --out."""
+    from pathlib import Path
+
+    if model:
+        return model
+    if (Path(DEFAULT_STUDENT) / "config.json").is_file():
+        click.echo(f"evaluating {DEFAULT_STUDENT}, the student of the default run folder (--model to choose another)",
+                   err=True)
+        return DEFAULT_STUDENT
+    raise click.UsageError(f"no --model given and no trained student at {DEFAULT_STUDENT} (the default of "
+                           "`mmkd train --out`); pass --model NAME_OR_PATH")
+
+
 def _run_zero_shot(task, model, data_dir, train_file, dev_file, languages, seeds, epochs, lr, batch_size,
                    max_length, weight_decay, warmup_ratio, max_train_examples, max_eval_examples, oracle, doc_stride,
                    out, trust_remote_code):
@@ -438,6 +498,7 @@ def _run_zero_shot(task, model, data_dir, train_file, dev_file, languages, seeds
     from mmkd.eval.finetune import EvalConfig
     from mmkd.eval.runner import default_out, markdown_table, run_task, write_result
 
+    model = _default_model(model)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
@@ -467,7 +528,8 @@ for _task, _doc in (("xnli", "XNLI: fine-tune on English NLI, test ar bg de en e
 
 
 @eval_group.command("retrieval")
-@click.option("--model", required=True, metavar="NAME_OR_PATH", help="Encoder to evaluate.")
+@click.option("--model", default=None, metavar="NAME_OR_PATH",
+              help="Encoder to evaluate (default: the student of the default run folder, if trained).")
 @click.option("--pairs", "specs", multiple=True, metavar="[NAME=]EN_FILE,X_FILE | [NAME=]PAIRS.tsv",
               help="Parallel sentences (repeatable): two line-aligned files or one en<TAB>x TSV.")
 @click.option("--max-eval-examples", default=None, type=int, help="Sentences per set (first N unique).")
@@ -481,6 +543,7 @@ def eval_retrieval(model, specs, max_eval_examples, out, trust_remote_code):
     from mmkd.eval.retrieval import run_retrieval
     from mmkd.eval.runner import default_out, markdown_table, write_result
 
+    model = _default_model(model)
     result = run_retrieval(model, list(specs), max_eval_examples, trust_remote_code)
     where = write_result(result, Path(out) if out else default_out(model, "retrieval"))
     click.echo(markdown_table(result))

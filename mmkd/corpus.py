@@ -21,6 +21,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -30,7 +33,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from mmkd import __version__
-from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, download_opus, opus_refs,
+from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, download_opus, fetch, opus_refs,
                                  parse_pair, read_hf, read_moses, read_opus_zip, read_tsv)
 from mmkd.errors import CorpusError
 from mmkd.words import WORD_RULE_VERSION, split_words
@@ -52,7 +55,7 @@ class CorpusConfig:
     hf_dataset: str | None = None
     hf_config: str | None = None
     hf_split: str = "train"
-    opus_base_url: str = OPUS_BASE_URL          # used when no source is given
+    opus_base_url: str = field(default_factory=lambda: os.environ.get("MMKD_OPUS_BASE_URL", OPUS_BASE_URL))
     min_tokens: int = 10                        # paper 4.1
     max_tokens: int = 128                       # paper 4.1
     length_tokenizer: str | None = None         # None = split_words
@@ -69,13 +72,13 @@ class CorpusConfig:
 def _length_counter(tokenizer_name: str | None) -> Callable[[list[str]], list[int]]:
     if tokenizer_name is None:
         return lambda texts: [len(split_words(t)) for t in texts]
-    from transformers import AutoTokenizer
+    from mmkd.models import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_name)
+    tok = load_tokenizer(tokenizer_name, what="--length-tokenizer")
     return lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _sources(cfg: CorpusConfig) -> Iterator[tuple[str, Iterable[Pair]]]:
+def _sources(cfg: CorpusConfig, progress: bool = True) -> Iterator[tuple[str, Iterable[Pair]]]:
     lang = parse_pair(cfg.pair)
     given = [s for s in (cfg.moses, cfg.tsv, cfg.zip, cfg.hf_dataset) if s]
     if len(given) > 1:
@@ -87,13 +90,63 @@ def _sources(cfg: CorpusConfig) -> Iterator[tuple[str, Iterable[Pair]]]:
     elif cfg.zip:
         # Member names come from the built-in table; any other pair matches by suffix only.
         ref = opus_refs(cfg.pair)[0] if cfg.pair in PAPER_PAIRS else OpusRef("*", "", lang)
-        yield f"zip:{cfg.zip}", read_opus_zip(cfg.zip, ref, cfg.max_line_chars)
+        path = cfg.zip
+        if "://" in path and not path.startswith("file://"):   # remote: fetched once into downloads/
+            name = os.path.basename(path.split("?", 1)[0].rstrip("/")) or "corpus.zip"
+            path = fetch(path, os.path.join(cfg.data_dir, "downloads", name), progress)
+        yield f"zip:{cfg.zip}", read_opus_zip(path, ref, cfg.max_line_chars)
     elif cfg.hf_dataset:
         yield f"hf:{cfg.hf_dataset}", read_hf(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, lang, cfg.max_line_chars)
     else:  # the paper's OPUS corpora
         for ref in opus_refs(cfg.pair):
-            path = download_opus(ref, os.path.join(cfg.data_dir, "downloads"), cfg.opus_base_url)
+            path = download_opus(ref, os.path.join(cfg.data_dir, "downloads"), cfg.opus_base_url, progress)
             yield f"opus:{ref.corpus}/{ref.release}", read_opus_zip(path, ref, cfg.max_line_chars)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+CORPUS_FILES = ("pairs.arrow", "meta.json")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """A corpus name is one path component: letters, digits, '.', '_', '-', not starting with '.'."""
+    if not _NAME.fullmatch(name or "") or ".." in name:
+        raise CorpusError(f"{what} {name!r}: a corpus name is one folder name (letters, digits, '.', '_', '-'; "
+                          "no '/', no '..', not starting with '.')")
+    return name
+
+
+def validate(cfg: CorpusConfig) -> None:
+    parse_pair(cfg.pair)
+    check_name(cfg.out_name, "--name" if cfg.name else "pair")
+    for flag, value in (("--max-pairs", cfg.max_pairs), ("--max-tokens", cfg.max_tokens),
+                        ("--max-line-chars", cfg.max_line_chars)):
+        if value < 1:
+            raise CorpusError(f"{flag} {value}: must be at least 1")
+    if cfg.min_tokens < 0 or cfg.min_tokens > cfg.max_tokens:
+        raise CorpusError(f"--min-tokens {cfg.min_tokens}: must be between 0 and --max-tokens {cfg.max_tokens}")
+
+
+def _output_folder(cfg: CorpusConfig, overwrite: bool) -> Path:
+    """DATA_DIR/corpora/NAME, checked: an existing folder is replaced only if it is a prepared corpus
+    holding nothing but mmkd's own files, and only with --overwrite."""
+    root = Path(cfg.data_dir) / "corpora"
+    for p in (Path(cfg.data_dir), root):
+        if p.exists() and not p.is_dir():
+            raise CorpusError(f"{p} is a file, not a folder; choose another --data-dir")
+    out = root / cfg.out_name
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise CorpusError(f"{out} exists and is not a folder mmkd made; choose another --name")
+    if out.exists():
+        if not (out / "meta.json").is_file():
+            raise CorpusError(f"{out} exists and is not a prepared corpus; mmkd will not replace it: "
+                              "choose another --name or move it away")
+        if not overwrite:
+            raise CorpusError(f"{out} already holds a prepared corpus; pass --overwrite to replace it")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in CORPUS_FILES)
+        if foreign:
+            raise CorpusError(f"{out} holds files mmkd did not write ({', '.join(foreign[:5])}); move them away "
+                              "before replacing this corpus")
+    return out
 
 
 def fingerprint_rows(en: Iterable[str], x: Iterable[str]) -> str:
@@ -103,8 +156,13 @@ def fingerprint_rows(en: Iterable[str], x: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> Path:
-    """Read, filter, deduplicate, shuffle and prune one language pair; write it; return its folder."""
+def prepare_corpus(cfg: CorpusConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    """Read, filter, deduplicate, shuffle and prune one language pair; write it; return its folder.
+
+    Written into a hidden temporary folder beside the destination and renamed into place: nothing
+    half-written is ever at DATA_DIR/corpora/NAME, and nothing mmkd did not write is deleted."""
+    validate(cfg)
+    out = _output_folder(cfg, overwrite)          # refuse early, before hours of reading
     count = _length_counter(cfg.length_tokenizer)
     dropped = {"empty": 0, "too_short": 0, "too_long": 0, "duplicate": 0}
     seen: set[bytes] = set()
@@ -136,7 +194,7 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> Path:
                 kept_src.append(src_i)
         batch.clear()
 
-    for src_i, (label, pairs) in enumerate(_sources(cfg)):
+    for src_i, (label, pairs) in enumerate(_sources(cfg, progress)):
         sources.append(label)
         for line, en, x in tqdm(pairs, desc=f"read {label}", unit=" pairs", disable=not progress):
             total += 1
@@ -178,16 +236,24 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> Path:
         "config": dataclasses.asdict(cfg),
         "mmkd_version": __version__,
     }
-    out = Path(cfg.data_dir) / "corpora" / cfg.out_name
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    with pa.OSFile(str(tmp / "pairs.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
-        writer.write_table(table)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    out = _output_folder(cfg, overwrite)          # again: another command may have written it meanwhile
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))   # hidden: never listed
+    try:
+        with pa.OSFile(str(tmp / "pairs.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+            writer.write_table(table)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if out.exists():   # checked above: a prepared corpus with only mmkd's files, --overwrite given
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "corpus")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CorpusError(f"{e.filename or out}: cannot write the corpus ({e.strerror}); "
+                          "free some space or choose another --data-dir") from None
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from typing import Iterator
 
 import fsspec
 
-from mmkd.errors import CorpusError
+from mmkd.errors import CorpusError, MMKDError
 
+# The OPUS object store; MMKD_OPUS_BASE_URL (or --opus-base-url) points at a mirror instead.
 OPUS_BASE_URL = "https://object.pouta.csc.fi"
 
 # The paper's seven pairs (section 4.1): corpus, OPUS release. The zip for a pair is
@@ -57,7 +59,8 @@ class OpusRef:
 def parse_pair(pair: str) -> str:
     """`en-fr` -> `fr`. English is always the source side."""
     parts = pair.split("-")
-    if len(parts) != 2 or parts[0] != "en" or not parts[1]:
+    # A language code (ISO 639, with an optional script or region: zh_Hans, es_LA): it names folders.
+    if len(parts) != 2 or parts[0] != "en" or not re.fullmatch(r"[A-Za-z]{2,3}(_[A-Za-z0-9]{2,8})?", parts[1]):
         raise CorpusError(f"language pair {pair!r} must look like 'en-XX' (English first), e.g. en-fr")
     return parts[1]
 
@@ -71,8 +74,24 @@ def opus_refs(pair: str) -> list[OpusRef]:
     return [OpusRef(c, r, lang) for c, r in PAPER_PAIRS[pair]]
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def check_encoding(opener, name: str) -> None:
+    """UTF-16 text (with or without a byte-order mark) would be miscounted and misread as UTF-8:
+    refuse it up front, naming the file."""
+    with opener() as f:
+        head = f.read(4096)
+    if head.startswith(_UTF16_BOMS) or b"\x00" in head:
+        raise CorpusError(f"{name}: UTF-16 (or binary) data, not UTF-8 text; convert it first, e.g. "
+                          f"iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8")
+
+
 def _decode_lines(raw: Iterator[bytes], name: str, max_chars: int) -> Iterator[tuple[int, str]]:
     for i, line in enumerate(raw, start=1):
+        if i == 1 and line.startswith(_UTF8_BOM):   # a UTF-8 byte-order mark is not part of the text
+            line = line[len(_UTF8_BOM):]
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -97,6 +116,8 @@ def _zip_side(pairs: Iterator[tuple[tuple[int, str], tuple[int, str]]]) -> Itera
 
 def read_moses_streams(open_en, open_x, name_en: str, name_x: str, max_chars: int) -> Iterator[Pair]:
     """Two line-aligned text streams. The line counts are checked before anything is yielded."""
+    check_encoding(open_en, name_en)
+    check_encoding(open_x, name_x)
     n_en, n_x = _count_lines(open_en), _count_lines(open_x)
     if n_en == 0:
         raise CorpusError(f"{name_en}: the file is empty")
@@ -112,6 +133,8 @@ def read_moses_streams(open_en, open_x, name_en: str, name_x: str, max_chars: in
 def _local_opener(path: str):
     if not os.path.exists(path):
         raise CorpusError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CorpusError(f"{path}: is a folder; give the file itself")
     if path.endswith(".gz"):
         return lambda: gzip.open(path, "rb")
     return lambda: open(path, "rb")
@@ -130,6 +153,7 @@ def read_tsv(path: str, max_chars: int) -> Iterator[Pair]:
 
 def _read_tsv(path: str, max_chars: int) -> Iterator[Pair]:
     opener = _local_opener(path)
+    check_encoding(opener, path)
     with opener() as f:
         lines = _decode_lines(f, path, max_chars)
         n = 0
@@ -150,6 +174,8 @@ def read_opus_zip(path: str, ref: OpusRef, max_chars: int) -> Iterator[Pair]:
     """The Moses zip OPUS serves: members `{Corpus}.{a-b}.{a}` and `{Corpus}.{a-b}.{b}`.
 
     `path` is a local file or any fsspec URL."""
+    if os.path.isdir(path):
+        raise CorpusError(f"{path}: is a folder; give the zip file itself")
     try:
         zf = zipfile.ZipFile(path) if os.path.exists(path) else zipfile.ZipFile(fsspec.open(path, "rb").open())
     except FileNotFoundError:
@@ -184,27 +210,52 @@ def _guard_gzip(pairs: Iterator[Pair], *paths: str) -> Iterator[Pair]:
         raise CorpusError(f"{' / '.join(paths)}: corrupt or truncated gzip data ({e})") from None
 
 
-def download_opus(ref: OpusRef, download_dir: str, base_url: str = OPUS_BASE_URL) -> str:
-    """Fetch an OPUS Moses zip into `download_dir` (skipped when already there). Written aside and
-    renamed so an interrupted download is never mistaken for a complete one."""
-    os.makedirs(download_dir, exist_ok=True)
-    dest = os.path.join(download_dir, f"{ref.corpus}-{ref.release}-{ref.moses_pair}.txt.zip")
-    if os.path.exists(dest):
+def _check_zip(url: str):
+    def check(path: str) -> None:
+        from mmkd.download import DownloadError
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                zf.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            with open(path, "rb") as f:
+                head = f.read(64)
+            what = "an HTML page" if head.lstrip().lower().startswith((b"<!doctype", b"<html")) else "not a zip file"
+            raise DownloadError(f"{url}: the server sent {what} ({e}); check the URL (and --opus-base-url), "
+                                "then run the command again") from None
+    return check
+
+
+def fetch(url: str, dest: str, progress: bool = True, desc: str | None = None) -> str:
+    """A remote zip into `dest`: HTTP(S) through `mmkd.download` (resume, retries, size and zip
+    checks, atomic rename); any other fsspec URL (file://, s3://, ...) copied aside and renamed."""
+    if os.path.isfile(dest):
         return dest
-    url = ref.url(base_url)
+    if url.split("://", 1)[0].lower() in ("http", "https"):
+        from mmkd.download import download
+
+        return download(url, dest, check=_check_zip(url), progress=progress, desc=desc)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     tmp = dest + ".part"
     try:
         with fsspec.open(url, "rb") as src, open(tmp, "wb") as out:
-            from tqdm.auto import tqdm
-            size = getattr(src, "size", None)
-            with tqdm(total=size, unit="B", unit_scale=True, desc=f"download {ref.corpus} {ref.moses_pair}") as bar:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
     except FileNotFoundError:
-        raise CorpusError(f"{url}: not found") from None
+        raise CorpusError(f"{url}: not found; check the URL (and --opus-base-url)") from None
+    try:
+        _check_zip(url)(tmp)
+    except MMKDError:
+        os.remove(tmp)
+        raise
     os.replace(tmp, dest)
     return dest
+
+
+def download_opus(ref: OpusRef, download_dir: str, base_url: str = OPUS_BASE_URL, progress: bool = True) -> str:
+    """The OPUS Moses zip of `ref` in `download_dir` (fetched once, then reused)."""
+    dest = os.path.join(download_dir, f"{ref.corpus}-{ref.release}-{ref.moses_pair}.txt.zip")
+    return fetch(ref.url(base_url), dest, progress, desc=f"download {ref.corpus} {ref.moses_pair}")
 
 
 def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int) -> Iterator[Pair]:
@@ -230,4 +281,4 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
 
 
 __all__ = ["OPUS_BASE_URL", "PAPER_PAIRS", "OpusRef", "parse_pair", "opus_refs", "read_moses",
-           "read_tsv", "read_opus_zip", "download_opus", "read_hf"]
+           "read_tsv", "read_opus_zip", "download_opus", "fetch", "read_hf"]

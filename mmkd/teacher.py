@@ -22,11 +22,13 @@ from mmkd.words import first_subtoken_positions, require_fast
 def load_teacher(name_or_path: str, device: torch.device | str = "cpu",
                  trust_remote_code: bool = False):
     """Teacher encoder (frozen, eval mode) and its fast tokenizer, from a hub name or a local path."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    from mmkd.models import load, load_tokenizer
+
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     require_fast(tokenizer)
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    model = load(AutoModel, name_or_path, "teacher", trust_remote_code)
     model.requires_grad_(False).eval().to(device)
     return model, tokenizer
 

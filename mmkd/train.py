@@ -15,11 +15,11 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmkd import __version__
@@ -74,6 +74,7 @@ class TrainConfig:
     num_workers: int = 2
     log_with: str = "auto"                              # auto | tensorboard | none
     trust_remote_code: bool = False
+    verify_cache: bool = True                           # checksums of every shard before first use (once per cache)
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -83,7 +84,10 @@ class TrainConfig:
 
 
 # Settings a resumed run may change without changing its results.
-_RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora"}
+# `out` too: a run folder identifies itself by its checkpoints, so a moved folder or another spelling
+# of its path resumes.
+_RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora",
+              "out", "verify_cache"}
 
 METRICS = ["step", "epoch", "loss", "tlm", "xwcl", "senta", "struca", "lr", "lr_heads", "grad_norm",
            "std_student_senta", "std_teacher_senta", "std_teacher_struca", "data_wait", "step_seconds"]
@@ -99,6 +103,14 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--teacher-heads {cfg.teacher_heads!r}: choose train or frozen")
     if cfg.xwcl_similarity not in ("dot", "cosine"):
         raise TrainingError(f"--xwcl-similarity {cfg.xwcl_similarity!r}: choose dot or cosine")
+    for flag, value in (("--batch-size", cfg.batch_size), ("--grad-accum", cfg.grad_accum),
+                        ("--max-length", cfg.max_length), ("--checkpoint-every", cfg.checkpoint_every)):
+        if value < 1:
+            raise TrainingError(f"{flag} {value}: must be at least 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise TrainingError(f"--max-steps {cfg.max_steps}: must be at least 1")
+    if cfg.epochs <= 0 or cfg.lr <= 0:
+        raise TrainingError(f"--epochs {cfg.epochs} / --lr {cfg.lr}: must be positive")
     if cfg.batch_size % cfg.grad_accum:
         raise TrainingError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum {cfg.grad_accum}")
     if bool(cfg.cache) == bool(cfg.online_teacher):
@@ -199,10 +211,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     """Train; returns the run folder. The trained student is in `<run>/student/`."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForMaskedLM
 
     from mmkd.dist import use_cpu
     from mmkd.model import MMKDModel
+    from mmkd.models import load, load_tokenizer
     from mmkd.words import require_fast
 
     validate(cfg)
@@ -230,10 +243,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     accelerator.wait_for_everyone()
 
     sources = open_sources(cfg, device=accelerator.device)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    if cfg.verify_cache and not cfg.online_teacher:
+        _verify_caches(sources.features.caches, accelerator, out, progress and main)
+    tokenizer = load_tokenizer(cfg.student, cfg.trust_remote_code)
     require_fast(tokenizer)
     torch.manual_seed(cfg.seed)
-    student = AutoModelForMaskedLM.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code)
     if "xwcl" in objectives and student.config.hidden_size != sources.features.hidden_size:
         raise TrainingError(f"XWCL compares student and teacher word states by dot product (eq. 1), so their "
                             f"sizes must match: student {student.config.hidden_size}, teacher "
@@ -303,9 +318,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             save_checkpoint(out, step + 1, model, optimizer, scheduler, run_meta, accelerator, cfg.keep_checkpoints)
     bar.close()
     if main:
-        _save_student(out, accelerator.unwrap_model(model), tokenizer, run_meta, sources)
+        _save_student(out, accelerator.unwrap_model(model), tokenizer, run_meta, sources, cfg)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # Not accelerator.end_training(): it also destroys the process group, and a process may train
+    # again (the ablation sweep runs five trainings in one `accelerate launch`).
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return out
 
 
@@ -347,7 +365,13 @@ def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, ac
             if "struca" in objectives:
                 stds["std_teacher_struca"] = projection_std(out["struca_teacher"]).item()
             accelerator.backward(loss)
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+    # Finite or nothing: a finite loss can still give an inf/NaN gradient (a huge cached value), and
+    # clipping would turn it into a NaN or a zero update. The norm (clip at inf = measure only) must be
+    # finite on every process before the optimiser may step.
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+    if _any(not torch.isfinite(grad_norm).item(), accelerator):
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingError(_grad_message(step, grad_norm, logged, parts, accelerator))
     used = {g["name"]: g["lr"] for g in optimizer.param_groups}     # the lr of this step
     optimizer.step()
     scheduler.step()
@@ -384,11 +408,57 @@ def _any(flag: bool, accelerator) -> bool:
     return accelerator.reduce(t, reduction="sum").item() > 0
 
 
+def _grad_message(step, norm, logged, parts: list[StudentBatch], accelerator) -> str:
+    from mmkd.checkpoint import latest_checkpoint
+
+    keys = [(c, p) for part in parts for c, _, p in part.pair_keys][:8]
+    out = accelerator.project_dir
+    latest = latest_checkpoint(out) if out else None
+    kept = f"the last checkpoint, {latest.name}, is intact" if latest else "no checkpoint was written yet"
+    losses = ", ".join(f"{o} {v.item():.4g}" for o, v in logged.items())
+    return (f"step {step + 1}: the gradient norm is {float(norm)} (non-finite on this or another process) although "
+            f"the losses were finite ({losses} on this process); first (corpus, pair_id) of this process's pairs: "
+            f"{keys}. Stopped before the update; {kept}. A corrupt cache value is the usual cause: run "
+            "`mmkd cache verify` on the caches")
+
+
 def _nan_message(step, micro, objective, value, part: StudentBatch) -> str:
     keys = [(c, p) for c, _, p in part.pair_keys[:8]]
     return (f"step {step + 1}, micro-batch {micro}: the {objective} loss is {value.item()} "
             f"(non-finite on this or another process); first (corpus, pair_id) of the batch: {keys}. "
             "Stopped before the update; the last checkpoint is intact.")
+
+
+def _verify_caches(caches, accelerator, out: Path, progress: bool) -> None:
+    """Every shard's checksums, checked once per cache before any step (mmkd/cache/integrity.py):
+    process r hashes shards k with k % world == r that no earlier run verified."""
+    from tqdm.auto import tqdm
+
+    from mmkd.cache.integrity import ShardVerifier, writable
+    from mmkd.errors import CacheError
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    todo = []
+    for cache in caches:
+        here = writable(cache.fs, cache.root)
+        verifier = ShardVerifier(cache, None if here else str(out / "verified-cache" / cache.manifest["corpus"]["name"]))
+        todo += [(verifier, k) for k in range(len(cache.manifest["shards"]))
+                 if k % world == rank and not verifier.is_verified(k)]
+    error, started, nbytes = None, time.perf_counter(), 0
+    with tqdm(total=len(todo), desc="verify cache", unit=" shard", disable=not (progress and todo)) as bar:
+        try:
+            for verifier, k in todo:
+                nbytes += verifier.verify(k)
+                bar.update(1)
+        except CacheError as e:
+            error = str(e)
+    if _any(error is not None, accelerator):
+        raise TrainingError(error or "another process found a corrupt cache shard (its message names it); "
+                                     "training did not start")
+    if progress and todo:
+        from mmkd.models import say
+        say(f"verified {len(todo)} cache shards ({nbytes / 1e6:.1f} MB) in {time.perf_counter() - started:.1f}s "
+            "(remembered: later runs re-check only changed shards; --no-verify skips this)")
 
 
 def _flat(d: dict) -> dict:
@@ -416,16 +486,41 @@ def _append_metrics(path: Path, logs: dict) -> None:
         w.writerow({k: ("" if logs.get(k) is None else logs.get(k)) for k in METRICS})
 
 
-def _save_student(out: Path, model, tokenizer, run_meta: dict, sources: TrainingSources) -> None:
+def _save_student(out: Path, model, tokenizer, run_meta: dict, sources: TrainingSources, cfg: TrainConfig) -> Path:
+    """`<run>/student/`: a Hugging Face model folder a user can publish as it is. The trained encoder
+    and MLM head, plus every tensor of the starting checkpoint MMKD does not train (pooler, other
+    heads) unchanged, the tokenizer, the run's config and cache manifests, and a model card. Written
+    into `student.tmp/` and renamed, so a `student/` folder is always complete."""
+    import shutil
+
     from safetensors.torch import save_model
 
-    dest = out / "student"
-    model.student.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    (dest / "mmkd_run.json").write_text(json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
+    from mmkd.model_card import CARD, RUN_FILE, card_text
+    from mmkd.models import quiet_transformers, starting_extras
+
+    dest, tmp = out / "student", out / "student.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    student = model.student
+    extras = starting_extras(cfg.student, student, cfg.trust_remote_code)
+    with quiet_transformers():
+        student.save_pretrained(tmp, state_dict={**student.state_dict(), **extras})
+        tokenizer.save_pretrained(tmp)
+    (tmp / RUN_FILE).write_text(json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
     for name, manifest in sources.manifests.items():
-        (dest / f"cache-manifest-{name}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (tmp / f"cache-manifest-{name}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (tmp / CARD).write_text(card_text(run_meta, sources.manifests), encoding="utf-8")
     heads = torch.nn.ModuleDict({k: getattr(model, k) for k in (
         "senta_projector", "senta_predictor", "struca_projector", "struca_predictor",
         "teacher_senta_projector", "teacher_struca_projector")})
     save_model(heads, str(out / "heads.safetensors"))
+    if dest.exists():   # a finished run saved again (e.g. --overwrite was not needed): swap
+        old = out / "student.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, dest)
+    return dest

@@ -190,5 +190,5 @@ def test_cli_prepare_and_errors_exit_2(tmp_path, shared):
     r = runner.invoke(main, ["corpus", "list", "--data-dir", str(tmp_path)])
     assert r.output.startswith("en-fr\ten-fr\t50 pairs")
     r = runner.invoke(main, ["corpus", "prepare", "en-fr", "--moses", "missing.en", "missing.fr",
-                             "--data-dir", str(tmp_path)])
+                             "--data-dir", str(tmp_path), "--overwrite"])
     assert r.exit_code == 2 and "error: missing.en: no such file" in r.output

@@ -290,6 +290,65 @@ def test_trained_student_loads_with_automodel(tmp_path, cache_root, tiny_student
     assert AutoConfig.from_pretrained(run / "student").hidden_size == 32
 
 
+def test_saved_student_is_the_whole_starting_model(tmp_path, cache_root, tiny_student, data_dir):
+    """The tiny student is saved like mBERT (BertForPreTraining). MMKD trains its encoder and MLM
+    head; the pooler and the NSP head must come back unchanged, so a sequence classifier built
+    from the student starts from the same pooler as one built from the starting model."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, BertForPreTraining
+
+    run = train(config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2), progress=False)
+    start = BertForPreTraining.from_pretrained(tiny_student)
+    saved = load_file(str(run / "student" / "model.safetensors"))
+    for key in ("bert.pooler.dense.weight", "bert.pooler.dense.bias", "cls.seq_relationship.weight",
+                "cls.seq_relationship.bias"):
+        assert torch.equal(saved[key], start.state_dict()[key]), key
+    assert not torch.equal(saved["bert.encoder.layer.0.attention.self.query.weight"],
+                           start.state_dict()["bert.encoder.layer.0.attention.self.query.weight"])
+    clf, info = AutoModelForSequenceClassification.from_pretrained(run / "student", num_labels=3,
+                                                                   output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert torch.equal(clf.bert.pooler.dense.weight, start.bert.pooler.dense.weight)
+    base, info = AutoModel.from_pretrained(run / "student", output_loading_info=True)
+    assert not info["missing_keys"] and torch.equal(base.pooler.dense.bias, start.bert.pooler.dense.bias)
+    _, info = AutoModelForQuestionAnswering.from_pretrained(run / "student", output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["qa_outputs.bias", "qa_outputs.weight"]
+    assert not (run / "student.tmp").exists()
+
+
+def test_bare_encoder_start_keeps_its_pooler_under_the_model_prefix(tmp_path, cache_root, data_dir, multilingual_texts):
+    """A student that starts from a bare encoder checkpoint (BertModel, like all-MiniLM-L6-v2)."""
+    from safetensors.torch import load_file
+
+    bare = make_tiny_bert(multilingual_texts[:3000], tmp_path / "bare", 2000, seed=4)
+    run = train(config(tmp_path, cache_root, str(bare), data_dir, max_steps=1, without=["xwcl"]), progress=False)
+    saved = load_file(str(run / "student" / "model.safetensors"))
+    start = AutoModel.from_pretrained(bare)
+    assert torch.equal(saved["bert.pooler.dense.weight"], start.pooler.dense.weight)
+    assert not any(k.startswith("pooler.") for k in saved)
+
+
+def test_student_folder_has_a_model_card_that_eval_updates(tmp_path, cache_root, tiny_student, data_dir, shared):
+    from click.testing import CliRunner
+
+    from mmkd.cli import main
+
+    run = train(config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2), progress=False)
+    card = (run / "student" / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "language:\n- en\n- de\n- fr\n" in front and "library_name: transformers" in front
+    assert "base_model" not in front            # a local starting model is named in the body, not as a hub id
+    assert f"| starting model | `{tiny_student}` |" in card
+    assert "| steps | 2 of global batch 8 on 1 process(es)" in card
+    assert "| en-fr | en-fr | 300 |" in card and "Not evaluated yet" in card
+    r = CliRunner().invoke(main, ["eval", "retrieval", "--model", str(run / "student"),
+                                  "--pairs", f"tatoeba-fr={shared / 'parallel/tatoeba_challenge/eng-fra.tsv'}",
+                                  "--max-eval-examples", "50"])
+    assert r.exit_code == 0, r.output
+    card = (run / "student" / "README.md").read_text()
+    assert "Not evaluated yet" not in card and "**retrieval**" in card and "| tatoeba-fr | avg |" in card
+
+
 def test_head_warmup_keeps_the_encoder_fixed_then_trains_it(tmp_path, cache_root, tiny_student, data_dir):
     from safetensors.torch import load_file
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertForMaskedLM, BertModel, PreTrainedTokenizerFast
+from transformers import BertConfig, BertForPreTraining, BertModel, PreTrainedTokenizerFast
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -30,19 +30,20 @@ def train_tokenizer(texts: list[str], vocab_size: int, out: Path) -> PreTrainedT
     return fast
 
 
-def tiny_config(vocab_size: int, hidden: int = 32, layers: int = 2) -> BertConfig:
+def tiny_config(vocab_size: int, hidden: int = 32, layers: int = 2, positions: int = 160) -> BertConfig:
     return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                      num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=160,
+                      num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=positions,
                       type_vocab_size=2)
 
 
 def make_tiny_bert(texts: list[str], out: Path, vocab_size: int, seed: int, mlm: bool = False,
-                   hidden: int = 32) -> Path:
-    """Tokenizer + randomly initialised BERT (seeded) saved to `out`; loadable by Auto* classes."""
+                   hidden: int = 32, positions: int = 160) -> Path:
+    """Tokenizer + randomly initialised BERT (seeded) saved to `out`; loadable by Auto* classes.
+    mlm=True saves it the way mBERT's checkpoint is: `BertForPreTraining` (MLM head, pooler, NSP head)."""
     tok = train_tokenizer(texts, vocab_size, out)
     torch.manual_seed(seed)
-    cls = BertForMaskedLM if mlm else BertModel
-    model = cls(tiny_config(len(tok), hidden=hidden))
+    cls = BertForPreTraining if mlm else BertModel
+    model = cls(tiny_config(len(tok), hidden=hidden, positions=positions))
     model.save_pretrained(out)
     return out
 

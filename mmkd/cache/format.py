@@ -90,6 +90,35 @@ def zarr_location(fs, path: str) -> str:
     return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
 
 
+def member_path(fs, base: str, name: str, where: str) -> str:
+    """`base/name` for a file name read from a manifest or shard record, refused unless it is a
+    relative path inside `base` naming a regular file: a manifest must not make mmkd read (or hash,
+    or hang on) anything outside the cache."""
+    parts = name.replace("\\", "/").split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or ":" in name:
+        raise CacheError(f"{where}: file name {name!r} in the record is not a path inside the shard; "
+                         "the manifest is corrupt or was tampered with")
+    path = f"{base}/{name}"
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        import os
+        import stat
+
+        real, inside = os.path.realpath(path), os.path.realpath(base)
+        if os.path.commonpath([real, inside]) != inside:
+            raise CacheError(f"{where}: {name!r} leads outside the shard (a link?); refused")
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise CacheError(f"{where}: file {name} is missing") from None
+        if not stat.S_ISREG(mode):
+            raise CacheError(f"{where}: {name!r} is not a regular file; refused")
+    elif not fs.isfile(path):
+        raise CacheError(f"{where}: file {name} is missing")
+    return path
+
+
 def sha256_file(fs, path: str) -> str:
     h = hashlib.sha256()
     with fs.open(path, "rb") as f:

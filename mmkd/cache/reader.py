@@ -88,11 +88,15 @@ class _Shard:
         self.offsets = np.asarray(mm("offsets", "int64", (n + 1,))[:])
         self.words_scale = mm("words_scale", "float32", (nw,)) if self.has_scale else None
         self.cls_scale = mm("cls_scale", "float32", (n,)) if self.has_scale else None
-        if memmap:  # zero-copy: the word lists stay on disk until touched
-            self.meta = pa.ipc.open_file(pa.memory_map(f"{self.path}/meta.arrow")).read_all()
-        else:
-            with fs.open(f"{self.path}/meta.arrow", "rb") as f:
-                self.meta = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+        try:
+            if memmap:  # zero-copy: the word lists stay on disk until touched
+                self.meta = pa.ipc.open_file(pa.memory_map(f"{self.path}/meta.arrow")).read_all()
+            else:
+                with fs.open(f"{self.path}/meta.arrow", "rb") as f:
+                    self.meta = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+        except (pa.ArrowException, OSError) as e:
+            raise CacheError(f"{self.path}/meta.arrow: unreadable ({str(e).splitlines()[0][:120]}); shard "
+                             f"{record['name']} is corrupt: `mmkd cache verify` it, then rebuild the cache") from None
 
     def rows(self, local: np.ndarray):
         """Word rows and sentence lengths for local sentence indices."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmkd.cache.format import TOLERANCE, read_json, sha256_file
+from mmkd.cache.format import TOLERANCE, member_path, read_json, sha256_file
 from mmkd.cache.reader import TeacherCache
 from mmkd.errors import CacheError
 
@@ -56,9 +56,9 @@ def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 
             report.problems.append(f"{where}: shard.json differs from the manifest's record")
         for name, digest in rec["sha256"].items():
             try:
-                actual = sha256_file(fs, f"{base}/{name}")
-            except FileNotFoundError:
-                report.problems.append(f"{where}: file {name} is missing")
+                actual = sha256_file(fs, member_path(fs, base, name, where))
+            except CacheError as e:
+                report.problems.append(str(e))
                 continue
             report.checked_files += 1
             if actual != digest:

@@ -10,6 +10,7 @@ main process, after every process has finished its shards. Processes started by
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from mmkd import __version__
 from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
                                sha256_file, shard_name, zarr_location)
+from mmkd.cache.lock import CacheLock
 from mmkd.corpus import PreparedCorpus, default_data_dir, open_corpus
 from mmkd.dist import process_state
 from mmkd.errors import CacheError
@@ -171,6 +173,7 @@ def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) ->
         w.write_table(meta)
     files = sorted(p[len(tmp) + 1:] for p in fs.find(tmp))
     record = {
+        "bytes": {name: int(fs.size(f"{tmp}/{name}")) for name in files},
         "name": shard_name(k),
         "first_pair_id": shard.first_pair_id,
         "n_sentences": len(words),
@@ -181,7 +184,10 @@ def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) ->
     }
     with fs.open(f"{tmp}/shard.json", "w") as f:
         f.write(dumps(record))
-    fs.mv(tmp, f"{root}/shards/{shard_name(k)}", recursive=True)
+    final = f"{root}/shards/{shard_name(k)}"
+    if fs.exists(final):   # an incomplete shard being redone: moving onto it would nest tmp inside it
+        fs.rm(final, recursive=True)
+    fs.mv(tmp, final, recursive=True)
     return record
 
 
@@ -208,17 +214,47 @@ def _write_shards(fs, root: str, todo: list[int], corpus: PreparedCorpus, cfg: C
             stored.result()
 
 
-def _shard_complete(fs, root: str, k: int) -> bool:
-    return fs.exists(f"{root}/shards/{shard_name(k)}/shard.json")
+def _shard_complete(fs, root: str, k: int, checksums: bool = False) -> bool:
+    """A shard is complete when its record is readable and its folder holds exactly the files the
+    record lists, each of the recorded size (and, with `checksums`, the recorded sha256). Anything
+    else (a crash, a second writer, a flipped bit) is redone by --resume."""
+    base = f"{root}/shards/{shard_name(k)}"
+    try:
+        with fs.open(f"{base}/shard.json", "r") as f:
+            record = json.load(f)
+        listed = record["sha256"]
+        present = {p[len(base) + 1:] for p in fs.find(base)} - {"shard.json"}
+        if present != set(listed):
+            return False
+        sizes = record.get("bytes")
+        if sizes is not None and any(int(fs.size(f"{base}/{name}")) != size for name, size in sizes.items()):
+            return False
+        return not checksums or all(sha256_file(fs, f"{base}/{name}") == digest for name, digest in listed.items())
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return False
+
+
+def validate(cfg: CacheConfig) -> None:
+    if cfg.dtype not in STORAGE:
+        raise CacheError(f"--dtype {cfg.dtype!r}: choose one of {', '.join(STORAGE)}")
+    if cfg.compression not in (None, "zstd"):
+        raise CacheError(f"--compression {cfg.compression!r}: choose none or zstd")
+    for flag, value, least in (("--shard-size", cfg.shard_size, 1), ("--batch-size", cfg.batch_size, 1),
+                               ("--max-length", cfg.max_length, 3)):
+        if value < least:
+            raise CacheError(f"{flag} {value}: must be at least {least}")
+    if not cfg.corpora:
+        raise CacheError("no --corpus given: name at least one prepared corpus")
+
+
+# What a cache folder holds; `--overwrite` deletes nothing else.
+CACHE_ENTRIES = {"build.json", "manifest.json", "summary.json", "shards", "lock", "verified"}
 
 
 def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
                 progress: bool = True) -> list[str]:
     """Write one cache per corpus under `cfg.out` (`<out>/<corpus name>/`); returns their URLs."""
-    if cfg.dtype not in STORAGE:
-        raise CacheError(f"--dtype {cfg.dtype!r}: choose one of {', '.join(STORAGE)}")
-    if cfg.compression not in (None, "zstd"):
-        raise CacheError(f"--compression {cfg.compression!r}: choose none or zstd")
+    validate(cfg)
     state = process_state()
     corpora = [open_corpus(c, cfg.data_dir) for c in cfg.corpora]
     model, tokenizer = load_teacher(cfg.teacher, state.device, cfg.trust_remote_code)
@@ -233,10 +269,35 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
     fs, root = fsspec.core.url_to_fs(url)
     identity = _identity(cfg, corpus, model, tokenizer)
     started = time.time()
+    lock = CacheLock(fs, root, url)
+    if state.is_main_process:
+        if fs.exists(root) and not fs.isdir(root):
+            raise CacheError(f"{url} is a file, not a folder; choose another --out")
+        entries = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)} if fs.exists(root) else set()
+        if entries - {"lock"} and "build.json" not in entries:
+            raise CacheError(f"{url} exists and is not an mmkd cache; choose another --out")
+        if entries - CACHE_ENTRIES:
+            raise CacheError(f"{url} holds files mmkd did not write ({', '.join(sorted(entries - CACHE_ENTRIES)[:5])}); "
+                             "move them away first")
+        fs.makedirs(root, exist_ok=True)
+        lock.acquire(say=print if progress else (lambda _: None))
+    try:
+        _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state, resume, overwrite, progress,
+                      started)
+    finally:
+        if state.is_main_process:
+            lock.release()
+    return url
+
+
+def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state, resume, overwrite, progress,
+                  started) -> None:
     if state.is_main_process:
         if fs.exists(f"{root}/build.json"):
             if overwrite:
-                fs.rm(root, recursive=True)
+                for entry in CACHE_ENTRIES - {"lock"}:
+                    if fs.exists(f"{root}/{entry}"):
+                        fs.rm(f"{root}/{entry}", recursive=True)
             elif not resume:
                 raise CacheError(f"{url} already holds a cache; pass --resume to continue it or "
                                  "--overwrite to replace it")
@@ -245,8 +306,6 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
                 if diffs:
                     raise CacheError(f"{url}: cannot resume, the cache was built differently:\n  "
                                      + "\n  ".join(diffs))
-        elif fs.exists(root) and fs.ls(root) and not overwrite:
-            raise CacheError(f"{url} exists and is not an mmkd cache; choose another --out")
         fs.makedirs(f"{root}/shards", exist_ok=True)
         with fs.open(f"{root}/build.json", "w") as f:
             f.write(dumps(identity))
@@ -256,7 +315,7 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
 
     n_shards = max(1, -(-len(corpus) // cfg.shard_size))
     mine = [k for k in range(n_shards) if k % state.num_processes == state.process_index]
-    todo = [k for k in mine if not (resume and _shard_complete(fs, root, k))]
+    todo = [k for k in mine if not (resume and _shard_complete(fs, root, k, checksums=True))]
     n_todo = sum(min(len(corpus), (k + 1) * cfg.shard_size) - k * cfg.shard_size for k in todo)
     with tqdm(total=n_todo, unit=" sent", desc=f"cache {corpus.name}", disable=not progress,
               position=state.process_index, dynamic_ncols=True) as bar:
@@ -294,4 +353,3 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
                   f"{nbytes / 1e6:.1f} MB in {n_shards} shards; {n_todo} sentences written in "
                   f"{elapsed:.1f}s ({manifest['n_truncated']} truncated, {manifest['n_words_dropped']} words dropped)")
     state.wait_for_everyone()
-    return url

@@ -47,14 +47,16 @@ def predict(model, tokenizer, examples: list[PairExample], max_length: int, batc
 
 
 def run_seed(cfg: EvalConfig, seed: int) -> dict:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    from mmkd.models import load, load_tokenizer
 
     from mmkd.eval.finetune import seed_everything
 
     task: PairTask = TASKS[cfg.task]
     hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
     languages = check_languages(cfg.languages or list(task.default_languages), task.all_languages, task.name)
-    train = load_pair_train(task, cfg.train_file, cfg.max_train_examples)
+    train = load_pair_train(task, cfg.train_file, cfg.max_train_examples, cfg.data_dir)
     if cfg.dev_file:
         dev_en = load_pair_train(task, cfg.dev_file, cfg.max_eval_examples)
     elif cfg.data_dir and cfg.train_file and (_same(cfg.train_file, f"{cfg.data_dir}/{task.folder}/dev-en.tsv")):
@@ -67,9 +69,9 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
                     for lang in languages if lang != "en"} if cfg.oracle else {})
 
     seed_everything(seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=len(task.labels),
-                                                               trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    model = load(AutoModelForSequenceClassification, cfg.model, "classifier", cfg.trust_remote_code,
+                 num_labels=len(task.labels))
     check_max_length(model, hp["max_length"])
     enc, labels = _encode(tokenizer, train, hp["max_length"])
     rng = np.random.default_rng(seed)

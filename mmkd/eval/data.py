@@ -1,8 +1,9 @@
 """Evaluation data: local files in the XTREME formats, or Hugging Face dataset names.
 
-Local layout (`--data-dir DIR`): `DIR/xnli/{dev,test}-{lang}.tsv` (premise, hypothesis, label),
-`DIR/pawsx/{dev,test}-{lang}.tsv` (sentence1, sentence2, label), `DIR/xquad/xquad.{lang}.json`
-(SQuAD v1.1 JSON). English training data comes from `--train-file` (XTREME TSV or SQuAD JSON).
+Local layout (`--data-dir DIR`, XTREME's): `DIR/xnli/{dev,test}-{lang}.tsv` (premise, hypothesis,
+label), `DIR/pawsx/{dev,test}-{lang}.tsv` (sentence1, sentence2, label), `DIR/xquad/xquad.{lang}.json`
+(SQuAD v1.1 JSON). English training data: `--train-file` (XTREME TSV or SQuAD JSON), else
+`DIR/xnli/train-en.tsv`, `DIR/pawsx/train-en.tsv`, `DIR/squad/train-v1.1.json` when present.
 Without `--data-dir` the hub datasets are used: `xnli`, `paws-x` (configs = languages; the `en`
 train split is MultiNLI / PAWS), `squad` (train) and `xquad` (`xquad.{lang}`, validation).
 A test file without labels is an error, never a silent 33%.
@@ -108,9 +109,14 @@ def load_pair_split(task: PairTask, lang: str, split: str, data_dir: str | None,
     return out
 
 
-def load_pair_train(task: PairTask, train_file: str | None, limit: int | None) -> list[PairExample]:
+def load_pair_train(task: PairTask, train_file: str | None, limit: int | None,
+                    data_dir: str | None = None) -> list[PairExample]:
+    """English training pairs: `train_file`, else DATA_DIR/<task>/train-en.tsv (XTREME's layout),
+    else the hub's English train split."""
     if train_file:
         return read_pair_tsv(Path(train_file), task, limit)
+    if data_dir and (Path(data_dir) / task.folder / "train-en.tsv").is_file():
+        return read_pair_tsv(Path(data_dir) / task.folder / "train-en.tsv", task, limit)
     return load_pair_split(task, "en", "train", None, limit)
 
 
@@ -134,10 +140,13 @@ def read_squad(path: Path, limit: int | None = None) -> list[QAExample]:
 
 
 def load_qa(lang: str | None, train_file: str | None, data_dir: str | None, limit: int | None) -> list[QAExample]:
-    """lang=None: English training data (train_file, else the hub's squad train)."""
+    """lang=None: English training data (train_file, else DATA_DIR/squad/train-v1.1.json as XTREME
+    lays it out, else the hub's squad train)."""
     if lang is None:
         if train_file:
             return read_squad(Path(train_file), limit)
+        if data_dir and (Path(data_dir) / "squad" / "train-v1.1.json").is_file():
+            return read_squad(Path(data_dir) / "squad" / "train-v1.1.json", limit)
         return _hub_qa("squad", None, "train", limit)
     if data_dir:
         return read_squad(Path(data_dir) / "xquad" / f"xquad.{lang}.json", limit)

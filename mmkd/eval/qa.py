@@ -81,7 +81,9 @@ def _answers(examples: list[QAExample]) -> dict[str, list[str]]:
 
 
 def run_seed(cfg: EvalConfig, seed: int) -> dict:
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
+
+    from mmkd.models import load, load_tokenizer
 
     from mmkd.eval.finetune import seed_everything
 
@@ -90,7 +92,7 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     if cfg.doc_stride >= hp["max_length"] // 2:
         raise EvalDataError(f"--doc-stride {cfg.doc_stride} must be under half of --max-length {hp['max_length']} "
                             "(the window also holds the question)")
-    train = load_qa(None, cfg.train_file, None, cfg.max_train_examples)
+    train = load_qa(None, cfg.train_file, cfg.data_dir, cfg.max_train_examples)
     if cfg.dev_file:
         dev_en = load_qa(None, cfg.dev_file, None, cfg.max_eval_examples)
     else:
@@ -99,8 +101,8 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     tests = {lang: load_qa(lang, None, cfg.data_dir, cfg.max_eval_examples) for lang in languages}
 
     seed_everything(seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForQuestionAnswering.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    model = load(AutoModelForQuestionAnswering, cfg.model, "qa", cfg.trust_remote_code)
     check_max_length(model, hp["max_length"])
     feats = featurize(tokenizer, train, hp["max_length"], cfg.doc_stride, train=True)
     names = [k for k in ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions") if k in feats]

@@ -86,13 +86,15 @@ def retrieval_scores(model, tokenizer, data: ParallelSet) -> dict[str, float]:
 
 
 def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, trust_remote_code: bool = False) -> dict:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    from mmkd.models import load, load_tokenizer
 
     if not specs:
         raise EvalDataError("give at least one --pairs NAME=EN_FILE,X_FILE or --pairs FILE.tsv")
     sets = [read_parallel(s, limit) for s in specs]
-    tokenizer = AutoTokenizer.from_pretrained(model_name, trust_remote_code=trust_remote_code)
-    model = AutoModel.from_pretrained(model_name, trust_remote_code=trust_remote_code).to(device()).eval()
+    tokenizer = load_tokenizer(model_name, trust_remote_code)
+    model = load(AutoModel, model_name, "encoder", trust_remote_code).to(device()).eval()
     per_set = {s.name: {"n": len(s.english), **retrieval_scores(model, tokenizer, s)} for s in sets}
     return {"task": "retrieval", "model": model_name, "sets": per_set,
             "average": {k: float(np.mean([v[k] for v in per_set.values()])) for k in ("cls", "mean")}}

@@ -52,6 +52,9 @@ def write_result(result: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     (out / "results.md").write_text(markdown_table(result) + "\n")
+    from mmkd.model_card import record_eval
+
+    record_eval(result["model"], result)   # a student saved by `mmkd train`: its card shows the result
     return out
 
 

@@ -45,7 +45,9 @@ def plot_tsne(models: list[str], sentences: dict[str, list[str]], out: str, seed
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    from mmkd.models import load, load_tokenizer
 
     from mmkd.eval.finetune import device
     from mmkd.eval.retrieval import embed
@@ -55,8 +57,8 @@ def plot_tsne(models: list[str], sentences: dict[str, list[str]], out: str, seed
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 5.5), squeeze=False)
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, n))
     for ax, name, label in zip(axes[0], models, labels or models):
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModel.from_pretrained(name).to(device()).eval()
+        tok = load_tokenizer(name)
+        model = load(AutoModel, name, "encoder").to(device()).eval()
         vecs = np.concatenate([embed(model, tok, sentences[lang])["cls"].numpy() for lang in langs])
         xy = TSNE(n_components=2, perplexity=min(30, len(vecs) - 1), random_state=seed, init="pca").fit_transform(vecs)
         for li, lang in enumerate(langs):

@@ -1,0 +1,160 @@
+"""The model card (`README.md`) of a saved student, so the folder can be published as it is.
+
+The card's metadata block is what the Hugging Face hub reads (base model, languages, licence of
+the starting model when it can be found, library, tags); its body says how the student was made
+(starting model, teacher and cache identity, corpora, objectives, settings, steps). `mmkd eval`
+records each task's summary in `eval_summary.json` beside it and rewrites the card's evaluation
+section from that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from mmkd import __version__
+
+CARD = "README.md"
+EVAL_FILE = "eval_summary.json"
+RUN_FILE = "mmkd_run.json"
+_EVAL_START, _EVAL_END = "<!-- mmkd:eval:start -->", "<!-- mmkd:eval:end -->"
+NAMES = {"tlm": "TLM", "xwcl": "XWCL", "senta": "SentA", "struca": "StrucA"}
+
+
+def _is_hub_id(name: str) -> bool:
+    return not os.path.exists(name) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
+
+
+def starting_license(name: str) -> str | None:
+    """The `license:` of the starting model's own card: a local folder's README.md, or the hub
+    cache's copy (never downloaded for this)."""
+    card = Path(name) / CARD if os.path.isdir(name) else None
+    if card is None and _is_hub_id(name):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name, CARD)
+            card = Path(found) if isinstance(found, str) else None
+        except Exception:   # an old huggingface_hub or an unusual cache: the licence stays unknown
+            card = None
+    if card is None or not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return None
+    front = text.split("---", 2)[1]
+    m = re.search(r"^license:\s*(\S+)\s*$", front, re.MULTILINE)
+    return m.group(1).strip("'\"") if m else None
+
+
+def _languages(run: dict, manifests: dict[str, dict]) -> list[str]:
+    pairs = [m["corpus"]["pair"] for m in manifests.values()] or [i["corpus"] for i in run.get("caches", [])]
+    langs = ["en"] + sorted({p.split("-", 1)[1] for p in pairs if "-" in p})
+    return langs
+
+
+def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | None = None) -> str:
+    cfg = run["config"]
+    start = cfg["student"]
+    license_ = starting_license(start)
+    meta = ["---"]
+    if _is_hub_id(start):
+        meta.append(f"base_model: {start}")
+    meta.append("language:")
+    meta += [f"- {lang}" for lang in _languages(run, manifests)]
+    if license_:
+        meta.append(f"license: {license_}")
+    meta += ["library_name: transformers", "pipeline_tag: fill-mask",
+             "tags:", "- mmkd", "- knowledge-distillation", "- multilingual", "- cross-lingual", "---", ""]
+    teacher = next(iter(manifests.values()), {}).get("teacher", {})
+    objectives = [o for o in ("tlm", "xwcl", "senta", "struca") if o not in cfg.get("without", [])]
+    weights = {"tlm": "1", "xwcl": "1", "senta": "1", "struca": f"α = {cfg.get('alpha')}"}
+    lines = [
+        f"# MMKD student of `{start}`", "",
+        "Continued pre-training with MMKD (multi-level multilingual knowledge distillation: Li et al., "
+        "*Multi-level Distillation of Semantic Knowledge for Pre-training Multilingual Language Model*) by "
+        f"mmkd {run.get('mmkd_version', __version__)}. Every tensor of the "
+        "starting checkpoint that MMKD does not train (its pooler, other pre-training heads) is saved here "
+        "unchanged, so `AutoModel`, `AutoModelForSequenceClassification` and `AutoModelForQuestionAnswering` "
+        "load this folder with nothing missing.", "",
+        "## How it was made", "",
+        "| | |", "|---|---|",
+        f"| starting model | `{start}` |",
+    ]
+    if teacher:
+        lines.append(f"| teacher | `{teacher.get('name_or_path')}` (weights sha256 {teacher.get('hash', '')[:16]}, "
+                     f"layer {next(iter(manifests.values()))['layer']}) |")
+    elif cfg.get("online_teacher"):
+        lines.append(f"| teacher | `{cfg['online_teacher']}` (run online, no cache) |")
+    lines += [
+        f"| objectives | {' + '.join(NAMES[o] for o in objectives)} "
+        f"(weights: {', '.join(f'{o} {weights[o]}' for o in objectives)}) |",
+        f"| steps | {run.get('total_steps')} of global batch {cfg.get('batch_size')} on {run.get('processes')} "
+        f"process(es) ({run.get('steps_per_epoch')} steps per epoch) |",
+        f"| optimiser | AdamW, peak lr {cfg.get('lr')}, weight decay {cfg.get('weight_decay')}, warm-up "
+        f"{cfg.get('warmup_ratio')}, max length {cfg.get('max_length')} |",
+        f"| teacher heads | {cfg.get('teacher_heads')} |",
+        f"| seed | {cfg.get('seed')} |", "",
+        "### Corpora and teacher cache", "",
+        "| corpus | pair | pairs | fingerprint (sha256) | cache |", "|---|---|---|---|---|",
+    ]
+    for ident in run.get("caches", []):
+        m = manifests.get(ident["corpus"], {})
+        lines.append(f"| {ident['corpus']} | {m.get('corpus', {}).get('pair', '')} | {m.get('n_sentences', '')} | "
+                     f"{ident['fingerprint'][:16]} | {ident.get('source', '')} |")
+    lines += ["", "Every setting of the run is in `mmkd_run.json`; the cache manifests it read are the "
+              "`cache-manifest-*.json` files.", "", "## Evaluation", "", _EVAL_START, eval_section(evals or {}),
+              _EVAL_END, ""]
+    return "\n".join(meta + lines)
+
+
+def eval_section(evals: dict[str, dict]) -> str:
+    if not evals:
+        return "Not evaluated yet: `mmkd eval xnli --model THIS_FOLDER` writes its results here."
+    out = []
+    for task, r in sorted(evals.items()):
+        langs = list(r["per_language"])
+        out += [f"**{task}** ({r['metric']}, %, {r['detail']})", "",
+                "| " + " | ".join(langs + ["avg"]) + " |", "|" + "---|" * (len(langs) + 1),
+                "| " + " | ".join(r["per_language"][lang] for lang in langs) + f" | {r['avg']} |", ""]
+    return "\n".join(out).rstrip()
+
+
+def _summary(result: dict) -> dict:
+    if result["task"] == "retrieval":
+        per = {name: f"{s['cls']:.1f} / {s['mean']:.1f}" for name, s in result["sets"].items()}
+        return {"metric": "accuracy [CLS] / mean-pool", "per_language": per,
+                "avg": f"{result['average']['cls']:.1f} / {result['average']['mean']:.1f}",
+                "detail": "translation retrieval, no fine-tuning"}
+
+    def fmt(ms):
+        return f"{ms['mean']:.1f} ± {ms['std']:.1f}" if ms["std"] else f"{ms['mean']:.1f}"
+    langs = result["languages"]
+    return {"metric": result["metric"], "per_language": {lang: fmt(result["summary"][lang]) for lang in langs},
+            "avg": fmt(result["summary"]["avg"]),
+            "detail": f"zero-shot, English-dev selection, seeds {','.join(map(str, result['seeds']))}"}
+
+
+def record_eval(model: str, result: dict) -> bool:
+    """If `model` is a student folder saved by `mmkd train`, add `result` to its card. Returns
+    whether it did."""
+    folder = Path(model)
+    if not (folder / RUN_FILE).is_file() or not (folder / CARD).is_file():
+        return False
+    path = folder / EVAL_FILE
+    evals = json.loads(path.read_text()) if path.is_file() else {}
+    evals[result["task"]] = _summary(result)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(evals, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    card = (folder / CARD).read_text(encoding="utf-8")
+    if _EVAL_START in card and _EVAL_END in card:
+        head, rest = card.split(_EVAL_START, 1)
+        tail = rest.split(_EVAL_END, 1)[1]
+        card = f"{head}{_EVAL_START}\n{eval_section(evals)}\n{_EVAL_END}{tail}"
+        tmp = folder / (CARD + ".tmp")
+        tmp.write_text(card, encoding="utf-8")
+        os.replace(tmp, folder / CARD)
+    return True

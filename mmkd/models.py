@@ -1,0 +1,200 @@
+"""Loading Hugging Face models: quietly, with what differs said once in mmkd's words, and the
+starting checkpoint kept whole.
+
+transformers prints a LOAD REPORT table (and sometimes "This checkpoint seem corrupted") for
+every key a model class and a checkpoint do not share. Most of those differences are expected
+here: an MLM head added to a sentence-embedding model, the pooler a masked-LM class drops, the
+pre-training heads a teacher does not use, a new classifier for fine-tuning. `load` silences
+transformers' report (unless `--verbose` / `MMKD_VERBOSE=1`), explains each expected difference in
+one line, and warns about the rest (encoder weights missing, shapes that do not match, a
+classifier that would fine-tune a random pooler).
+
+`starting_extras` returns the tensors of the starting checkpoint that MMKD does not train (the
+pooler, an NSP head, ...), so the saved student is the whole model it started from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import torch
+
+# What a load is for decides which differences are expected:
+#   student     *ForMaskedLM that MMKD trains (pooler and other heads are kept aside and saved)
+#   teacher     the frozen encoder (only its hidden states are used)
+#   encoder     an encoder for retrieval or t-SNE (hidden states only)
+#   classifier  *ForSequenceClassification to fine-tune (uses the pooler)
+#   qa          *ForQuestionAnswering to fine-tune (no pooler)
+ROLES = ("student", "teacher", "encoder", "classifier", "qa")
+
+_verbose = os.environ.get("MMKD_VERBOSE", "").lower() in ("1", "true", "yes")
+
+
+def set_verbose(on: bool) -> None:
+    """Show transformers' own load reports and progress bars (the CLI's --verbose)."""
+    global _verbose
+    _verbose = on
+    os.environ["MMKD_VERBOSE"] = "1" if on else "0"   # processes started by accelerate inherit it
+
+
+def is_verbose() -> bool:
+    return _verbose
+
+
+_said: set[str] = set()
+
+
+def say(message: str, once: bool = False) -> None:
+    """One line on stderr, from the main process only, without breaking progress bars."""
+    if os.environ.get("RANK", "0") != "0" or (once and message in _said):
+        return
+    _said.add(message)
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"mmkd: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' warnings and weight-loading bars off for the block (unless verbose)."""
+    if _verbose:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _short(name: str) -> str:
+    return os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name
+
+
+def _explain(role: str, name: str, model, info: dict) -> list[tuple[bool, str]]:
+    """(is_warning, message) for each kind of difference between `model` and its checkpoint."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base_keys = set(model.base_model.state_dict()) if hasattr(model, "base_model") else set()
+
+    def local(key: str) -> str:
+        return key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
+
+    def in_encoder(key: str) -> bool:
+        return local(key) in base_keys or key in base_keys
+
+    missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+    m_pool = [k for k in missing if local(k).startswith("pooler.")]
+    m_enc = [k for k in missing if in_encoder(k) and k not in m_pool]
+    m_head = [k for k in missing if k not in m_pool and k not in m_enc]
+    u_pool = [k for k in unexpected if "pooler." in k]
+    u_head = [k for k in unexpected if k not in u_pool]
+    n = _short(name)
+    out: list[tuple[bool, str]] = []
+    if m_enc:
+        out.append((True, f"{n}: {len(m_enc)} encoder tensors are not in the checkpoint and were randomly "
+                          f"initialised (e.g. {', '.join(m_enc[:3])}); is this the model you meant?"))
+    if info.get("mismatched_keys"):
+        keys = [k if isinstance(k, str) else k[0] for k in sorted(info["mismatched_keys"])]
+        out.append((True, f"{n}: {len(keys)} tensors have other shapes than in the checkpoint and were "
+                          f"re-initialised (e.g. {', '.join(keys[:3])})"))
+    if m_pool:
+        if role == "classifier":
+            out.append((True, f"{n} has no pooler: fine-tuning starts from a random one, so this model is not "
+                              "comparable with one that keeps its pretrained pooler (a student saved by "
+                              "`mmkd train` keeps its starting pooler)"))
+        else:
+            out.append((False, f"{n} has no pooler (not used here)"))
+    if m_head:
+        what = {"student": "has no MLM head; TLM trains a new one from a random initialisation",
+                "classifier": "gets a new classification head, trained by the fine-tuning",
+                "qa": "gets a new span-prediction head, trained by the fine-tuning"}.get(role, "has new, untrained tensors")
+        out.append((role not in ("student", "classifier", "qa"), f"{n} {what} ({len(m_head)} tensors)"))
+    if u_pool or u_head:
+        parts = (["its pooler"] if u_pool else []) + ([f"{len(u_head)} pre-training head tensors"] if u_head else [])
+        if role == "student":
+            out.append((False, f"{n}: {' and '.join(parts)} are not trained by MMKD and are saved unchanged "
+                               "with the student"))
+        else:
+            out.append((False, f"{n}: {' and '.join(parts)} are not used here"))
+    return out
+
+
+def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, **kwargs):
+    """`auto_cls.from_pretrained(name)` without transformers' report; differences said by mmkd."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    with quiet_transformers(), _named(name, role):
+        model, info = auto_cls.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                               output_loading_info=True, **kwargs)
+    for warning, message in _explain(role, name, model, info):
+        say(("warning: " if warning else "") + message, once=True)
+    return model
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, what: str = "tokenizer"):
+    from transformers import AutoTokenizer
+
+    with quiet_transformers(), _named(name, what):
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def _named(name: str, what: str):
+    """A model or tokenizer that cannot be found is one line naming it, not a traceback."""
+    from mmkd.errors import MMKDError
+
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        if os.path.exists(name) and not os.path.isdir(name):
+            why = "is a file; give the folder that holds config.json"
+        elif os.path.isdir(name):
+            why = f"is a folder without a loadable model ({str(e).splitlines()[0][:200]})"
+        elif name.startswith((".", "/", "~")) or name.count("/") > 1:   # a path (a hub id has one '/')
+            why = "does not exist"
+        else:
+            why = ("is neither a local folder nor a model in the hub cache, and the hub was not reached "
+                   f"({str(e).splitlines()[0][:160]})")
+        raise MMKDError(f"{what} {name!r} {why}") from None
+
+
+def starting_extras(start: str, trained: torch.nn.Module, trust_remote_code: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of the starting checkpoint `start` that `trained` does not hold (its pooler, an NSP
+    head, ...), named as `trained` names them, unchanged. The checkpoint is read through its own
+    architecture class (config.architectures), so transformers' renames (gamma/beta → weight/bias)
+    apply; tensors that class would initialise randomly are not "starting" tensors and are left out."""
+    import transformers
+    from transformers import AutoConfig
+
+    with quiet_transformers():
+        config = AutoConfig.from_pretrained(start, trust_remote_code=trust_remote_code)
+    arch = (config.architectures or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:   # no architecture recorded, or custom code: the base model is what can be read
+        cls = transformers.AutoModel
+    with quiet_transformers():
+        full, info = cls.from_pretrained(start, trust_remote_code=trust_remote_code, output_loading_info=True)
+    random = set(info.get("missing_keys", ())) | {k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", ())}
+    prefix = trained.base_model_prefix
+    state = full.state_dict()
+    bare = not any(k.startswith(prefix + ".") for k in state)   # a bare encoder checkpoint (BertModel)
+    mine = trained.state_dict()
+    extras = {}
+    for key, tensor in state.items():
+        if key in random:
+            continue
+        name = f"{prefix}.{key}" if bare else key
+        if name not in mine:
+            extras[name] = tensor.detach().clone()
+    return extras
+
+
+__all__ = ["load", "load_tokenizer", "starting_extras", "quiet_transformers", "say", "set_verbose", "is_verbose"]

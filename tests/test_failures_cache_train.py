@@ -1,0 +1,330 @@
+"""Issue #15 for `cache-teacher`, `cache verify` and `train`: one writer per cache, shards complete
+or redone, finite-or-nothing updates and checkpoints, verified reads, paths kept inside the cache,
+resume by folder, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mmkd.cache import CacheConfig, build_cache
+from mmkd.cache.verify import verify_cache
+from mmkd.cli import main
+from mmkd.train import TrainConfig, TrainingError, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _one_line_error(r, *fragments):
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1, r.output
+    for fragment in fragments:
+        assert fragment in r.output, r.output
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "summary.json"}
+
+
+@pytest.fixture(scope="module")
+def clean_cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "cache"
+    build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir),
+                            dtype="fp32", shard_size=64, batch_size=16), progress=False)
+    return out
+
+
+def copy_cache(clean: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "cache"
+    shutil.copytree(clean, dest, ignore=shutil.ignore_patterns("verified"))
+    return dest
+
+
+def cfg(tmp_path, cache, student, data_dir, **kw) -> TrainConfig:
+    base = dict(cache=[str(cache)], student=student, out=str(tmp_path / "run"), data_dir=str(data_dir), batch_size=8,
+                max_steps=2, lr=1e-3, warmup_ratio=0.0, checkpoint_every=1, num_workers=0, log_with="none",
+                head_hidden=32, head_out=16)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _cache_cli(out: Path, teacher: str, data_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mmkd", "cache-teacher", "--corpus", "en-fr", "--teacher", teacher, "--out", str(out),
+            "--data-dir", str(data_dir), "--shard-size", "10", "--batch-size", "1", "--quiet", *extra]
+
+
+# ------------------------------------------------------------------ 2. one writer per cache
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, tiny_teacher, data_dir):
+    first = subprocess.Popen(_cache_cli(tmp_path / "c", tiny_teacher, data_dir), env=ENV)
+    lock = tmp_path / "c" / "en-fr" / "lock"
+    deadline = time.time() + 120
+    while not (lock.exists() and (tmp_path / "c" / "en-fr" / "shards" / "00001").exists()) and time.time() < deadline:
+        time.sleep(0.01)
+    assert first.poll() is None, "the first writer finished too early"
+    first.send_signal(signal.SIGSTOP)     # frozen mid-write: the second writer surely meets it at work
+    try:
+        second = subprocess.run(_cache_cli(tmp_path / "c", tiny_teacher, data_dir, "--resume"), env=ENV,
+                                capture_output=True, text=True)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2
+    assert f"is being written by process {first.pid} on" in second.stderr and "wait for it" in second.stderr
+    assert first.wait() == 0
+    assert not lock.exists()
+    assert verify_cache(str(tmp_path / "c" / "en-fr"), k=2, progress=False).ok
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, clean_cache, tiny_teacher, data_dir):
+    cache = copy_cache(clean_cache, tmp_path) / "en-fr"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    import socket
+    (cache / "lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"}))
+    (cache / "manifest.json").unlink()
+    r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--dtype", "fp32",
+                                  "--shard-size", "64", "--batch-size", "16", "--out", str(cache.parent),
+                                  "--data-dir", str(data_dir), "--resume", "--quiet"])
+    _one_line_error(r, f"is being written by process {sleeper.pid}")
+    sleeper.kill()
+    sleeper.wait()
+    r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--dtype", "fp32",
+                                  "--shard-size", "64", "--batch-size", "16", "--out", str(cache.parent),
+                                  "--data-dir", str(data_dir), "--resume", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert not (cache / "lock").exists() and (cache / "manifest.json").is_file()
+
+
+def test_resume_redoes_every_shard_that_is_not_exactly_complete(tmp_path, clean_cache, tiny_teacher, data_dir):
+    cache = copy_cache(clean_cache, tmp_path)
+    shards = cache / "en-fr" / "shards"
+    (shards / "00001" / "00001.tmp" / "words").mkdir(parents=True)          # a second writer's leftovers
+    (shards / "00002" / "words" / "c" / "0" / "0").unlink()                  # a file missing, record present
+    target = shards / "00003" / "cls" / "c" / "0" / "0"                      # a flipped bit
+    data = bytearray(target.read_bytes())
+    data[7] ^= 0x10
+    target.write_bytes(bytes(data))
+    (cache / "en-fr" / "manifest.json").unlink()
+    build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(cache), data_dir=str(data_dir),
+                            dtype="fp32", shard_size=64, batch_size=16), resume=True, progress=False)
+    assert snapshot(cache) == snapshot(clean_cache)
+
+
+@pytest.mark.parametrize("option,value", [("--shard-size", "0"), ("--shard-size", "-5"), ("--batch-size", "0")])
+def test_impossible_cache_sizes(tmp_path, tiny_teacher, data_dir, option, value):
+    r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--out",
+                                  str(tmp_path / "c"), "--data-dir", str(data_dir), option, value, "--quiet"])
+    _one_line_error(r, f"{option} {value}: must be at least 1")
+    assert not (tmp_path / "c").exists()
+
+
+def test_missing_teacher_and_a_file_as_out(tmp_path, tiny_teacher, data_dir):
+    r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", str(tmp_path / "no-teacher"),
+                                  "--out", str(tmp_path / "c"), "--data-dir", str(data_dir), "--quiet"])
+    _one_line_error(r, f"'{tmp_path / 'no-teacher'}' does not exist")
+    (tmp_path / "file").write_text("x")
+    r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher,
+                                  "--out", str(tmp_path / "file"), "--data-dir", str(data_dir), "--quiet"])
+    _one_line_error(r, str(tmp_path / "file"))
+
+
+# ------------------------------------------------------------------ 5. verify stays inside the cache
+@pytest.mark.parametrize("name", ["../../../../../../etc/passwd", "/dev/zero", "words/../../00001/cls/c/0/0"])
+def test_verify_never_reads_outside_the_cache(tmp_path, clean_cache, name):
+    cache = copy_cache(clean_cache, tmp_path) / "en-fr"
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"][name] = "0" * 64
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    (cache / "shards" / "00000" / "shard.json").write_text(json.dumps(manifest["shards"][0]))
+    started = time.time()
+    report = verify_cache(str(cache), k=0, progress=False)
+    assert time.time() - started < 30                         # /dev/zero is never opened
+    assert f"shard 00000: file name {name!r} in the record is not a path inside the shard" in " ".join(report.problems)
+
+
+def test_verify_refuses_a_link_or_device_inside_a_shard(tmp_path, clean_cache):
+    cache = copy_cache(clean_cache, tmp_path) / "en-fr"
+    target = cache / "shards" / "00000" / "offsets" / "c" / "0"
+    target.unlink()
+    os.symlink("/dev/zero", target)
+    report = verify_cache(str(cache), k=0, progress=False)
+    assert any("offsets/c/0" in p and ("outside the shard" in p or "not a regular file" in p) for p in report.problems)
+
+
+# ------------------------------------------------------------------ 4. training verifies what it reads
+@pytest.mark.parametrize("target", ["words/c/0/0", "cls/c/0/0", "offsets/c/0", "meta.arrow"])
+def test_training_refuses_a_corrupt_shard_naming_it(tmp_path, clean_cache, tiny_student, data_dir, target):
+    cache = copy_cache(clean_cache, tmp_path)
+    path = cache / "en-fr" / "shards" / "00002" / target
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(TrainingError, match=rf"shard 00002: file {target} does not match its checksum"):
+        train(cfg(tmp_path, cache / "en-fr", tiny_student, data_dir), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_verification_is_remembered_and_redone_when_a_file_changes(tmp_path, clean_cache, tiny_student, data_dir,
+                                                                   monkeypatch):
+    from mmkd.cache import integrity
+
+    cache = copy_cache(clean_cache, tmp_path) / "en-fr"
+    hashed = []
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda fs, p: hashed.append(p) or real(fs, p))
+    train(cfg(tmp_path, cache, tiny_student, data_dir, max_steps=1), progress=False)
+    n_files = sum(len(s["sha256"]) for s in json.loads((cache / "manifest.json").read_text())["shards"])
+    assert len(hashed) == n_files and len(list((cache / "verified").glob("*.json"))) == 5
+    hashed.clear()
+    train(cfg(tmp_path, cache, tiny_student, data_dir, max_steps=1, out=str(tmp_path / "run2")), progress=False)
+    assert hashed == []                                        # remembered: nothing hashed again
+    path = cache / "shards" / "00004" / "words" / "c" / "0" / "0"
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(TrainingError, match="shard 00004: file words/c/0/0 does not match"):
+        train(cfg(tmp_path, cache, tiny_student, data_dir, max_steps=1, out=str(tmp_path / "run3")), progress=False)
+
+
+def test_a_read_only_cache_keeps_its_markers_in_the_run(tmp_path, clean_cache, tiny_student, data_dir, monkeypatch):
+    from mmkd.cache import integrity
+
+    monkeypatch.setattr(integrity, "writable", lambda fs, root: False)
+    import mmkd.train
+    monkeypatch.setattr(mmkd.train, "_verify_caches", mmkd.train._verify_caches)   # the real one, patched module
+    cache = copy_cache(clean_cache, tmp_path) / "en-fr"
+    run = train(cfg(tmp_path, cache, tiny_student, data_dir, max_steps=1), progress=False)
+    assert len(list((run / "verified-cache" / "en-fr").glob("*.json"))) == 5 and not (cache / "verified").exists()
+
+
+def test_a_truncated_arrow_file_is_one_line(tmp_path, clean_cache, tiny_student, data_dir):
+    cache = copy_cache(clean_cache, tmp_path)
+    meta = cache / "en-fr" / "shards" / "00000" / "meta.arrow"
+    meta.write_bytes(meta.read_bytes()[:200])
+    r = CliRunner().invoke(main, ["train", "--cache", str(cache), "--student", tiny_student, "--out",
+                                  str(tmp_path / "r"), "--data-dir", str(data_dir), "--batch-size", "8", "--max-steps",
+                                  "1", "--num-workers", "0", "--log-with", "none", "--no-verify", "--quiet"])
+    _one_line_error(r, "meta.arrow: unreadable", "shard 00000 is corrupt")
+
+
+# ------------------------------------------------------------------ 3. finite or nothing
+def test_a_huge_cache_value_stops_before_the_update_and_keeps_the_checkpoint(tmp_path, clean_cache, tiny_student,
+                                                                             data_dir):
+    """One dimension of the word vectors of step 3's pairs at 3e36: the XWCL loss stays finite, the
+    gradient norm does not. Steps 1-2 train and checkpoint; step 3 must stop before its update."""
+    from mmkd.cache import TeacherCache
+    from mmkd.schedule import BalancedSchedule
+
+    cache = copy_cache(clean_cache, tmp_path)
+    reader = TeacherCache(str(cache / "en-fr"))
+    step3 = [pair for _, _, pair in BalancedSchedule([len(reader)], 8, 0).batch(2)]
+    earlier = {pair for step in (0, 1) for _, _, pair in BalancedSchedule([len(reader)], 8, 0).batch(step)}
+    assert not set(step3) & earlier
+    for pair in step3:
+        k, local = divmod(pair, 64)
+        offsets = reader.shard(k).offsets
+        path = cache / "en-fr" / "shards" / f"{k:05d}" / "words" / "c" / "0" / "0"
+        rows = np.frombuffer(path.read_bytes(), dtype="<f4").reshape(-1, 32).copy()
+        rows[offsets[local]:offsets[local + 1], 5] = 3e36
+        path.write_bytes(rows.tobytes())
+    with pytest.raises(TrainingError) as e:
+        train(cfg(tmp_path, cache / "en-fr", tiny_student, data_dir, max_steps=4, verify_cache=False), progress=False)
+    message = str(e.value)
+    assert message.startswith("step 3: the gradient norm is inf (non-finite on this or another process) although "
+                              "the losses were finite"), message
+    assert "Stopped before the update; the last checkpoint, step-0000002, is intact" in message
+    assert str((0, step3[0])) in message
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-0000002"
+    from safetensors.torch import load_file
+    weights = load_file(str(tmp_path / "run" / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (tmp_path / "run" / "student").exists()
+
+
+def test_a_checkpoint_with_non_finite_tensors_is_never_written(tmp_path):
+    from accelerate import Accelerator
+
+    from mmkd.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    accelerator = Accelerator(cpu=True)
+    save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, accelerator)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="step 2: 1 tensors are not finite \\(e.g. weight\\)"):
+        save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, accelerator)
+    assert latest_checkpoint(tmp_path).name == "step-0000001"
+    assert not (tmp_path / "checkpoints" / "step-0000002").exists()
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_the_fix(tmp_path, clean_cache, tiny_student, data_dir):
+    cache = copy_cache(clean_cache, tmp_path)
+    train(cfg(tmp_path, cache, tiny_student, data_dir), progress=False)
+    weights = tmp_path / "run" / "checkpoints" / "step-0000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    r = CliRunner().invoke(main, ["train", "--cache", str(cache), "--student", tiny_student, "--out",
+                                  str(tmp_path / "run"), "--data-dir", str(data_dir), "--batch-size", "8", "--lr", "1e-3",
+                                  "--warmup-ratio", "0", "--checkpoint-every", "1", "--max-steps", "2",
+                                  "--num-workers", "0", "--log-with", "none", "--head-hidden", "32", "--head-out", "16",
+                                  "--resume", "--quiet"])
+    _one_line_error(r, "step-0000002 is damaged", "checkpoints/latest")
+
+
+# ------------------------------------------------------------------ 6. a run folder identifies itself
+def test_resume_accepts_any_spelling_of_the_run_folder_and_a_moved_one(tmp_path, clean_cache, tiny_student,
+                                                                       data_dir, monkeypatch):
+    import dataclasses
+
+    cache = copy_cache(clean_cache, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    first = cfg(tmp_path, cache, tiny_student, data_dir, out="st1", max_steps=2)
+    train(first, progress=False)
+    for out in ("./st1/", "st1/", str(tmp_path / "st1")):
+        train(dataclasses.replace(first, out=out), resume=True, progress=False)
+    shutil.move(tmp_path / "st1", tmp_path / "moved")
+    run = train(dataclasses.replace(first, out="moved"), resume=True, progress=False)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000002"
+    assert json.loads((run / "config.json").read_text())["config"]["out"] == "moved"
+    with pytest.raises(TrainingError, match="lr: run has 0.001, now 0.002"):    # other settings still refused
+        train(dataclasses.replace(first, out="moved", lr=2e-3), resume=True, progress=False)
+
+
+def test_impossible_training_counts(tmp_path, clean_cache, tiny_student, data_dir):
+    for option in (["--batch-size", "0"], ["--max-steps", "0"], ["--grad-accum", "0"]):
+        r = CliRunner().invoke(main, ["train", "--cache", str(clean_cache), "--student", tiny_student, "--out",
+                                      str(tmp_path / "r"), "--data-dir", str(data_dir), *option, "--quiet"])
+        _one_line_error(r, f"{option[0]} 0: must be at least 1")
+
+
+# ------------------------------------------------------------------ 8. the student folder is atomic
+def test_a_kill_during_the_final_save_leaves_no_student_folder(tmp_path, clean_cache, tiny_student, data_dir):
+    """SIGKILL while the student is being written: `student/` never appears half-written."""
+    cache = copy_cache(clean_cache, tmp_path)
+    code = f"""
+import os, signal, mmkd.train as t
+real = t.card_text if hasattr(t, "card_text") else None
+import mmkd.model_card as mc
+def killed(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+mc.card_text = killed
+from mmkd.train import TrainConfig, train
+train(TrainConfig(cache=[{str(cache)!r}], student={tiny_student!r}, out={str(tmp_path / 'run')!r},
+      data_dir={str(data_dir)!r}, batch_size=8, max_steps=1, num_workers=0, log_with="none", head_hidden=32,
+      head_out=16), progress=False)
+"""
+    r = subprocess.run([sys.executable, "-c", code], env=ENV)
+    assert r.returncode == -signal.SIGKILL
+    assert (tmp_path / "run" / "student.tmp" / "model.safetensors").is_file()   # it died mid-save
+    assert not (tmp_path / "run" / "student").exists()

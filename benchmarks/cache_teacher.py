@@ -150,27 +150,14 @@ def main() -> None:
         report["int8_over_fp16_word_bytes"] = round(int8["word_array_bytes_per_word"] / fp16["word_array_bytes_per_word"], 4)
 
         # Reads at bert-base width: a random 768-d, 1-layer BERT over every English sentence in the samples.
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from tiny import make_tiny_bert
-        texts = []
-        for f in sorted((shared / "parallel" / "tatoeba_challenge").glob("eng-*.tsv")):
-            texts += [line.split("\t")[0] for line in f.read_text().splitlines()]
-        texts += (shared / "parallel/ntrex128/newstest2019-src.eng.txt").read_text().splitlines()
-        texts += (shared / "parallel/europarl_v7_fr-en/europarl-v7.fr-en.en").read_text().splitlines()
-        texts += (shared / "parallel/tico19_test/tico19-test.en").read_text().splitlines()
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from wide import english_sample, wide_teacher
+        texts = english_sample(shared, args.read_sentences)
         tsv = work / "all.tsv"
-        texts = [t for t in texts if t.strip()]
-        np.random.default_rng(0).shuffle(texts)        # a mix of all sources, not the short ones first
-        texts = texts[:args.read_sentences]
         tsv.write_text("".join(f"{t}\t{t}\n" for t in texts))
         prepare_corpus(CorpusConfig(pair="en-xx", data_dir=str(data), tsv=str(tsv), min_tokens=1, max_tokens=128),
                        progress=False)
-        wide = make_tiny_bert(texts[:5000], work / "wide", 3000, seed=0, hidden=768)
-        from transformers import AutoModel
-        m = AutoModel.from_pretrained(wide)
-        m.encoder.layer = m.encoder.layer[:1]
-        m.config.num_hidden_layers = 1
-        m.save_pretrained(wide)
+        wide = wide_teacher(texts, work / "wide")
         for dtype in ("fp16", "int8"):
             path = cache_run(work, str(wide), data, dtype, 128, f"wide-{dtype}", corpus="en-xx", shard_size=1024)
             report.setdefault("shuffled_reads", {})[dtype] = read_throughput(TeacherCache(str(path)), 256,

@@ -36,15 +36,22 @@ def minilm_path() -> str:
 
 
 class ZeroTeacher:
-    """Teacher features that cost nothing: split the words, return zeros."""
+    """Teacher features that cost nothing: the cached pairs' words (split from the cached text, no
+    word states read), zero vectors for the states. Everything else is the real cached features'."""
     runs_in_workers = True
 
-    def __init__(self, hidden_size: int):
-        self.hidden_size = hidden_size
+    def __init__(self, inner):
+        self.inner, self.caches = inner, inner.caches
+        self.hidden_size, self.sizes = inner.hidden_size, inner.sizes
+        self.identities, self.manifests = inner.identities, inner.manifests
 
-    def get(self, keys, english):
+    def targets(self, keys):
+        return self.inner.targets(keys)
+
+    def get(self, keys):
         from mmkd.cache.reader import TeacherBatch
         from mmkd.words import split_words
+        english = [self.caches[c].texts([p])[0][0] for c, p in keys]
         words = [split_words(s)[:100] for s in english]
         return TeacherBatch.from_sentences([np.zeros((len(w), self.hidden_size), np.float32) for w in words],
                                            [np.zeros(self.hidden_size, np.float32) for _ in words], words)
@@ -52,7 +59,7 @@ class ZeroTeacher:
 
 def run_mode(mode: str, work: Path, student: str, teacher: str, steps: int, batch: int, workers: int) -> dict:
     import mmkd.train as T
-    from mmkd.sources import open_sources
+    from mmkd.features import open_features
 
     cfg = T.TrainConfig(student=student, out=str(work / f"run-{mode}"), data_dir=str(work / "data"),
                         batch_size=batch, max_steps=steps, num_workers=workers, log_with="none",
@@ -62,11 +69,7 @@ def run_mode(mode: str, work: Path, student: str, teacher: str, steps: int, batc
     else:
         cfg.cache = [str(work / "cache")]
     if mode == "student_only":
-        def zero_sources(c, device="cpu"):
-            s = open_sources(c, device)
-            s.features = ZeroTeacher(s.features.hidden_size)
-            return s
-        T.open_sources = zero_sources
+        T.open_features = lambda c, device="cpu": ZeroTeacher(open_features(c, device))
     run = T.train(cfg, overwrite=True, progress=False)
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))[2:]

@@ -29,26 +29,14 @@ from mmkd.corpus import CorpusConfig, prepare_corpus
 
 
 def build(work: Path, shared: Path, n: int) -> TeacherCache:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny import make_tiny_bert
-    from transformers import AutoModel
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from wide import english_sample, wide_teacher
 
-    texts = []
-    for f in sorted((shared / "parallel" / "tatoeba_challenge").glob("eng-*.tsv")):
-        texts += [line.split("\t")[0] for line in f.read_text().splitlines()]
-    texts += (shared / "parallel/ntrex128/newstest2019-src.eng.txt").read_text().splitlines()
-    texts += (shared / "parallel/europarl_v7_fr-en/europarl-v7.fr-en.en").read_text().splitlines()
-    texts = [t for t in texts if t.strip()]
-    np.random.default_rng(0).shuffle(texts)
-    texts = texts[:n]
+    texts = english_sample(shared, n, tico=False)
     (work / "all.tsv").write_text("".join(f"{t}\t{t}\n" for t in texts))
     prepare_corpus(CorpusConfig(pair="en-xx", data_dir=str(work / "data"), tsv=str(work / "all.tsv"), min_tokens=1),
                    progress=False)
-    wide = make_tiny_bert(texts[:5000], work / "wide", 3000, seed=0, hidden=768)
-    m = AutoModel.from_pretrained(wide)
-    m.encoder.layer = m.encoder.layer[:1]
-    m.config.num_hidden_layers = 1
-    m.save_pretrained(wide)
+    wide = wide_teacher(texts, work / "wide")
     build_cache(CacheConfig(corpora=["en-xx"], teacher=str(wide), out=str(work / "cache"), data_dir=str(work / "data"),
                             dtype="fp16", batch_size=128, shard_size=1024), progress=False)
     return TeacherCache(str(work / "cache" / "en-xx"))

@@ -71,8 +71,18 @@ def _row(results: dict[str, dict]) -> dict[str, float]:
 
 
 def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
-    from mmkd import teacher
+    from mmkd.teacher import count_forwards
 
+    with count_forwards() as teacher_forwards:
+        table = _sweep(cfg, progress, log)
+    log(f"teacher forward passes during the sweep: {teacher_forwards.passes}")
+    table["teacher_forward_passes"] = teacher_forwards.passes
+    (Path(cfg.out) / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
+    (Path(cfg.out) / "ablation.md").write_text(ablation_markdown(table) + "\n")
+    return table
+
+
+def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
     if cfg.base.online_teacher or not cfg.base.cache:
         raise ValueError("the ablation sweep reads one teacher cache: give --cache")
     if cfg.base.without:
@@ -81,7 +91,6 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
         raise ValueError("retrieval needs held-out pairs: --pairs NAME=EN_FILE,X_FILE (repeatable)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    forwards_before = teacher.FORWARD_PASSES
     log(f"ablation sweep: 5 runs from the cache {', '.join(cfg.base.cache)}; the teacher encoder is not loaded")
     table = {"runs": {}, "evals": cfg.evals}
     if cfg.include_baseline:
@@ -104,12 +113,7 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
                              "another sweep wrote this folder: give another --out")
         results = _evaluate(str(run_dir / "student"), run_dir / "student" / "eval", cfg, log)
         table["runs"][name] = _row(results)
-    forwards = teacher.FORWARD_PASSES - forwards_before
-    log(f"teacher forward passes during the sweep: {forwards}")
-    table["teacher_forward_passes"] = forwards
     table["cache"] = cfg.base.cache
-    (out / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
-    (out / "ablation.md").write_text(ablation_markdown(table) + "\n")
     return table
 
 

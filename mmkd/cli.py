@@ -228,6 +228,21 @@ def cache_verify(path, k, teacher, seed):
                f"sentences re-run (max relative error {report.max_rel_error:.2e})")
 
 
+@cache_group.command("upgrade")
+@click.argument("path")
+@click.option("--corpus", default=None, metavar="NAME_OR_PATH",
+              help="The prepared corpus the cache was made from (default: the one its manifest names).")
+@data_dir_option
+@_friendly
+def cache_upgrade(path, corpus, data_dir):
+    """Make a format-1 cache at PATH self-contained (format 2): add the pairs' text from the prepared
+    corpus it was made from (checked against its fingerprint). Tensors are not touched."""
+    from mmkd.cache.upgrade import upgrade_cache
+    from mmkd.paths import default_data_dir
+
+    upgrade_cache(path, data_dir or default_data_dir(), corpus, log=click.echo)
+
+
 @cache_group.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -305,33 +320,72 @@ def _train_options(fn):
 @click.option("--cache", "caches", multiple=True, metavar="DIR_OR_URL",
               help="Teacher cache (repeatable): one cache, or a folder of caches (cache-teacher --out).")
 @click.option("--corpus", "corpora", multiple=True, metavar="NAME_OR_PATH",
-              help="Prepared corpus (repeatable). Needed with --online-teacher; with --cache it overrides "
-                   "the corpus recorded in the cache (its fingerprint must match).")
+              help="Prepared corpus (repeatable), with --online-teacher. A cache holds its pairs' text: "
+                   "training from --cache reads nothing else.")
 @click.option("--online-teacher", default=None, metavar="NAME_OR_PATH",
               help="Compute the teacher features on the fly instead of reading a cache.")
 @click.option("--out", default=DEFAULT_RUN, show_default=True, help="Run folder (checkpoints, logs, student/).")
 @_train_options
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its latest checkpoint, with the settings it was started "
+                   "with (OUT/config.json): no need to repeat its options.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), metavar="RUN/config.json",
+              help="Start from the settings of another run (its config.json); options given here override them.")
 @click.option("--overwrite", is_flag=True, help="Delete the run in --out and start again.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default).")
 @data_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly
-def train_cmd(out, resume, overwrite, data_dir, quiet, **options):
+def train_cmd(out, resume, config_file, overwrite, data_dir, quiet, **options):
     """Train the student against the teacher cache: L = TLM + XWCL + SentA + α·StrucA.
 
     \b
     One process:    mmkd train --cache cache/ --out runs/mmkd
     Many GPUs:      accelerate launch --multi_gpu --num_processes 8 -m mmkd train --cache cache/ ...
+    Continue:       mmkd train --resume --out runs/mmkd
+    Reproduce:      mmkd train --config runs/mmkd/config.json --out runs/again
     """
+    from pathlib import Path
+
     from mmkd.train import train
 
-    run = train(_train_config(out, data_dir, **options), resume=resume, overwrite=overwrite, progress=not quiet)
+    cfg = _train_config(out, data_dir, **options)
+    saved = Path(config_file) if config_file else (Path(out) / "config.json" if resume else None)
+    if saved is not None and (config_file or saved.is_file()):
+        cfg = _with_saved_settings(cfg, saved, click.get_current_context())
+    run = train(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     click.echo(f"{run}: trained student in {run / 'student'}")
 
 
-def _train_config(out, data_dir, caches, corpora, without=(), **options):
-    from mmkd.corpus import default_data_dir
+def _with_saved_settings(cfg, path, ctx):
+    """The settings recorded in a run's config.json, with the options given on this command line
+    (not their defaults) on top; `out` is this command's."""
+    import dataclasses
+
+    from mmkd.errors import MMKDError
+    from mmkd.train import TrainConfig
+
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MMKDError(f"{path}: not a readable run config ({e})") from None
+    saved = saved.get("config", saved)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(saved) - fields)
+    if unknown:
+        raise MMKDError(f"{path}: settings this mmkd does not know: {', '.join(unknown)}")
+    given = {_FIELD_OF.get(name, name) for name in ctx.params
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    now = dataclasses.asdict(cfg)
+    merged = {**saved, **{k: now[k] for k in given if k in fields}, "out": cfg.out}
+    return TrainConfig(**merged)
+
+
+_FIELD_OF = {"caches": "cache"}     # CLI parameter name -> TrainConfig field, where they differ
+
+
+def _train_config(out, data_dir, caches, corpora=(), without=(), **options):
+    from mmkd.paths import default_data_dir
     from mmkd.train import TrainConfig
 
     return TrainConfig(cache=list(caches), corpora=list(corpora), out=out, without=list(without),
@@ -341,8 +395,6 @@ def _train_config(out, data_dir, caches, corpora, without=(), **options):
 @main.command("ablate")
 @click.option("--cache", "caches", multiple=True, required=True, metavar="DIR_OR_URL",
               help="The teacher cache all five runs read (repeatable, or a folder of caches).")
-@click.option("--corpus", "corpora", multiple=True, metavar="NAME_OR_PATH",
-              help="Override the corpora recorded in the cache (their fingerprints must match).")
 @click.option("--out", default="runs/ablate", show_default=True, help="Sweep folder: one run folder per model.")
 @_train_options
 @click.option("--eval", "evals", multiple=True, type=click.Choice(["retrieval", "xnli", "pawsx", "xquad"]),

@@ -36,13 +36,10 @@ from mmkd import __version__
 from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, download_opus, fetch, opus_refs,
                                  parse_pair, read_hf, read_moses, read_opus_zip, read_tsv)
 from mmkd.errors import CorpusError
+from mmkd.paths import default_data_dir
 from mmkd.words import WORD_RULE_VERSION, split_words
 
 CORPUS_FORMAT_VERSION = 2
-
-
-def default_data_dir() -> str:
-    return os.environ.get("MMKD_DATA_DIR", "data")
 
 
 @dataclass

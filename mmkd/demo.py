@@ -111,6 +111,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
 
     log("[2/6] teacher cache (the teacher runs once, here)")
     cache = root / "cache"
+    for c in corpora:   # a cache an older mmkd wrote here: made self-contained, not rebuilt
+        manifest = cache / c / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text()).get("format_version") == 1:
+            from mmkd.cache.upgrade import upgrade_cache
+            upgrade_cache(str(cache / c), data_dir, log=log)
     done = all((cache / c / "manifest.json").is_file() for c in corpora)
     if not done:
         build_cache(CacheConfig(corpora=corpora, teacher=teacher, out=str(cache), data_dir=data_dir, dtype="fp16"),

@@ -1,40 +1,80 @@
-"""Teacher features for the trainer: one small interface, two implementations.
+"""What a training run reads: teacher features and the pairs' text, behind one interface.
 
-`get(keys, english)` returns a `TeacherBatch` (word states, word mask, [CLS], word lists) for
-`keys = [(corpus_index, pair_id), ...]`. `CachedTeacher` reads the teacher cache (the teacher
-encoder is never loaded); `OnlineTeacher` runs the teacher through `mmkd.teacher.encode_words`,
-the very function that wrote the cache, so an fp32 cache and the online teacher give the same
-numbers. The trainer cannot tell them apart except by `runs_in_workers` (cache reads happen in
-data-loader workers; the online teacher runs on the training device in the main process).
+`TeacherFeatures` is the whole contract between the stages. Given keys `[(corpus_index, pair_id)]`
+it returns the target-language text (`targets`) and the teacher's word states, word mask, [CLS]
+and word lists (`get`). Two implementations:
+
+- `CachedFeatures` reads teacher caches and nothing else: the text is in the cache (format 2), so
+  a cache copied to another machine or an object store trains with no corpus beside it, and the
+  teacher encoder is never loaded.
+- `OnlineFeatures` runs the teacher through `mmkd.teacher.encode_words` (the function that writes
+  caches) on prepared corpora, so an fp32 cache and the online teacher give the same numbers.
+
+`open_features(cfg)` builds the one the config asks for and checks the caches against each other.
+The trainer cannot tell them apart except by `runs_in_workers` (cache reads happen in data-loader
+workers; the online teacher runs on the training device in the main process).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
+import fsspec
 import numpy as np
 
 from mmkd.cache.reader import TeacherBatch, TeacherCache
-from mmkd.words import split_words
+from mmkd.errors import CacheError, MMKDError
+from mmkd.words import WORD_RULE_VERSION, split_words
+
+
+class SourceError(MMKDError):
+    pass
+
+
+class TeacherFeatures(Protocol):
+    sizes: list[int]             # pairs per corpus, in corpus-index order
+    hidden_size: int             # the teacher's width
+    runs_in_workers: bool        # True: safe to call from data-loader worker processes
+    identities: list[dict]       # recorded in the run and its checkpoints; a resume must match
+    manifests: dict[str, dict]   # cache manifests (empty online), saved next to the student
+
+    def targets(self, keys) -> list[str]: ...
+
+    def get(self, keys) -> TeacherBatch: ...
 
 
 def _by_corpus(keys):
-    corpus = np.array([k[0] for k in keys])
+    corpus = np.array([k[0] for k in keys], dtype=np.int64)
     pair = np.array([k[1] for k in keys], dtype=np.int64)
-    return corpus, pair
+    for c in np.unique(corpus):
+        pos = np.flatnonzero(corpus == c)
+        yield int(c), pos, pair[pos]
 
 
-class CachedTeacher:
+class CachedFeatures:
     runs_in_workers = True
 
     def __init__(self, caches: list[TeacherCache]):
         self.caches = caches
         self.hidden_size = caches[0].hidden_size
+        self.sizes = [len(c) for c in caches]
+        self.manifests = {c.manifest["corpus"]["name"]: c.manifest for c in caches}
+        self.identities = [{"corpus": c.manifest["corpus"]["name"], "fingerprint": c.manifest["corpus"]["fingerprint"],
+                            "teacher_hash": c.manifest["teacher"]["hash"], "layer": c.manifest["layer"],
+                            "max_length": c.manifest["max_length"], "source": f"cache:{c.manifest['dtype']}"}
+                           for c in caches]
 
-    def get(self, keys, english=None) -> TeacherBatch:
-        corpus, pair = _by_corpus(keys)
+    def targets(self, keys) -> list[str]:
+        out = [""] * len(keys)
+        for c, pos, pairs in _by_corpus(keys):
+            for p, x in zip(pos, self.caches[c].texts(pairs)[1]):
+                out[p] = x
+        return out
+
+    def get(self, keys) -> TeacherBatch:
         parts, order = [], []
-        for c in np.unique(corpus):
-            pos = np.flatnonzero(corpus == c)
-            parts.append(self.caches[int(c)].get(pair[pos]))
+        for c, pos, pairs in _by_corpus(keys):
+            parts.append(self.caches[c].get(pairs))
             order.append(pos)
         batch = TeacherBatch.concat(parts)
         inverse = np.argsort(np.concatenate(order), kind="stable")
@@ -42,20 +82,89 @@ class CachedTeacher:
                             cls=batch.cls[inverse], words=[batch.words[i] for i in inverse])
 
 
-class OnlineTeacher:
+class OnlineFeatures:
     runs_in_workers = False
 
-    def __init__(self, model, tokenizer, layer: int = -1, max_length: int = 128, batch_size: int = 64):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, corpora: list, teacher_hash: str, layer: int = -1,
+                 max_length: int = 128, batch_size: int = 64):
+        self.model, self.tokenizer, self.corpora = model, tokenizer, corpora
         self.layer, self.max_length, self.batch_size = layer, max_length, batch_size
         self.hidden_size = model.config.hidden_size
+        self.sizes = [len(c) for c in corpora]
+        self.manifests: dict[str, dict] = {}
+        self.identities = [{"corpus": c.name, "fingerprint": c.fingerprint, "teacher_hash": teacher_hash,
+                            "layer": layer, "max_length": max_length, "source": "online"} for c in corpora]
 
-    def get(self, keys, english) -> TeacherBatch:
+    def _texts(self, keys) -> tuple[list[str], list[str]]:
+        english, targets = [""] * len(keys), [""] * len(keys)
+        for c, pos, pairs in _by_corpus(keys):
+            en, x = self.corpora[c].rows(pairs)
+            for p, e, t in zip(pos, en, x):
+                english[p], targets[p] = e, t
+        return english, targets
+
+    def targets(self, keys) -> list[str]:
+        return self._texts(keys)[1]
+
+    def get(self, keys) -> TeacherBatch:
         from mmkd.teacher import encode_words
 
-        words = [split_words(s) for s in english]
+        words = [split_words(s) for s in self._texts(keys)[0]]
         encoded = []
         for i in range(0, len(words), self.batch_size):
             encoded += encode_words(self.model, self.tokenizer, words[i:i + self.batch_size], self.layer, self.max_length)
         return TeacherBatch.from_sentences([e.word_states for e in encoded], [e.cls for e in encoded],
                                            [[w[j] for j in e.kept] for w, e in zip(words, encoded)])
+
+
+def find_caches(paths: list[str]) -> list[str]:
+    """Each path is a cache (holds manifest.json) or a folder of caches (`cache-teacher --out`)."""
+    found = []
+    for path in paths:
+        fs, root = fsspec.core.url_to_fs(path)
+        if fs.exists(f"{root}/manifest.json"):
+            found.append(path.rstrip("/"))
+            continue
+        subs = sorted(p for p in fs.ls(root, detail=False) if fs.exists(f"{p}/manifest.json")) if fs.isdir(root) else []
+        if not subs:
+            raise SourceError(f"{path}: no teacher cache here (no manifest.json in it or in its sub-folders); "
+                              "make one with `mmkd cache-teacher --corpus NAME --out DIR`")
+        found += [f"{path.rstrip('/')}/{p.rstrip('/').rsplit('/', 1)[-1]}" for p in subs]
+    return found
+
+
+def open_cached(paths: list[str]) -> CachedFeatures:
+    # Corpus index = rank of the corpus name, whatever the order on the command line.
+    caches = sorted((TeacherCache(p) for p in find_caches(paths)), key=lambda c: c.manifest["corpus"]["name"])
+    first = caches[0]
+    seen = set()
+    for cache in caches:
+        m = cache.manifest
+        if m["word_rule"] != WORD_RULE_VERSION:
+            raise SourceError(f"{cache.url}: words were split with rule {m['word_rule']!r}, this mmkd uses "
+                              f"{WORD_RULE_VERSION!r}; rebuild the cache")
+        for key in ("teacher", "layer", "hidden_size", "word_rule"):
+            if m[key] != first.manifest[key]:
+                raise SourceError(f"{cache.url} and {first.url} differ in {key}: {m[key]!r} vs "
+                                  f"{first.manifest[key]!r}; one run distils one teacher")
+        if m["corpus"]["name"] in seen:
+            raise CacheError(f"two caches for corpus {m['corpus']['name']!r} ({cache.url})")
+        seen.add(m["corpus"]["name"])
+    return CachedFeatures(caches)
+
+
+def open_features(cfg, device="cpu") -> TeacherFeatures:
+    """The features `cfg` asks for: its caches (`cfg.cache`), or the online teacher over its
+    prepared corpora (`cfg.online_teacher`, `cfg.corpora`, `cfg.data_dir`)."""
+    if not cfg.online_teacher:
+        if cfg.corpora:
+            raise SourceError("--corpus is for --online-teacher: a teacher cache holds the pairs' text itself")
+        return open_cached(cfg.cache)
+    if not cfg.corpora:
+        raise SourceError("--online-teacher needs the corpora to train on: --corpus NAME (repeatable)")
+    from mmkd.corpus import open_corpus
+    from mmkd.teacher import load_teacher, model_hash
+
+    corpora = sorted((open_corpus(n, cfg.data_dir) for n in cfg.corpora), key=lambda c: c.name)   # as caches: by name
+    model, tokenizer = load_teacher(cfg.online_teacher, device, cfg.trust_remote_code)
+    return OnlineFeatures(model, tokenizer, corpora, model_hash(model), cfg.teacher_layer, cfg.teacher_max_length)

@@ -52,9 +52,25 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
-# Teacher forward passes run by this process: the ablation sweep logs it to show that a cached run
-# never runs the teacher.
-FORWARD_PASSES = 0
+class ForwardCounter:
+    """Teacher forward passes run while it is active (`with count_forwards() as counter:`). The
+    ablation sweep owns one, to show that cached training never runs the teacher."""
+
+    def __init__(self):
+        self.passes = 0
+
+
+_counters: list[ForwardCounter] = []
+
+
+@contextlib.contextmanager
+def count_forwards():
+    counter = ForwardCounter()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
 
 
 @dataclass
@@ -132,8 +148,8 @@ def token_lengths(enc) -> np.ndarray:
 @torch.inference_mode()
 def encode_prepared(model, batch: PreparedBatch, layer: int = -1) -> list[EncodedSentence]:
     """Run the teacher on a `prepare_batch` result and gather word and [CLS] states."""
-    global FORWARD_PASSES
-    FORWARD_PASSES += 1
+    for counter in _counters:
+        counter.passes += 1
     device = next(model.parameters()).device
     inputs = {k: v.to(device, non_blocking=True) for k, v in batch.enc.items()
               if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -25,11 +25,11 @@ import torch
 from mmkd import __version__
 from mmkd.batching import OBJECTIVES, BatchConfig, StudentBatch, build_student_batch, random_token_ids
 from mmkd.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from mmkd.corpus import default_data_dir
 from mmkd.errors import MMKDError
 from mmkd.losses import projection_std, senta_loss, struca_loss, tlm_loss, xwcl_loss
 from mmkd.schedule import BalancedSchedule, split_for
-from mmkd.sources import TrainingSources, open_sources
+from mmkd.features import TeacherFeatures, open_features
+from mmkd.paths import default_data_dir
 
 
 class TrainingError(MMKDError):
@@ -38,8 +38,8 @@ class TrainingError(MMKDError):
 
 @dataclass
 class TrainConfig:
-    cache: list[str] = field(default_factory=list)      # cache folders, or roots holding several
-    corpora: list[str] = field(default_factory=list)    # prepared corpora (online mode, or overrides)
+    cache: list[str] = field(default_factory=list)      # cache folders or URLs, or roots holding several
+    corpora: list[str] = field(default_factory=list)    # prepared corpora (online mode only)
     online_teacher: str | None = None                   # run this teacher on the fly instead of a cache
     student: str = "bert-base-multilingual-cased"
     out: str = "runs/mmkd"
@@ -122,9 +122,9 @@ class StepData(torch.utils.data.Dataset):
     teacher features and build the student tensors; with an online teacher the main process does
     (the teacher runs on the training device)."""
 
-    def __init__(self, sources: TrainingSources, schedule: BalancedSchedule,
+    def __init__(self, features: TeacherFeatures, schedule: BalancedSchedule,
                  rank: int, world: int, cfg: TrainConfig, tokenizer):
-        self.sources, self.schedule, self.rank, self.world = sources, schedule, rank, world
+        self.features, self.schedule, self.rank, self.world = features, schedule, rank, world
         self.cfg, self.tokenizer = cfg, tokenizer
         self.batch_cfg = BatchConfig(cfg.max_length, cfg.mlm_probability, cfg.seed)
         self.random_ids = random_token_ids(tokenizer)
@@ -132,22 +132,19 @@ class StepData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 1 << 62
 
-    def raw(self, step: int):
-        parts = []
-        for keys in split_for(self.schedule.batch(step), self.rank, self.world, self.cfg.grad_accum):
-            english, targets = self.sources.texts(keys)
-            parts.append((keys, english, targets))
-        return parts
+    def raw(self, step: int) -> list[list[tuple[int, int, int]]]:
+        """This process's micro-batches of `step`: (corpus_index, stream_index, pair_id) keys."""
+        return split_for(self.schedule.batch(step), self.rank, self.world, self.cfg.grad_accum)
 
-    def finish(self, keys, english, targets) -> StudentBatch:
-        teacher = self.sources.features.get([(c, p) for c, _, p in keys], english)
-        return build_student_batch(self.tokenizer, teacher, targets, keys, set(self.cfg.objectives),
-                                   self.batch_cfg, self.random_ids)
+    def finish(self, keys) -> StudentBatch:
+        pairs = [(c, p) for c, _, p in keys]
+        return build_student_batch(self.tokenizer, self.features.get(pairs), self.features.targets(pairs), keys,
+                                   set(self.cfg.objectives), self.batch_cfg, self.random_ids)
 
     def __getitem__(self, step: int):
         parts = self.raw(step)
-        if self.sources.features.runs_in_workers:
-            return [self.finish(*p) for p in parts]
+        if self.features.runs_in_workers:
+            return [self.finish(keys) for keys in parts]
         return parts
 
 
@@ -242,38 +239,38 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         shutil.rmtree(out)
     accelerator.wait_for_everyone()
 
-    sources = open_sources(cfg, device=accelerator.device)
+    features = open_features(cfg, device=accelerator.device)
     if cfg.verify_cache and not cfg.online_teacher:
-        _verify_caches(sources.features.caches, accelerator, out, progress and main)
+        _verify_caches(features.caches, accelerator, out, progress and main)
     tokenizer = load_tokenizer(cfg.student, cfg.trust_remote_code)
     require_fast(tokenizer)
     torch.manual_seed(cfg.seed)
     student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code)
-    if "xwcl" in objectives and student.config.hidden_size != sources.features.hidden_size:
+    if "xwcl" in objectives and student.config.hidden_size != features.hidden_size:
         raise TrainingError(f"XWCL compares student and teacher word states by dot product (eq. 1), so their "
                             f"sizes must match: student {student.config.hidden_size}, teacher "
-                            f"{sources.features.hidden_size}. Use a matching teacher or --without xwcl.")
-    model = MMKDModel(student, sources.features.hidden_size, cfg.head_hidden, cfg.head_out, cfg.head_norm)
+                            f"{features.hidden_size}. Use a matching teacher or --without xwcl.")
+    model = MMKDModel(student, features.hidden_size, cfg.head_hidden, cfg.head_out, cfg.head_norm)
     if cfg.teacher_heads == "frozen":
         for head in model.teacher_heads():
             head.requires_grad_(False)
-    schedule = BalancedSchedule(sources.sizes, cfg.batch_size, cfg.seed)
+    schedule = BalancedSchedule(features.sizes, cfg.batch_size, cfg.seed)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * schedule.steps_per_epoch))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     # Stepped by us once per optimiser step (not prepared: accelerate would step it per process).
     scheduler = _lr_schedule(optimizer, total_steps, round(cfg.warmup_ratio * total_steps), cfg.head_warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    run_meta = {"config": dataclasses.asdict(cfg), "caches": sources.identities, "mmkd_version": __version__,
+    run_meta = {"config": dataclasses.asdict(cfg), "caches": features.identities, "mmkd_version": __version__,
                 "total_steps": total_steps, "steps_per_epoch": schedule.steps_per_epoch,
                 "processes": accelerator.num_processes}
     start = 0
     if resume and existing:
         meta = load_checkpoint(existing, model, optimizer, scheduler, accelerator)
         _check_resume_config(meta["config"], cfg, existing)
-        if meta["caches"] != sources.identities:
+        if meta["caches"] != features.identities:
             raise TrainingError(f"cannot resume {existing}: the run was trained on other caches/corpora "
-                                f"({meta['caches']} vs {sources.identities})")
+                                f"({meta['caches']} vs {features.identities})")
         start = meta["step"]
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +279,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     if log_with != "none":
         accelerator.init_trackers("mmkd", config=_flat(dataclasses.asdict(cfg)))
 
-    data = StepData(sources, schedule, accelerator.process_index, accelerator.num_processes, cfg, tokenizer)
+    data = StepData(features, schedule, accelerator.process_index, accelerator.num_processes, cfg, tokenizer)
     loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, total_steps),
                                          num_workers=cfg.num_workers, collate_fn=_identity,
                                          prefetch_factor=2 if cfg.num_workers else None,
@@ -298,8 +295,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     step = start
     for step, parts in zip(range(start, total_steps), loader):
         got_data = time.perf_counter()
-        if not sources.features.runs_in_workers:
-            parts = [data.finish(*p) for p in parts]
+        if not features.runs_in_workers:
+            parts = [data.finish(keys) for keys in parts]
         logs = _train_step(step, parts, model, optimizer, scheduler, accelerator, cfg, objectives, weights_t)
         now = time.perf_counter()
         logs.update(step=step + 1, epoch=round((step + 1) / schedule.steps_per_epoch, 4),
@@ -318,7 +315,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             save_checkpoint(out, step + 1, model, optimizer, scheduler, run_meta, accelerator, cfg.keep_checkpoints)
     bar.close()
     if main:
-        _save_student(out, accelerator.unwrap_model(model), tokenizer, run_meta, sources, cfg)
+        _save_student(out, accelerator.unwrap_model(model), tokenizer, run_meta, features, cfg)
     accelerator.wait_for_everyone()
     # Not accelerator.end_training(): it also destroys the process group, and a process may train
     # again (the ablation sweep runs five trainings in one `accelerate launch`).
@@ -486,7 +483,7 @@ def _append_metrics(path: Path, logs: dict) -> None:
         w.writerow({k: ("" if logs.get(k) is None else logs.get(k)) for k in METRICS})
 
 
-def _save_student(out: Path, model, tokenizer, run_meta: dict, sources: TrainingSources, cfg: TrainConfig) -> Path:
+def _save_student(out: Path, model, tokenizer, run_meta: dict, features: TeacherFeatures, cfg: TrainConfig) -> Path:
     """`<run>/student/`: a Hugging Face model folder a user can publish as it is. The trained encoder
     and MLM head, plus every tensor of the starting checkpoint MMKD does not train (pooler, other
     heads) unchanged, the tokenizer, the run's config and cache manifests, and a model card. Written
@@ -507,9 +504,9 @@ def _save_student(out: Path, model, tokenizer, run_meta: dict, sources: Training
         student.save_pretrained(tmp, state_dict={**student.state_dict(), **extras})
         tokenizer.save_pretrained(tmp)
     (tmp / RUN_FILE).write_text(json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
-    for name, manifest in sources.manifests.items():
+    for name, manifest in features.manifests.items():
         (tmp / f"cache-manifest-{name}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    (tmp / CARD).write_text(card_text(run_meta, sources.manifests), encoding="utf-8")
+    (tmp / CARD).write_text(card_text(run_meta, features.manifests), encoding="utf-8")
     heads = torch.nn.ModuleDict({k: getattr(model, k) for k in (
         "senta_projector", "senta_predictor", "struca_projector", "struca_predictor",
         "teacher_senta_projector", "teacher_struca_projector")})

@@ -20,7 +20,7 @@ from mmkd.batching import OBJECTIVES
 from mmkd.cache import CacheConfig, build_cache
 from mmkd.model import MMKDModel
 from mmkd.schedule import BalancedSchedule
-from mmkd.sources import SourceError, open_sources
+from mmkd.features import SourceError, open_features
 from mmkd.train import StepData, TrainConfig, TrainingError, _term, train
 
 from tiny import make_tiny_bert, tiny_batch
@@ -63,9 +63,9 @@ def metrics(run: Path) -> list[dict]:
 # ------------------------------------------------------------------ the same numbers both ways
 def _losses_of_step(cfg: TrainConfig, model: MMKDModel, step: int = 0) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(cfg.student)
-    sources = open_sources(cfg)
-    data = StepData(sources, BalancedSchedule(sources.sizes, cfg.batch_size, cfg.seed), 0, 1, cfg, tokenizer)
-    (batch,) = [data.finish(*p) for p in data.raw(step)]
+    features = open_features(cfg)
+    data = StepData(features, BalancedSchedule(features.sizes, cfg.batch_size, cfg.seed), 0, 1, cfg, tokenizer)
+    (batch,) = [data.finish(keys) for keys in data.raw(step)]
     out = model(batch, cfg.objectives)
     return {o: _term(o, out, batch, cfg, accelerator=_One()).item() for o in cfg.objectives}
 
@@ -221,19 +221,6 @@ def test_two_processes_match_one_process(tmp_path, cache_root, student_nodrop, d
 
 
 # ------------------------------------------------------------------ refusals and guards
-def test_changed_corpus_is_refused(tmp_path, cache_root, tiny_student, data_dir, shared):
-    from mmkd.corpus import CorpusConfig, prepare_corpus
-
-    other = tmp_path / "data"
-    par = shared / "parallel"
-    prepare_corpus(CorpusConfig(pair="en-fr", data_dir=str(other), max_pairs=300, seed=7,
-                                moses=(str(par / "europarl_v7_fr-en/europarl-v7.fr-en.en"),
-                                       str(par / "europarl_v7_fr-en/europarl-v7.fr-en.fr"))), progress=False)
-    cfg = config(tmp_path, cache_root, tiny_student, data_dir, corpora=[str(other / "corpora" / "en-fr")])
-    with pytest.raises(SourceError, match=r"was written for corpus 'en-fr' with fingerprint .* the corpus changed"):
-        train(cfg, progress=False)
-
-
 def test_caches_of_different_teachers_are_refused(tmp_path, cache_root, other_teacher, tiny_student, data_dir):
     build_cache(CacheConfig(corpora=["en-de"], teacher=other_teacher, out=str(tmp_path / "c2"), data_dir=str(data_dir),
                             dtype="fp32"), progress=False)
@@ -367,3 +354,55 @@ def test_head_warmup_keeps_the_encoder_fixed_then_trains_it(tmp_path, cache_root
     assert [float(r["lr"]) for r in rows[:3]] == [0.0, 0.0, 0.0]
     assert float(rows[3]["lr"]) == pytest.approx(1e-3 * 3 / 6)
     assert [float(r["lr_heads"]) for r in rows] == pytest.approx([1e-3 * (6 - i) / 6 for i in range(6)])
+
+
+# ------------------------------------------------------------------ one source for the settings
+def test_train_cli_defaults_are_the_train_config_defaults():
+    from dataclasses import MISSING, fields
+
+    from mmkd.cli import _FIELD_OF, main
+    from mmkd.paths import default_data_dir
+
+    params = {_FIELD_OF.get(p.name, p.name): p for p in main.commands["train"].params}
+    checked = 0
+    for f in fields(TrainConfig):
+        if f.name not in params:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        param = params[f.name]
+        cli = param.default
+        if param.multiple:      # repeatable options: no default means an empty list
+            cli = list(cli) if isinstance(cli, (list, tuple)) else []
+        elif getattr(param, "is_flag", False) and not isinstance(cli, bool):   # a bare flag: off
+            cli = False
+        if f.name == "data_dir":
+            cli = cli or default_data_dir()
+        assert cli == default, f.name
+        checked += 1
+    assert checked >= 30
+
+
+def test_resume_and_config_reuse_a_runs_settings(tmp_path, cache_root, tiny_student, data_dir):
+    from click.testing import CliRunner
+
+    from mmkd.cli import main
+
+    run = tmp_path / "run"
+    first = ["train", "--cache", str(cache_root), "--student", tiny_student, "--out", str(run), "--batch-size", "8",
+             "--lr", "1e-3", "--alpha", "0.5", "--head-hidden", "32", "--head-out", "16", "--max-steps", "2",
+             "--checkpoint-every", "1", "--num-workers", "0", "--log-with", "none", "--quiet"]
+    assert CliRunner().invoke(main, first).exit_code == 0
+    r = CliRunner().invoke(main, ["train", "--resume", "--out", str(run), "--quiet"])      # no flags retyped
+    assert r.exit_code == 0, r.output
+    again = tmp_path / "again"
+    r = CliRunner().invoke(main, ["train", "--config", str(run / "config.json"), "--out", str(again), "--quiet"])
+    assert r.exit_code == 0, r.output
+    keys = ("loss", "tlm", "xwcl", "senta", "struca", "lr")
+    assert [[m[k] for k in keys] for m in metrics(again)] == [[m[k] for k in keys] for m in metrics(run)]
+    other = tmp_path / "other"
+    r = CliRunner().invoke(main, ["train", "--config", str(run / "config.json"), "--out", str(other), "--alpha", "2",
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    import json
+    saved = json.loads((other / "config.json").read_text())["config"]
+    assert saved["alpha"] == 2.0 and saved["lr"] == 1e-3 and saved["out"] == str(other)

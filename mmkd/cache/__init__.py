@@ -1,7 +1,17 @@
-"""The teacher cache: format (`format.py`), writer (`writer.py`), reader (`reader.py`), checks
-(`verify.py`). Stage one and stage two meet only here."""
+"""The teacher cache: format (`format.py`), reader (`reader.py`), checks before use
+(`integrity.py`), writer (`writer.py`, stage one), upgrade and verify.
+
+Stage one and stage two meet only here, and stage two needs only the reader: importing this
+package loads no writer, teacher or corpus code. `CacheConfig` and `build_cache` are loaded from
+the writer when first asked for."""
 
 from mmkd.cache.reader import TeacherBatch, TeacherCache
-from mmkd.cache.writer import CacheConfig, build_cache
 
 __all__ = ["TeacherBatch", "TeacherCache", "CacheConfig", "build_cache"]
+
+
+def __getattr__(name: str):
+    if name in ("CacheConfig", "build_cache"):
+        from mmkd.cache import writer
+        return getattr(writer, name)
+    raise AttributeError(f"module 'mmkd.cache' has no attribute {name!r}")

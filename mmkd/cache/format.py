@@ -1,4 +1,8 @@
-"""The teacher-cache format, version 1 (specified in docs/cache-format.md; keep the two in step).
+"""The teacher-cache format, version 2 (specified in docs/cache-format.md; keep the two in step).
+
+Version 2 made the cache self-contained: each shard's meta.arrow also holds the pair's English and
+target text (`en`, `x`), and the manifest records the corpus's fingerprint, not its path.
+`mmkd cache upgrade` turns a version-1 cache into version 2.
 
 One cache folder per prepared corpus:
 
@@ -12,7 +16,7 @@ One cache folder per prepared corpus:
         cls_scale [n]              float32, int8 only
         offsets [n + 1]            int64: sentence i's words are rows offsets[i]:offsets[i+1]
         meta.arrow                 Arrow IPC: pair_id, words (list<string>), n_words,
-                                   n_words_split, truncated
+                                   n_words_split, truncated, en, x (the pair's text)
         shard.json                 counts + sha256 of every file above; written last
 """
 
@@ -27,7 +31,7 @@ import torch
 from mmkd.errors import CacheError
 
 FORMAT_NAME = "mmkd-teacher-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # --dtype -> (zarr dtype of the stored tensors, needs a per-vector scale)
 STORAGE = {
@@ -145,6 +149,10 @@ def read_json(fs, path: str, what: str) -> dict:
 def check_manifest(manifest: dict, path: str) -> None:
     if manifest.get("format") != FORMAT_NAME:
         raise CacheError(f"{path}: not an mmkd teacher cache manifest (format={manifest.get('format')!r})")
+    if manifest.get("format_version") == 1:
+        raise CacheError(f"{path}: cache format version 1 holds no text, so training would need the prepared "
+                         "corpus beside it; make it self-contained with `mmkd cache upgrade "
+                         f"{path.rsplit('/manifest.json', 1)[0]} --data-dir DIR` (DIR holds corpora/<name>/)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"{path}: cache format version {manifest.get('format_version')}, but this mmkd "
                          f"reads version {FORMAT_VERSION}; rebuild the cache with `mmkd cache-teacher`")

@@ -171,6 +171,17 @@ class TeacherCache:
                 out[p] = w
         return out
 
+    def texts(self, pair_ids) -> tuple[list[str], list[str]]:
+        """The pairs' English and target text, from the shards' metadata (format 2)."""
+        pair_ids = self._check_ids(pair_ids)
+        english: list[str] = [""] * len(pair_ids)
+        targets: list[str] = [""] * len(pair_ids)
+        for k, pos in _group_by_shard(pair_ids, self.shard_size):
+            rows = self.shard(k).meta.select(["en", "x"]).take(pa.array(pair_ids[pos] - k * self.shard_size))
+            for p, e, x in zip(pos, rows.column("en").to_pylist(), rows.column("x").to_pylist()):
+                english[p], targets[p] = e, x
+        return english, targets
+
     def get(self, pair_ids, with_words: bool = True) -> TeacherBatch:
         pair_ids = self._check_ids(pair_ids)
         b = len(pair_ids)

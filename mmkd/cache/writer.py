@@ -25,7 +25,8 @@ from mmkd import __version__
 from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
                                sha256_file, shard_name, zarr_location)
 from mmkd.cache.lock import CacheLock
-from mmkd.corpus import PreparedCorpus, default_data_dir, open_corpus
+from mmkd.corpus import PreparedCorpus, open_corpus
+from mmkd.paths import default_data_dir
 from mmkd.dist import process_state
 from mmkd.errors import CacheError
 from mmkd.teacher import (collate, encode_prepared, length_grouped_batches, load_teacher, model_hash,
@@ -74,8 +75,9 @@ def _identity(cfg: CacheConfig, corpus: PreparedCorpus, model, tokenizer) -> dic
         "batching": BATCHING_RULE,
         "shard_size": cfg.shard_size,
         "hidden_size": model.config.hidden_size,
+        # Provenance, not a location: the cache holds the text itself (format 2).
         "corpus": {"name": corpus.name, "pair": corpus.pair, "fingerprint": corpus.fingerprint,
-                   "n_pairs": len(corpus), "path": str(corpus.path)},
+                   "n_pairs": len(corpus)},
         "mmkd_version": __version__,
     }
 
@@ -113,6 +115,8 @@ class _Shard:
     pair_ids: np.ndarray
     words: list[list[str]]          # as split
     batches: list                   # (indices into the shard, PreparedBatch), length-grouped
+    english: list[str]              # the pairs' text, stored in meta.arrow (format 2)
+    targets: list[str]
     encoded: list | None = None     # EncodedSentence per sentence, in pair-id order
 
 
@@ -120,12 +124,12 @@ def _prepare_shard(k: int, corpus: PreparedCorpus, cfg: CacheConfig, tokenizer) 
     """Read, split and tokenize shard k, and cut it into batches of similar sub-token length."""
     lo, hi = k * cfg.shard_size, min(len(corpus), (k + 1) * cfg.shard_size)
     pair_ids = np.arange(lo, hi, dtype=np.int64)
-    english, _ = corpus.rows(pair_ids)
+    english, targets = corpus.rows(pair_ids)
     words = [split_words(s) for s in english]
     enc = tokenize_words(tokenizer, words, cfg.max_length)
     batches = [(idx, collate(tokenizer, enc, idx, words, cfg.max_length))
                for idx in length_grouped_batches(token_lengths(enc), cfg.batch_size)]
-    return _Shard(k, lo, pair_ids, words, batches)
+    return _Shard(k, lo, pair_ids, words, batches, english, targets)
 
 
 def _encode_shard(shard: _Shard, cfg: CacheConfig, model, bar) -> _Shard:
@@ -168,6 +172,8 @@ def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) ->
         "n_words": pa.array(counts.astype(np.int32)),
         "n_words_split": pa.array(np.array([len(w) for w in words], dtype=np.int32)),
         "truncated": pa.array([e.truncated for e in encoded], pa.bool_()),
+        "en": pa.array(shard.english, pa.string()),
+        "x": pa.array(shard.targets, pa.string()),
     })
     with fs.open(f"{tmp}/meta.arrow", "wb") as f, pa.ipc.new_file(f, meta.schema) as w:
         w.write_table(meta)

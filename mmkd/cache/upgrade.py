@@ -1,0 +1,79 @@
+"""`mmkd cache upgrade`: a format-1 cache made self-contained (format 2).
+
+Format 1 stored the teacher's word lists but not the pairs' text, so training also opened the
+prepared corpus the manifest pointed at. The upgrade reads that corpus (it must have the
+fingerprint and pair count the manifest recorded), adds `en` and `x` to every shard's meta.arrow
+(written aside and renamed), updates each shard's sizes and checksums, and rewrites the manifest
+as format 2 without the corpus path. The teacher's tensors are not touched. It holds the cache's
+writer lock; an interrupted upgrade can be run again.
+"""
+
+from __future__ import annotations
+
+import fsspec
+import pyarrow as pa
+
+from mmkd.cache.format import FORMAT_VERSION, dumps, member_path, read_json, sha256_file
+from mmkd.cache.lock import CacheLock
+from mmkd.errors import CacheError
+
+
+def upgrade_cache(path: str, data_dir: str, corpus: str | None = None, log=print) -> str:
+    from mmkd.corpus import open_corpus
+
+    url = path.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(url)
+    manifest = read_json(fs, f"{root}/manifest.json", "cache manifest")
+    version = manifest.get("format_version")
+    if version == FORMAT_VERSION:
+        log(f"{url}: already format {FORMAT_VERSION}; nothing to do")
+        return url
+    if version != 1:
+        raise CacheError(f"{url}: cache format version {version}; `cache upgrade` turns version 1 into {FORMAT_VERSION}")
+    want = manifest["corpus"]
+    from pathlib import Path
+
+    recorded = want.get("path")
+    if corpus is None and recorded and (Path(recorded) / "meta.json").is_file():
+        corpus = recorded   # where it was when the cache was written, if it is still there
+    prepared = open_corpus(corpus or want["name"], data_dir)
+    if prepared.fingerprint != want["fingerprint"] or len(prepared) != manifest["n_sentences"]:
+        raise CacheError(f"{url} was written for corpus {want['name']!r} with fingerprint {want['fingerprint'][:16]} "
+                         f"({manifest['n_sentences']} pairs), but {prepared.path} has {prepared.fingerprint[:16]} "
+                         f"({len(prepared)} pairs): give the corpus it was made from (--data-dir / --corpus)")
+    lock = CacheLock(fs, root, url)
+    lock.acquire(say=log)
+    try:
+        for record in manifest["shards"]:
+            base = f"{root}/shards/{record['name']}"
+            where = f"{url} shard {record['name']}"
+            meta_path = member_path(fs, base, "meta.arrow", where)
+            with fs.open(meta_path, "rb") as f:
+                table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+            if "x" not in table.column_names:
+                english, targets = prepared.rows(table.column("pair_id").to_numpy())
+                table = table.append_column("en", pa.array(english, pa.string())).append_column(
+                    "x", pa.array(targets, pa.string()))
+                with fs.open(meta_path + ".tmp", "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+                    w.write_table(table)
+                fs.mv(meta_path + ".tmp", meta_path)
+            record["sha256"]["meta.arrow"] = sha256_file(fs, meta_path)
+            if "bytes" in record:
+                record["bytes"]["meta.arrow"] = int(fs.size(meta_path))
+            with fs.open(f"{base}/shard.json", "w") as f:
+                f.write(dumps(record))
+        manifest["format_version"] = FORMAT_VERSION
+        manifest["corpus"] = {k: v for k, v in want.items() if k != "path"}
+        for name in ("manifest.json", "build.json"):
+            if fs.exists(f"{root}/{name}"):
+                record = manifest if name == "manifest.json" else {
+                    **read_json(fs, f"{root}/{name}", "build record"), "format_version": FORMAT_VERSION,
+                    "corpus": manifest["corpus"]}
+                with fs.open(f"{root}/{name}.tmp", "w") as f:
+                    f.write(dumps(record))
+                fs.mv(f"{root}/{name}.tmp", f"{root}/{name}")
+    finally:
+        lock.release()
+    log(f"{url}: upgraded to format {FORMAT_VERSION} ({len(manifest['shards'])} shards; the text of "
+        f"{manifest['n_sentences']} pairs added from {prepared.path})")
+    return url

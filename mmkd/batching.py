@@ -46,7 +46,8 @@ class StudentBatch:
     teacher_words: torch.Tensor | None = None      # [B, W, Ht]
     teacher_word_mask: torch.Tensor | None = None  # [B, W]
     teacher_cls: torch.Tensor | None = None        # [B, Ht]
-    pair_keys: list | None = None                  # [(corpus_index, stream_index, pair_id)]
+    pair_keys: list | None = None                  # [(corpus_index, stream_index, pair_id)] of the pair inputs
+    sent_keys: list | None = None                  # ... of the sentence input (the same pairs unless assigned apart)
 
     def to(self, device) -> "StudentBatch":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -62,7 +63,7 @@ class StudentBatch:
             return int((self.tlm_labels != -100).sum())
         if objective == "xwcl":
             return 0 if self.xwcl_masked is None else int((self.xwcl_masked & self.teacher_word_mask).sum())
-        return 0 if self.sent_input_ids is None else len(self.pair_keys)
+        return 0 if self.sent_input_ids is None else len(self.sent_keys)
 
 
 @dataclass
@@ -91,11 +92,17 @@ def _pad(rows: list[np.ndarray], value: int) -> torch.Tensor:
 
 
 def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], keys: list[tuple[int, int, int]],
-                        objectives: set[str], cfg: BatchConfig, random_ids: np.ndarray | None = None) -> StudentBatch:
-    """All student inputs for a micro-batch. keys[b] = (corpus_index, stream_index, pair_id)."""
+                        objectives: set[str], cfg: BatchConfig, random_ids: np.ndarray | None = None,
+                        sentences: tuple[TeacherBatch, list[str], list] | None = None) -> StudentBatch:
+    """All student inputs for a micro-batch. keys[b] = (corpus_index, stream_index, pair_id).
+
+    The sentence input (SentA, StrucA) is built from the same pairs, or from `sentences` =
+    (teacher features, target texts, keys) of another set when pairs are assigned to processes
+    separately for it (by target length, so it pads little)."""
     if random_ids is None:
         random_ids = random_token_ids(tokenizer)
-    batch = StudentBatch(pair_keys=list(keys), teacher_word_mask=teacher.word_mask)
+    sent_teacher, sent_targets, sent_keys = sentences if sentences is not None else (teacher, targets, keys)
+    batch = StudentBatch(pair_keys=list(keys), sent_keys=list(sent_keys), teacher_word_mask=teacher.word_mask)
     pad_id = tokenizer.pad_token_id
     if {"tlm", "xwcl"} & objectives:
         t_words = [t.split() for t in targets]
@@ -140,9 +147,9 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
             batch.xwcl_masked = torch.from_numpy(masked)
             batch.teacher_words = teacher.word_states
     if {"senta", "struca"} & objectives:
-        enc = tokenizer(targets, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt",
+        enc = tokenizer(sent_targets, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt",
                         return_token_type_ids=True)
         batch.sent_input_ids, batch.sent_attention_mask = enc["input_ids"], enc["attention_mask"]
         batch.sent_token_type_ids = enc.get("token_type_ids")
-        batch.teacher_cls = teacher.cls
+        batch.teacher_cls = sent_teacher.cls
     return batch

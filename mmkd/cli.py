@@ -308,6 +308,9 @@ def _train_options(fn):
         click.option("--num-workers", default=2, show_default=True, type=int, help="Data-loader workers per process."),
         click.option("--log-with", type=click.Choice(["auto", "tensorboard", "none"]), default="auto", show_default=True,
               help="Tracker besides metrics.csv (auto = tensorboard when installed)."),
+        click.option("--assign", type=click.Choice(["length", "stride"]), default="length", show_default=True,
+              help="How a global batch's pairs are given to processes (and micro-batches keep their members): "
+                   "by length, so each forward pads little, or by position. The losses are the same."),
         click.option("--verify/--no-verify", "verify_cache", default=True, show_default=True,
               help="Check every cache shard's checksums before its first use (once per cache: remembered in "
                    "CACHE/verified/). --no-verify for caches you verified yourself."),

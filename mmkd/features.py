@@ -40,6 +40,8 @@ class TeacherFeatures(Protocol):
 
     def targets(self, keys) -> list[str]: ...
 
+    def words(self, keys) -> list[list[str]]: ...       # English word lists (no teacher states)
+
     def get(self, keys) -> TeacherBatch: ...
 
 
@@ -69,6 +71,13 @@ class CachedFeatures:
         for c, pos, pairs in _by_corpus(keys):
             for p, x in zip(pos, self.caches[c].texts(pairs)[1]):
                 out[p] = x
+        return out
+
+    def words(self, keys) -> list[list[str]]:
+        out: list[list[str]] = [[] for _ in keys]
+        for c, pos, pairs in _by_corpus(keys):
+            for p, w in zip(pos, self.caches[c].words(pairs)):
+                out[p] = w
         return out
 
     def get(self, keys) -> TeacherBatch:
@@ -105,6 +114,9 @@ class OnlineFeatures:
 
     def targets(self, keys) -> list[str]:
         return self._texts(keys)[1]
+
+    def words(self, keys) -> list[list[str]]:
+        return [split_words(s) for s in self._texts(keys)[0]]
 
     def get(self, keys) -> TeacherBatch:
         from mmkd.teacher import encode_words

@@ -49,3 +49,26 @@ def split_for(batch: list, rank: int, world: int, accumulation: int) -> list[lis
     micro-batch m of those takes every `accumulation`-th item from m."""
     mine = batch[rank::world]
     return [mine[m::accumulation] for m in range(accumulation)]
+
+
+def split_by_length(batch: list, lengths, rank: int, world: int, accumulation: int) -> list[list]:
+    """Like `split_for`, with each micro-batch's pairs given to processes by length.
+
+    Micro-batch m of every process together holds exactly the pairs it holds under `split_for`
+    (so StrucA and centred SentA, which span the gathered micro-batch, see the same set), and each
+    process gets as many of them as there; only *which* process gets which pair changes: the
+    group is sorted by `lengths` (longest first, ties by position) and cut into contiguous runs, so
+    every forward pads little. The per-pair objectives are exact global means wherever a pair
+    lands, and masks depend on the pair, not its place, so the losses are those of `split_for`."""
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+    index = np.arange(len(batch))
+    out = []
+    for m in range(accumulation):
+        group = index[(index // world) % accumulation == m]         # micro-batch m on every process
+        counts = [int(((group % world) == r).sum()) for r in range(world)]
+        ordered = group[np.argsort(-lengths[group], kind="stable")]
+        start = sum(counts[:rank])
+        out.append([batch[i] for i in ordered[start:start + counts[rank]]])
+    return out

@@ -27,7 +27,7 @@ from mmkd.batching import OBJECTIVES, BatchConfig, StudentBatch, build_student_b
 from mmkd.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmkd.errors import MMKDError
 from mmkd.losses import projection_std, senta_loss, struca_loss, tlm_loss, xwcl_loss
-from mmkd.schedule import BalancedSchedule, split_for
+from mmkd.schedule import BalancedSchedule, split_by_length, split_for
 from mmkd.features import TeacherFeatures, open_features
 from mmkd.paths import default_data_dir
 
@@ -75,6 +75,7 @@ class TrainConfig:
     log_with: str = "auto"                              # auto | tensorboard | none
     trust_remote_code: bool = False
     verify_cache: bool = True                           # checksums of every shard before first use (once per cache)
+    assign: str = "length"                              # pairs to processes: length (little padding) | stride
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -101,6 +102,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError("every objective was removed with --without; nothing to train")
     if cfg.teacher_heads not in ("train", "frozen"):
         raise TrainingError(f"--teacher-heads {cfg.teacher_heads!r}: choose train or frozen")
+    if cfg.assign not in ("length", "stride"):
+        raise TrainingError(f"--assign {cfg.assign!r}: choose length or stride")
     if cfg.xwcl_similarity not in ("dot", "cosine"):
         raise TrainingError(f"--xwcl-similarity {cfg.xwcl_similarity!r}: choose dot or cosine")
     for flag, value in (("--batch-size", cfg.batch_size), ("--grad-accum", cfg.grad_accum),
@@ -132,19 +135,41 @@ class StepData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 1 << 62
 
-    def raw(self, step: int) -> list[list[tuple[int, int, int]]]:
-        """This process's micro-batches of `step`: (corpus_index, stream_index, pair_id) keys."""
-        return split_for(self.schedule.batch(step), self.rank, self.world, self.cfg.grad_accum)
+    def raw(self, step: int) -> list[tuple[list, list]]:
+        """This process's micro-batches of `step`: for each, the (corpus_index, stream_index, pair_id)
+        keys of its pair inputs and of its sentence input. By position (`--assign stride`, or one
+        process without accumulation) they are the same pairs; by length, each input's pairs are
+        the micro-batch's members of its length range, so each forward pads little."""
+        batch = self.schedule.batch(step)
+        if self.cfg.assign == "stride" or self.world * self.cfg.grad_accum == 1:
+            return [(keys, keys) for keys in split_for(batch, self.rank, self.world, self.cfg.grad_accum)]
+        pair_len, sent_len = self.lengths(batch)
+        return list(zip(split_by_length(batch, pair_len, self.rank, self.world, self.cfg.grad_accum),
+                        split_by_length(batch, sent_len, self.rank, self.world, self.cfg.grad_accum)))
 
-    def finish(self, keys) -> StudentBatch:
+    def lengths(self, keys) -> tuple[list[int], list[int]]:
+        """Sub-tokens of each pair's `s t` and of its `t` (no special tokens): what the pair inputs
+        and the sentence input pad to. Every process computes them for the whole global batch, so
+        all agree on the assignment."""
         pairs = [(c, p) for c, _, p in keys]
+        english = self.tokenizer(self.features.words(pairs), is_split_into_words=True, add_special_tokens=False)
+        target = [len(ids) for ids in self.tokenizer(self.features.targets(pairs), add_special_tokens=False)["input_ids"]]
+        return [len(a) + b for a, b in zip(english["input_ids"], target)], target
+
+    def finish(self, part) -> StudentBatch:
+        keys, sent_keys = part
+        pairs = [(c, p) for c, _, p in keys]
+        sentences = None
+        if sent_keys != keys:
+            sent_pairs = [(c, p) for c, _, p in sent_keys]
+            sentences = (self.features.get(sent_pairs), self.features.targets(sent_pairs), sent_keys)
         return build_student_batch(self.tokenizer, self.features.get(pairs), self.features.targets(pairs), keys,
-                                   set(self.cfg.objectives), self.batch_cfg, self.random_ids)
+                                   set(self.cfg.objectives), self.batch_cfg, self.random_ids, sentences)
 
     def __getitem__(self, step: int):
         parts = self.raw(step)
         if self.features.runs_in_workers:
-            return [self.finish(keys) for keys in parts]
+            return [self.finish(part) for part in parts]
         return parts
 
 
@@ -296,7 +321,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     for step, parts in zip(range(start, total_steps), loader):
         got_data = time.perf_counter()
         if not features.runs_in_workers:
-            parts = [data.finish(keys) for keys in parts]
+            parts = [data.finish(part) for part in parts]
         logs = _train_step(step, parts, model, optimizer, scheduler, accelerator, cfg, objectives, weights_t)
         now = time.perf_counter()
         logs.update(step=step + 1, epoch=round((step + 1) / schedule.steps_per_epoch, 4),
@@ -420,7 +445,8 @@ def _grad_message(step, norm, logged, parts: list[StudentBatch], accelerator) ->
 
 
 def _nan_message(step, micro, objective, value, part: StudentBatch) -> str:
-    keys = [(c, p) for c, _, p in part.pair_keys[:8]]
+    source = part.sent_keys if objective in ("senta", "struca") else part.pair_keys
+    keys = [(c, p) for c, _, p in source[:8]]
     return (f"step {step + 1}, micro-batch {micro}: the {objective} loss is {value.item()} "
             f"(non-finite on this or another process); first (corpus, pair_id) of the batch: {keys}. "
             "Stopped before the update; the last checkpoint is intact.")

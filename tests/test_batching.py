@@ -154,3 +154,21 @@ def test_balanced_schedule():
     parts = split_for(s.batch(0), rank=1, world=2, accumulation=2)
     assert [len(p) for p in parts] == [2, 1]
     assert sorted(x for r in range(2) for p in split_for(s.batch(0), r, 2, 2) for x in p) == sorted(s.batch(0))
+
+
+@pytest.mark.parametrize("world,accumulation", [(2, 1), (2, 2), (8, 1), (3, 2), (1, 4)])
+def test_length_assignment_keeps_micro_batch_members_and_counts(world, accumulation):
+    from mmkd.schedule import split_by_length
+
+    batch = [(0, i, 100 + i) for i in range(48)]
+    lengths = np.random.default_rng(world * 10 + accumulation).integers(5, 120, size=48)
+    for m in range(accumulation):
+        want = [split_for(batch, r, world, accumulation)[m] for r in range(world)]
+        got = [split_by_length(batch, lengths, r, world, accumulation)[m] for r in range(world)]
+        assert sorted(x for part in got for x in part) == sorted(x for part in want for x in part)
+        assert [len(p) for p in got] == [len(p) for p in want]
+        # Longest first and contiguous: no pair of process r is shorter than any pair of process r + 1.
+        lens = [[lengths[x[1]] for x in part] for part in got]
+        for a, b in zip(lens, lens[1:]):
+            if a and b:
+                assert min(a) >= max(b)

@@ -65,7 +65,7 @@ def _losses_of_step(cfg: TrainConfig, model: MMKDModel, step: int = 0) -> dict[s
     tokenizer = AutoTokenizer.from_pretrained(cfg.student)
     features = open_features(cfg)
     data = StepData(features, BalancedSchedule(features.sizes, cfg.batch_size, cfg.seed), 0, 1, cfg, tokenizer)
-    (batch,) = [data.finish(keys) for keys in data.raw(step)]
+    (batch,) = [data.finish(part) for part in data.raw(step)]
     out = model(batch, cfg.objectives)
     return {o: _term(o, out, batch, cfg, accelerator=_One()).item() for o in cfg.objectives}
 
@@ -206,15 +206,20 @@ def test_two_processes_match_one_process(tmp_path, cache_root, student_nodrop, d
     assert r.returncode == 0, r.stderr[-3000:]
     import json
     assert json.loads((two / "config.json").read_text())["processes"] == 2
+    # The same 2 processes with pairs given to them by position instead of by length (the default).
+    stride = tmp_path / "stride"
+    cmd_stride = [*cmd[:cmd.index("--out") + 1], str(stride), *cmd[cmd.index("--out") + 2:], "--assign", "stride"]
+    r = subprocess.run(cmd_stride, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
     ref = metrics(one)
-    for other in (accum, two):
+    for other in (accum, two, stride):
         for a, b in zip(metrics(other), ref):
             for key in ("loss", "tlm", "xwcl", "senta"):
                 # Tolerance: different padding widths change float summation order (~1e-6 relative).
                 assert float(a[key]) == pytest.approx(float(b[key]), rel=2e-4), (other.name, a["step"], key)
     from safetensors.torch import load_file
     w_one = load_file(str(one / "student" / "model.safetensors"))
-    for other in (accum, two):
+    for other in (accum, two, stride):
         w = load_file(str(other / "student" / "model.safetensors"))
         worst = max((w[k] - w_one[k]).abs().max().item() for k in w_one)
         assert worst < 1e-4, (other.name, worst)

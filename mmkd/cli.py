@@ -404,7 +404,8 @@ def _train_config(out, data_dir, caches, corpora=(), without=(), **options):
               help="Evaluations of every model (repeatable; default: retrieval).")
 @click.option("--pairs", "retrieval_pairs", multiple=True, metavar="[NAME=]EN_FILE,X_FILE | [NAME=]PAIRS.tsv",
               help="Held-out parallel sentences for retrieval (repeatable).")
-@click.option("--eval-data-dir", default=None, metavar="DIR", help="XTREME-format data for xnli/pawsx/xquad.")
+@click.option("--eval-data-dir", default=None, metavar="DIR",
+              help="Evaluation data in XTREME's layout for xnli/pawsx/xquad, as for `mmkd eval` (default: the hub's).")
 @click.option("--eval-train-file", default=None, metavar="FILE", help="English training data for the zero-shot task.")
 @click.option("--eval-languages", default=None, metavar="LIST", help="Target languages of the zero-shot task.")
 @click.option("--eval-seeds", default="1", show_default=True, help="Fine-tuning seeds of the zero-shot task.")
@@ -474,13 +475,16 @@ def demo_cmd(out, teacher, student, steps, batch_size, train_pairs, heldout_pair
     The training defaults differ from the paper's where the paper's settings measurably damaged
     this small English student (docs/results.md); every one can be set back.
     """
-    from mmkd.demo import DemoConfig, run_demo
+    import dataclasses
+
+    from mmkd.demo import DemoConfig, demo_training, run_demo
 
     if small:
         train_pairs, heldout_pairs, steps = min(train_pairs, 200), min(heldout_pairs, 60), min(steps, 10)
         batch_size = min(batch_size, 12)
-    cfg = DemoConfig(out=out, teacher=teacher, student=student, steps=steps, batch_size=batch_size,
-                     train_pairs=train_pairs, heldout_pairs=heldout_pairs, **training)
+    train = dataclasses.replace(demo_training(), max_steps=steps, batch_size=batch_size, **training)
+    cfg = DemoConfig(out=out, teacher=teacher, student=student, train_pairs=train_pairs, heldout_pairs=heldout_pairs,
+                     train=train)
     run_demo(cfg, progress=not quiet, log=click.echo)
 
 
@@ -490,7 +494,7 @@ def eval_group():
     """Zero-shot evaluation of any encoder (a student from `mmkd train`, or a baseline such as mBERT).
 
     \b
-    mmkd eval xnli --model runs/mmkd/student --data-dir XTREME_DIR --train-file train-en.tsv
+    mmkd eval xnli --model runs/mmkd/student --eval-data-dir XTREME_DIR --train-file train-en.tsv
     mmkd eval xquad --model bert-base-multilingual-cased      (hub datasets, needs internet)
     mmkd eval retrieval --model M --pairs fr=en.txt,fr.txt
     """
@@ -501,8 +505,9 @@ def _zero_shot_options(fn):
         click.option("--model", default=None, metavar="NAME_OR_PATH",
                      help=f"Encoder to evaluate (hub name or folder). Default: the student of the default run "
                           f"folder, {DEFAULT_STUDENT}, when `mmkd train` has written it."),
-        click.option("--data-dir", default=None, metavar="DIR",
-                     help="Local XTREME-format data (DIR/xnli, DIR/pawsx, DIR/xquad); default: hub datasets."),
+        click.option("--eval-data-dir", "data_dir", default=None, metavar="DIR",
+                     help="Local evaluation data in XTREME's layout (DIR/xnli, DIR/pawsx, DIR/xquad, DIR/squad); "
+                          "default: the hub's datasets. (--data-dir is where prepared corpora live.)"),
         click.option("--train-file", default=None, metavar="FILE",
                      help="English training data (XTREME TSV / SQuAD JSON); default: the hub's English train."),
         click.option("--dev-file", default=None, metavar="FILE",

@@ -108,13 +108,19 @@ def test_demo_small_end_to_end_and_rerun_reuses(tmp_path, capfd):
 
 
 def test_demo_cli_defaults_are_the_demo_config():
+    """Every demo option's default is the DemoConfig's (or its TrainConfig's) field default."""
     from dataclasses import fields
 
-    from mmkd.demo import DemoConfig
+    from mmkd.demo import DemoConfig, demo_training
 
     demo = main.commands["demo"]
     by_name = {p.name: p for p in demo.params}
-    shared = [f for f in fields(DemoConfig) if f.name in by_name and f.name not in ("teacher", "student")]
-    assert {f.name for f in shared} >= {"lr", "alpha", "senta_center", "head_warmup_steps", "xwcl_similarity", "steps"}
-    for f in shared:
-        assert by_name[f.name].default == f.default, f.name
+    own = {f.name: f.default for f in fields(DemoConfig) if f.name in by_name and f.name not in ("teacher", "student")}
+    demo_fields = {f.name for f in fields(DemoConfig)}          # the demo's own (--out, --student, ...) come first
+    train = {("steps" if f.name == "max_steps" else f.name): getattr(demo_training(), f.name)
+             for f in fields(demo_training())
+             if ("steps" if f.name == "max_steps" else f.name) in by_name and f.name not in demo_fields}
+    assert set(train) >= {"lr", "alpha", "senta_center", "head_warmup_steps", "xwcl_similarity", "steps", "batch_size",
+                          "xwcl_temperature", "teacher_heads"}
+    for name, default in {**own, **train}.items():
+        assert by_name[name].default == default, name

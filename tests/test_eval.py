@@ -76,7 +76,7 @@ def test_bad_label_and_missing_file(tmp_path):
 
 
 def _xnli_args(model, shared, out, *extra):
-    return ["eval", "xnli", "--model", model, "--data-dir", str(shared), "--train-file",
+    return ["eval", "xnli", "--model", model, "--eval-data-dir", str(shared), "--train-file",
             str(shared / "xnli" / "dev-en.tsv"), "--max-train-examples", "96", "--max-eval-examples", "24",
             "--epochs", "1", "--batch-size", "16", "--out", str(out), *extra]
 
@@ -84,7 +84,7 @@ def _xnli_args(model, shared, out, *extra):
 def test_cli_errors_for_language_code_and_missing_file(tmp_path, tiny_student, shared):
     r = CliRunner().invoke(main, _xnli_args(tiny_student, shared, tmp_path, "--languages", "fr,xx"))
     assert r.exit_code == 2 and "unknown language code 'xx'" in r.output
-    r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--data-dir", str(shared),
+    r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--eval-data-dir", str(shared),
                                   "--train-file", str(shared / "pawsx" / "dev-en.tsv"), "--languages", "fr",
                                   "--max-train-examples", "32", "--epochs", "1", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "pawsx/test-fr.tsv: no such file" in r.output
@@ -112,7 +112,7 @@ def test_xnli_end_to_end_with_seeds_and_oracle(tmp_path, tiny_student, shared):
 
 def test_pawsx_end_to_end(tmp_path, tiny_student, shared):
     out = tmp_path / "pawsx"
-    r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--data-dir", str(shared),
+    r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--eval-data-dir", str(shared),
                                   "--train-file", str(shared / "pawsx" / "dev-en.tsv"), "--languages", "de,zh",
                                   "--max-train-examples", "64", "--max-eval-examples", "20", "--epochs", "1",
                                   "--out", str(out)])
@@ -123,7 +123,7 @@ def test_pawsx_end_to_end(tmp_path, tiny_student, shared):
 
 def test_xquad_end_to_end_with_strided_windows(tmp_path, tiny_student, shared):
     out = tmp_path / "xquad"
-    r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--data-dir", str(shared),
+    r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--eval-data-dir", str(shared),
                                   "--train-file", str(shared / "english_qa_train" / "tydiqa-goldp-v1.1-en-train.first1500.json"),
                                   "--languages", "en,zh", "--max-train-examples", "40", "--max-eval-examples", "8",
                                   "--epochs", "1", "--max-length", "96", "--doc-stride", "32", "--batch-size", "8",
@@ -203,7 +203,7 @@ def test_tsne_picture_and_report(tmp_path, tiny_student, tiny_teacher, shared):
 
 
 def test_window_longer_than_the_model_is_a_clear_error(tmp_path, tiny_student, shared):
-    r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--data-dir", str(shared),
+    r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--eval-data-dir", str(shared),
                                   "--train-file", str(shared / "english_qa_train" / "tydiqa-goldp-v1.1-en-train.first1500.json"),
                                   "--languages", "en", "--max-train-examples", "8", "--max-eval-examples", "2",
                                   "--out", str(tmp_path)])          # default --max-length 384 > 160 positions

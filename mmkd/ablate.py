@@ -1,6 +1,6 @@
 """`mmkd ablate`: MMKD and its four ablations (paper Table 5) from one teacher cache.
 
-Five runs (`mmkd`, `-xwcl`, `-tlm`, `-senta`, `-struca`) share every setting but the removed
+Five runs (`mmkd`, then `-xwcl`, `-tlm`, `-senta`, `-struca`: one per objective of mmkd.objectives) share every setting but the removed
 objective and read the same cache: the teacher ran once, when the cache was written. Each run is
 `<out>/<name>/`; a finished run (its student/ exists) is skipped, an interrupted one resumes from
 its checkpoint, and evaluations whose results.json exists are skipped, so an interrupted sweep
@@ -14,11 +14,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmkd.batching import OBJECTIVES
+from mmkd import objectives as objs
 from mmkd.eval.finetune import EvalConfig
 from mmkd.train import TrainConfig, latest_checkpoint, train
 
-RUNS = [("mmkd", None)] + [(f"-{o}", o) for o in ("xwcl", "tlm", "senta", "struca")]
+def runs() -> list[tuple[str, str | None]]:
+    """MMKD, then one run without each objective, in the order of the paper's Table 5."""
+    return [("mmkd", None)] + [(f"-{o.name}", o.name) for o in sorted(objs.OBJECTIVES, key=lambda o: o.table5_row)]
 
 
 @dataclass
@@ -97,7 +99,7 @@ def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
         log(f"baseline (initial student {cfg.base.student})")
         base = _evaluate(cfg.base.student, out / "baseline" / "eval", cfg, log)
         table["runs"]["baseline"] = _row(base)
-    for name, removed in RUNS:
+    for name, removed in runs():
         run_cfg = _run_config(cfg, name, removed)
         run_dir = Path(run_cfg.out)
         if (run_dir / "student" / "config.json").is_file():
@@ -129,4 +131,4 @@ def ablation_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["AblationConfig", "run_ablation", "RUNS", "OBJECTIVES"]
+__all__ = ["AblationConfig", "run_ablation", "runs"]

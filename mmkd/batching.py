@@ -24,8 +24,7 @@ from mmkd.cache.reader import TeacherBatch
 from mmkd.masking import example_rng, mask_tokens, mask_words
 from mmkd.words import first_subtoken_positions
 
-OBJECTIVES = ("tlm", "xwcl", "senta", "struca")
-_TLM, _XWCL = 1, 2   # purposes for example_rng
+_TLM, _XWCL = 1, 2   # purposes for example_rng (the masks of the two pair inputs)
 
 
 @dataclass
@@ -54,17 +53,6 @@ class StudentBatch:
         return StudentBatch(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                                for k, v in kw.items()})
 
-    def count(self, objective: str) -> int:
-        """How many items the objective averages over (masked tokens, anchors, sentences);
-        0 for an objective this batch was not built for."""
-        if objective == "tlm":
-            if self.tlm_labels is None:
-                return 0
-            return int((self.tlm_labels != -100).sum())
-        if objective == "xwcl":
-            return 0 if self.xwcl_masked is None else int((self.xwcl_masked & self.teacher_word_mask).sum())
-        return 0 if self.sent_input_ids is None else len(self.sent_keys)
-
 
 @dataclass
 class BatchConfig:
@@ -92,9 +80,10 @@ def _pad(rows: list[np.ndarray], value: int) -> torch.Tensor:
 
 
 def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], keys: list[tuple[int, int, int]],
-                        objectives: set[str], cfg: BatchConfig, random_ids: np.ndarray | None = None,
+                        needed: set[str], cfg: BatchConfig, random_ids: np.ndarray | None = None,
                         sentences: tuple[TeacherBatch, list[str], list] | None = None) -> StudentBatch:
-    """All student inputs for a micro-batch. keys[b] = (corpus_index, stream_index, pair_id).
+    """The student inputs `needed` (of mmkd.objectives.INPUTS) for a micro-batch.
+    keys[b] = (corpus_index, stream_index, pair_id).
 
     The sentence input (SentA, StrucA) is built from the same pairs, or from `sentences` =
     (teacher features, target texts, keys) of another set when pairs are assigned to processes
@@ -104,7 +93,7 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
     sent_teacher, sent_targets, sent_keys = sentences if sentences is not None else (teacher, targets, keys)
     batch = StudentBatch(pair_keys=list(keys), sent_keys=list(sent_keys), teacher_word_mask=teacher.word_mask)
     pad_id = tokenizer.pad_token_id
-    if {"tlm", "xwcl"} & objectives:
+    if {"masked_pair", "word_masked_pair"} & needed:
         t_words = [t.split() for t in targets]
         enc = tokenizer(teacher.words, t_words, is_split_into_words=True, truncation="longest_first",
                         max_length=cfg.max_length, return_token_type_ids=True)
@@ -112,7 +101,7 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
         rows = [np.array(ids, dtype=np.int64) for ids in enc["input_ids"]]
         types = [np.array(t, dtype=np.int64) for t in enc["token_type_ids"]] if "token_type_ids" in enc else None
         attention = _pad([np.ones(len(r), np.int64) for r in rows], 0)
-        if "tlm" in objectives:
+        if "masked_pair" in needed:
             ids_out, labels_out = [], []
             for b, ids in enumerate(rows):
                 rng = example_rng(cfg.seed, keys[b][0], keys[b][1], _TLM)
@@ -123,7 +112,7 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
             batch.tlm_input_ids, batch.tlm_labels = _pad(ids_out, pad_id), _pad(labels_out, -100)
             batch.tlm_attention_mask = attention
             batch.tlm_token_type_ids = _pad(types, 0) if types else None
-        if "xwcl" in objectives:
+        if "word_masked_pair" in needed:
             width = teacher.word_mask.shape[1]
             ids_out = []
             word_pos = np.zeros((len(rows), width), dtype=np.int64)
@@ -146,7 +135,7 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
             batch.xwcl_word_pos = torch.from_numpy(word_pos)
             batch.xwcl_masked = torch.from_numpy(masked)
             batch.teacher_words = teacher.word_states
-    if {"senta", "struca"} & objectives:
+    if "sentence" in needed:
         enc = tokenizer(sent_targets, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt",
                         return_token_type_ids=True)
         batch.sent_input_ids, batch.sent_attention_mask = enc["input_ids"], enc["attention_mask"]

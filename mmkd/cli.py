@@ -260,6 +260,11 @@ def cache_info_cmd(path, as_json):
 
 
 # --------------------------------------------------------------------------- train
+def objective_names() -> list[str]:
+    from mmkd.objectives import names
+    return list(names())
+
+
 def _train_options(fn):
     """Options shared by `train` and `ablate` (everything that defines a training run)."""
     for option in reversed([
@@ -286,7 +291,7 @@ def _train_options(fn):
         click.option("--senta-center/--no-senta-center", default=False, show_default=True,
               help="SentA on batch-centred vectors (not the paper): one output for every input can no "
                    "longer lower the loss. See docs/results.md."),
-        click.option("--without", multiple=True, type=click.Choice(["tlm", "xwcl", "senta", "struca"]),
+        click.option("--without", multiple=True, type=click.Choice(objective_names()),
               help="Remove an objective (repeatable); its forward pass is skipped."),
         click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
               help="Teacher projectors: frozen at their random init, or trained online by SentA/StrucA "

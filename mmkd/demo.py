@@ -179,8 +179,7 @@ def _summary(before: dict, after: dict, run: Path) -> str:
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     first, last = rows[0], rows[-1]
-    lines += ["", f"Training: {len(rows)} steps; loss {float(first['loss']):.3f} → {float(last['loss']):.3f} "
-              f"(tlm {float(first['tlm']):.2f}→{float(last['tlm']):.2f}, xwcl {float(first['xwcl']):.2f}→"
-              f"{float(last['xwcl']):.2f}, senta {float(first['senta']):.3f}→{float(last['senta']):.3f}, "
-              f"struca {float(first['struca']):.4f}→{float(last['struca']):.4f})"]
+    from mmkd.objectives import names
+    terms = ", ".join(f"{n} {float(first[n]):.4g}→{float(last[n]):.4g}" for n in names() if first.get(n))
+    lines += ["", f"Training: {len(rows)} steps; loss {float(first['loss']):.3f} → {float(last['loss']):.3f} ({terms})"]
     return "\n".join(lines)

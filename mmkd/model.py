@@ -49,21 +49,28 @@ class MMKDModel(nn.Module):
         return self.encoder(**kw).last_hidden_state
 
     def forward(self, batch: StudentBatch, objectives: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Encode the inputs these objectives need (mmkd.objectives) and run the heads they use.
+        Besides each objective's tensors, the sentence input's [CLS] states are returned as
+        `sentence_cls` / `teacher_cls`, for objectives that need no head of their own."""
+        from mmkd.objectives import by_name, inputs
+
+        needed = inputs(by_name(o) for o in objectives)
         out: dict[str, torch.Tensor] = {}
-        if "tlm" in objectives:
+        if "masked_pair" in needed:
             hidden = self._encode(batch.tlm_input_ids, batch.tlm_attention_mask, batch.tlm_token_type_ids)
             selected = batch.tlm_labels != -100
             # Vocabulary logits only at masked positions: [1, N, V] instead of [B, L, V] (mBERT's
             # 119k vocabulary makes the full tensor ~2 GB at batch 32 x 128).
             out["tlm_logits"] = _mlm_head(self.student)(hidden[selected])[None]
             out["tlm_labels"] = batch.tlm_labels[selected][None]
-        if "xwcl" in objectives:
+        if "word_masked_pair" in needed:
             hidden = self._encode(batch.xwcl_input_ids, batch.xwcl_attention_mask, batch.xwcl_token_type_ids)
             index = batch.xwcl_word_pos[..., None].expand(-1, -1, hidden.shape[-1])
             out["student_words"] = torch.gather(hidden, 1, index)        # [B, W, H]: first sub-tokens
-        if {"senta", "struca"} & set(objectives):
+        if "sentence" in needed:
             cls = self._encode(batch.sent_input_ids, batch.sent_attention_mask, batch.sent_token_type_ids)[:, 0]
             teacher_cls = batch.teacher_cls.to(cls.dtype)
+            out["sentence_cls"], out["teacher_cls"] = cls, teacher_cls
             if "senta" in objectives:
                 out["senta_student"] = self.senta_predictor(self.senta_projector(cls))
                 out["senta_teacher"] = self.teacher_senta_projector(teacher_cls)

@@ -20,7 +20,6 @@ CARD = "README.md"
 EVAL_FILE = "eval_summary.json"
 RUN_FILE = "mmkd_run.json"
 _EVAL_START, _EVAL_END = "<!-- mmkd:eval:start -->", "<!-- mmkd:eval:end -->"
-NAMES = {"tlm": "TLM", "xwcl": "XWCL", "senta": "SentA", "struca": "StrucA"}
 
 
 def _is_hub_id(name: str) -> bool:
@@ -69,8 +68,12 @@ def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | No
     meta += ["library_name: transformers", "pipeline_tag: fill-mask",
              "tags:", "- mmkd", "- knowledge-distillation", "- multilingual", "- cross-lingual", "---", ""]
     teacher = next(iter(manifests.values()), {}).get("teacher", {})
-    objectives = [o for o in ("tlm", "xwcl", "senta", "struca") if o not in cfg.get("without", [])]
-    weights = {"tlm": "1", "xwcl": "1", "senta": "1", "struca": f"α = {cfg.get('alpha')}"}
+    from types import SimpleNamespace
+
+    from mmkd.objectives import chosen
+
+    objectives = chosen(cfg.get("without", []))
+    settings = SimpleNamespace(**cfg)
     lines = [
         f"# MMKD student of `{start}`", "",
         "Continued pre-training with MMKD (multi-level multilingual knowledge distillation: Li et al., "
@@ -89,8 +92,8 @@ def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | No
     elif cfg.get("online_teacher"):
         lines.append(f"| teacher | `{cfg['online_teacher']}` (run online, no cache) |")
     lines += [
-        f"| objectives | {' + '.join(NAMES[o] for o in objectives)} "
-        f"(weights: {', '.join(f'{o} {weights[o]}' for o in objectives)}) |",
+        f"| objectives | {' + '.join(o.title for o in objectives)} "
+        f"(weights: {', '.join(f'{o.name} {o.weight(settings):g}' for o in objectives)}) |",
         f"| steps | {run.get('total_steps')} of global batch {cfg.get('batch_size')} on {run.get('processes')} "
         f"process(es) ({run.get('steps_per_epoch')} steps per epoch) |",
         f"| optimiser | AdamW, peak lr {cfg.get('lr')}, weight decay {cfg.get('weight_decay')}, warm-up "

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from mmkd import __version__
-from mmkd.batching import OBJECTIVES, BatchConfig, StudentBatch, build_student_batch, random_token_ids
+from mmkd import objectives as objs
+from mmkd.batching import BatchConfig, StudentBatch, build_student_batch, random_token_ids
 from mmkd.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmkd.errors import MMKDError
-from mmkd.losses import projection_std, senta_loss, struca_loss, tlm_loss, xwcl_loss
 from mmkd.schedule import BalancedSchedule, split_by_length, split_for
 from mmkd.features import TeacherFeatures, open_features
 from mmkd.paths import default_data_dir
@@ -79,9 +79,8 @@ class TrainConfig:
 
     @property
     def objectives(self) -> tuple[str, ...]:
-        """In the fixed order of OBJECTIVES: every process must issue its collectives (StrucA's
-        all-gather, the reductions) in the same order, which a set's hash order does not give."""
-        return tuple(o for o in OBJECTIVES if o not in self.without)
+        """The names of the objectives trained, in the fixed order of mmkd.objectives.OBJECTIVES."""
+        return tuple(o.name for o in objs.chosen(self.without))
 
 
 # Settings a resumed run may change without changing its results.
@@ -90,14 +89,16 @@ class TrainConfig:
 _RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora",
               "out", "verify_cache"}
 
-METRICS = ["step", "epoch", "loss", "tlm", "xwcl", "senta", "struca", "lr", "lr_heads", "grad_norm",
-           "std_student_senta", "std_teacher_senta", "std_teacher_struca", "data_wait", "step_seconds"]
+def metric_columns() -> list[str]:
+    """metrics.csv's columns: each objective's loss and collapse indicators, from mmkd.objectives."""
+    return (["step", "epoch", "loss", *objs.names(), "lr", "lr_heads", "grad_norm"]
+            + [n for o in objs.OBJECTIVES for n in o.indicator_names] + ["data_wait", "step_seconds"])
 
 
 def validate(cfg: TrainConfig) -> None:
-    bad = [w for w in cfg.without if w not in OBJECTIVES]
+    bad = [w for w in cfg.without if w not in objs.names()]
     if bad:
-        raise TrainingError(f"--without {bad[0]!r}: choose from {', '.join(OBJECTIVES)}")
+        raise TrainingError(f"--without {bad[0]!r}: choose from {', '.join(objs.names())}")
     if not cfg.objectives:
         raise TrainingError("every objective was removed with --without; nothing to train")
     if cfg.teacher_heads not in ("train", "frozen"):
@@ -164,7 +165,8 @@ class StepData(torch.utils.data.Dataset):
             sent_pairs = [(c, p) for c, _, p in sent_keys]
             sentences = (self.features.get(sent_pairs), self.features.targets(sent_pairs), sent_keys)
         return build_student_batch(self.tokenizer, self.features.get(pairs), self.features.targets(pairs), keys,
-                                   set(self.cfg.objectives), self.batch_cfg, self.random_ids, sentences)
+                                   objs.inputs(objs.chosen(self.cfg.without)), self.batch_cfg, self.random_ids,
+                                   sentences)
 
     def __getitem__(self, step: int):
         parts = self.raw(step)
@@ -250,7 +252,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
     objectives = cfg.objectives
     # Unused parameters: removed objectives leave heads (or the MLM head) without gradients.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=len(objectives) < len(OBJECTIVES))
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=len(objectives) < len(objs.OBJECTIVES))
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, project_dir=str(out),
                               log_with=None if log_with == "none" else log_with, kwargs_handlers=[ddp])
     main = accelerator.is_main_process
@@ -271,10 +273,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     require_fast(tokenizer)
     torch.manual_seed(cfg.seed)
     student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code)
-    if "xwcl" in objectives and student.config.hidden_size != features.hidden_size:
-        raise TrainingError(f"XWCL compares student and teacher word states by dot product (eq. 1), so their "
-                            f"sizes must match: student {student.config.hidden_size}, teacher "
-                            f"{features.hidden_size}. Use a matching teacher or --without xwcl.")
+    for o in objs.chosen(cfg.without):
+        if o.same_width and student.config.hidden_size != features.hidden_size:
+            raise TrainingError(f"{o.title} compares student and teacher states directly (eq. {o.equation}), so "
+                                f"their sizes must match: student {student.config.hidden_size}, teacher "
+                                f"{features.hidden_size}. Use a matching teacher or --without {o.name}.")
     model = MMKDModel(student, features.hidden_size, cfg.head_hidden, cfg.head_out, cfg.head_norm)
     if cfg.teacher_heads == "frozen":
         for head in model.teacher_heads():
@@ -315,14 +318,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not (progress and main),
                dynamic_ncols=True)
     model.train()
-    weights_t = {"tlm": 1.0, "xwcl": 1.0, "senta": 1.0, "struca": cfg.alpha}
     tick = time.perf_counter()
     step = start
     for step, parts in zip(range(start, total_steps), loader):
         got_data = time.perf_counter()
         if not features.runs_in_workers:
             parts = [data.finish(part) for part in parts]
-        logs = _train_step(step, parts, model, optimizer, scheduler, accelerator, cfg, objectives, weights_t)
+        logs = _train_step(step, parts, model, optimizer, scheduler, accelerator, cfg)
         now = time.perf_counter()
         logs.update(step=step + 1, epoch=round((step + 1) / schedule.steps_per_epoch, 4),
                     data_wait=round(got_data - tick, 4), step_seconds=round(now - tick, 4))
@@ -349,29 +351,30 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     return out
 
 
-def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, accelerator, cfg, objectives,
-                weights) -> dict:
+def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, accelerator, cfg) -> dict:
     world = accelerator.num_processes
     device = accelerator.device
+    chosen = objs.chosen(cfg.without)
+    names = tuple(o.name for o in chosen)
+    gather = lambda t: _gather_with_grad(t, accelerator)   # noqa: E731
     # What each term averages over (masked tokens, anchors, sentences), per micro-batch, here and
     # summed over processes: one all-reduce a step gives the weights of an exact global mean.
-    local = torch.tensor([[p.count(o) for o in OBJECTIVES] for p in parts], dtype=torch.float64)
+    local = torch.tensor([[o.count(p) for o in chosen] for p in parts], dtype=torch.float64)
     across = accelerator.reduce(local.to(device), reduction="sum").cpu()       # [micro, objective]
     totals = across.sum(0)
-    logged = {o: torch.zeros((), dtype=torch.float64, device=device) for o in objectives}
+    logged = {o.name: torch.zeros((), dtype=torch.float64, device=device) for o in chosen}
     stds = {}
     for m, part in enumerate(parts):
         batch = part.to(device)
         sync = m == len(parts) - 1
         with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
-            out = model(batch, objectives)
+            out = model(batch, names)
             loss = 0.0
-            for o in objectives:
-                j = OBJECTIVES.index(o)
-                value = _term(o, out, batch, cfg, accelerator)
+            for j, o in enumerate(chosen):
+                value = o.loss(out, batch, cfg, gather)
                 if not totals[j]:
                     back = 0.0
-                elif o == "struca" or (o == "senta" and cfg.senta_center):
+                elif o.spans_batch(cfg):
                     # Every process computes the same loss over the gathered micro-batch; all_gather's
                     # backward sums the processes' gradients and DDP divides by world: net weight 1.
                     back = float(across[m, j] / totals[j])
@@ -379,13 +382,10 @@ def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, ac
                     back = float(local[m, j] * world / totals[j])
                 if _any(not torch.isfinite(value.detach()).item(), accelerator):
                     raise TrainingError(_nan_message(step, m, o, value, part))
-                loss = loss + weights[o] * back * value
-                logged[o] += value.detach().double() * (back / world)
-            if "senta" in objectives:
-                stds["std_student_senta"] = projection_std(out["senta_student"]).item()
-                stds["std_teacher_senta"] = projection_std(out["senta_teacher"]).item()
-            if "struca" in objectives:
-                stds["std_teacher_struca"] = projection_std(out["struca_teacher"]).item()
+                loss = loss + o.weight(cfg) * back * value
+                logged[o.name] += value.detach().double() * (back / world)
+            for o in chosen:
+                stds.update(o.indicators(out))
             accelerator.backward(loss)
     # Finite or nothing: a finite loss can still give an inf/NaN gradient (a huge cached value), and
     # clipping would turn it into a NaN or a zero update. The norm (clip at inf = measure only) must be
@@ -399,28 +399,12 @@ def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, ac
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     reduced = {o: accelerator.reduce(v, reduction="sum").item() for o, v in logged.items()}
-    logs = {o: reduced.get(o) for o in OBJECTIVES}
-    logs["loss"] = sum(weights[o] * v for o, v in reduced.items())
+    logs = {name: reduced.get(name) for name in objs.names()}
+    logs["loss"] = sum(o.weight(cfg) * reduced[o.name] for o in chosen)
     logs["lr"], logs["lr_heads"] = used.get("encoder", 0.0), used.get("heads", 0.0)
     logs["grad_norm"] = float(grad_norm) if grad_norm is not None else None
     logs.update(stds)
     return logs
-
-
-def _term(objective: str, out: dict, batch: StudentBatch, cfg: TrainConfig, accelerator) -> torch.Tensor:
-    if objective == "tlm":
-        return tlm_loss(out["tlm_logits"], out["tlm_labels"])
-    if objective == "xwcl":
-        return xwcl_loss(out["student_words"], batch.teacher_words, batch.teacher_word_mask, batch.xwcl_masked,
-                         cfg.xwcl_temperature, cfg.xwcl_similarity)
-    if objective == "senta" and cfg.senta_center:
-        # The batch mean must be the global batch's: computed over the gathered micro-batch.
-        return senta_loss(_gather_with_grad(out["senta_student"], accelerator),
-                          _gather_with_grad(out["senta_teacher"], accelerator), center=True)
-    if objective == "senta":
-        return senta_loss(out["senta_student"], out["senta_teacher"])
-    return struca_loss(_gather_with_grad(out["struca_student"], accelerator),
-                       _gather_with_grad(out["struca_teacher"], accelerator), cfg.struca_temperature)
 
 
 def _any(flag: bool, accelerator) -> bool:
@@ -444,10 +428,10 @@ def _grad_message(step, norm, logged, parts: list[StudentBatch], accelerator) ->
             "`mmkd cache verify` on the caches")
 
 
-def _nan_message(step, micro, objective, value, part: StudentBatch) -> str:
-    source = part.sent_keys if objective in ("senta", "struca") else part.pair_keys
+def _nan_message(step, micro, objective: objs.Objective, value, part: StudentBatch) -> str:
+    source = part.sent_keys if objective.input == "sentence" else part.pair_keys
     keys = [(c, p) for c, _, p in source[:8]]
-    return (f"step {step + 1}, micro-batch {micro}: the {objective} loss is {value.item()} "
+    return (f"step {step + 1}, micro-batch {micro}: the {objective.name} loss is {value.item()} "
             f"(non-finite on this or another process); first (corpus, pair_id) of the batch: {keys}. "
             "Stopped before the update; the last checkpoint is intact.")
 
@@ -495,7 +479,7 @@ def _trim_metrics(path: Path, start: int) -> None:
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS)
+        w = csv.DictWriter(f, fieldnames=metric_columns())
         w.writeheader()
         w.writerows(rows)
 
@@ -503,10 +487,10 @@ def _trim_metrics(path: Path, start: int) -> None:
 def _append_metrics(path: Path, logs: dict) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=metric_columns(), extrasaction="ignore")
         if new:
             w.writeheader()
-        w.writerow({k: ("" if logs.get(k) is None else logs.get(k)) for k in METRICS})
+        w.writerow({k: ("" if logs.get(k) is None else logs.get(k)) for k in metric_columns()})
 
 
 def _save_student(out: Path, model, tokenizer, run_meta: dict, features: TeacherFeatures, cfg: TrainConfig) -> Path:

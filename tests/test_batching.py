@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from mmkd.batching import BatchConfig, build_student_batch, random_token_ids
 from mmkd.cache.reader import TeacherBatch
+from mmkd.objectives import INPUTS
 from mmkd.masking import example_rng, mask_tokens, mask_words
 from mmkd.schedule import BalancedSchedule, split_for
 from mmkd.words import split_words
@@ -87,7 +88,7 @@ def test_student_word_positions_point_at_word_i(tiny_student):
     words = [split_words(en) for en, _ in SENTENCES]
     targets = [x for _, x in SENTENCES]
     keys = [(0, i, i) for i in range(len(SENTENCES))]
-    batch = build_student_batch(tok, _teacher_batch(words), targets, keys, {"tlm", "xwcl", "senta", "struca"},
+    batch = build_student_batch(tok, _teacher_batch(words), targets, keys, set(INPUTS),
                                 BatchConfig(max_length=128))
     # Unmasked reference encoding of the same pairs.
     ref = tok(words, [t.split() for t in targets], is_split_into_words=True, return_token_type_ids=True)
@@ -123,7 +124,7 @@ def test_masks_do_not_depend_on_the_batch_split(tiny_student):
     words = [split_words(en) for en, _ in SENTENCES]
     targets = [x for _, x in SENTENCES]
     keys = [(0, 10 + i, i) for i in range(len(SENTENCES))]
-    obj = {"tlm", "xwcl"}
+    obj = {"masked_pair", "word_masked_pair"}
     full = build_student_batch(tok, _teacher_batch(words), targets, keys, obj, BatchConfig())
     one = build_student_batch(tok, _teacher_batch(words[2:3]), targets[2:3], keys[2:3], obj, BatchConfig())
     n = int(one.tlm_attention_mask.sum())

@@ -19,7 +19,7 @@ def test_card_metadata_and_settings_for_a_hub_start():
     front = card.split("---")[1]
     assert "base_model: bert-base-multilingual-cased" in front
     assert "language:\n- en\n- hi\n- zh\n" in front
-    assert "| objectives | TLM + SentA + StrucA (weights: tlm 1, senta 1, struca α = 2.0) |" in card
+    assert "| objectives | TLM + SentA + StrucA (weights: tlm 1, senta 1, struca 2) |" in card
     assert "| teacher | `bert-base-cased` (weights sha256 efefefefefefefef, layer -1) |" in card
     assert "| steps | 1000 of global batch 256 on 8 process(es) (100 steps per epoch) |" in card
 

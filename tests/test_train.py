@@ -16,12 +16,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
-from mmkd.batching import OBJECTIVES
+from mmkd import objectives as objs
 from mmkd.cache import CacheConfig, build_cache
 from mmkd.model import MMKDModel
 from mmkd.schedule import BalancedSchedule
 from mmkd.features import SourceError, open_features
-from mmkd.train import StepData, TrainConfig, TrainingError, _term, train
+from mmkd.train import StepData, TrainConfig, TrainingError, train
 
 from tiny import make_tiny_bert, tiny_batch
 
@@ -67,11 +67,7 @@ def _losses_of_step(cfg: TrainConfig, model: MMKDModel, step: int = 0) -> dict[s
     data = StepData(features, BalancedSchedule(features.sizes, cfg.batch_size, cfg.seed), 0, 1, cfg, tokenizer)
     (batch,) = [data.finish(part) for part in data.raw(step)]
     out = model(batch, cfg.objectives)
-    return {o: _term(o, out, batch, cfg, accelerator=_One()).item() for o in cfg.objectives}
-
-
-class _One:
-    num_processes = 1
+    return {o: objs.by_name(o).loss(out, batch, cfg, lambda t: t).item() for o in cfg.objectives}
 
 
 def test_cached_and_online_teacher_give_the_same_losses(tmp_path, cache_root, tiny_student, tiny_teacher, data_dir):
@@ -81,8 +77,8 @@ def test_cached_and_online_teacher_give_the_same_losses(tmp_path, cache_root, ti
     model = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), 32, 32, 16).eval()
     a = _losses_of_step(cached, model)
     b = _losses_of_step(online, model)
-    assert set(a) == set(OBJECTIVES)
-    for o in OBJECTIVES:
+    assert set(a) == set(objs.names())
+    for o in objs.names():
         assert a[o] == pytest.approx(b[o], rel=1e-5, abs=1e-6), o
     assert a["xwcl"] > 0 and a["tlm"] > 0
 
@@ -105,13 +101,13 @@ def test_tiny_model_overfits_a_tiny_batch(tmp_path, tiny_student, tiny_teacher, 
 
 
 # ------------------------------------------------------------------ ablations
-@pytest.mark.parametrize("removed", OBJECTIVES)
+@pytest.mark.parametrize("removed", objs.names())
 def test_without_drops_exactly_its_term(tmp_path, cache_root, tiny_student, data_dir, removed):
     cfg = config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2, without=[removed], alpha=0.5)
     rows = metrics(train(cfg, progress=False))
     for row in rows:
         assert row[removed] == ""
-        kept = [o for o in OBJECTIVES if o != removed]
+        kept = [o for o in objs.names() if o != removed]
         assert all(row[o] != "" for o in kept)
         expected = sum(float(row[o]) * (0.5 if o == "struca" else 1.0) for o in kept)
         assert float(row["loss"]) == pytest.approx(expected, rel=1e-9)
@@ -123,7 +119,7 @@ def test_removed_objectives_skip_their_forward_pass(tiny_student):
     calls = []
     model.encoder.register_forward_hook(lambda *a: calls.append(1))
     batch = tiny_batch(tiny_student)
-    for objectives, n in [(OBJECTIVES, 3), (("xwcl", "senta", "struca"), 2), (("tlm", "senta", "struca"), 2),
+    for objectives, n in [(objs.names(), 3), (("xwcl", "senta", "struca"), 2), (("tlm", "senta", "struca"), 2),
                           (("tlm", "xwcl", "struca"), 3), (("tlm", "xwcl"), 2), (("senta",), 1)]:
         calls.clear()
         out = model(batch, tuple(objectives))
@@ -411,3 +407,31 @@ def test_resume_and_config_reuse_a_runs_settings(tmp_path, cache_root, tiny_stud
     import json
     saved = json.loads((other / "config.json").read_text())["config"]
     assert saved["alpha"] == 2.0 and saved["lr"] == 1e-3 and saved["out"] == str(other)
+
+
+def test_a_fifth_objective_needs_only_the_objectives_module(tmp_path, cache_root, tiny_student, data_dir, monkeypatch):
+    """A toy objective (a small penalty on the student's sentence [CLS]) added to mmkd.objectives and
+    nowhere else: it trains, is weighted, has its metrics column, can be removed with --without,
+    and gets its own run in the ablation sweep."""
+    from mmkd import ablate
+
+    toy = objs.Objective("clsnorm", "CLS-norm", "-", "sentence", "sentences",
+                         count=lambda b: 0 if b.sent_input_ids is None else len(b.sent_keys),
+                         loss=lambda out, batch, cfg, gather: out["sentence_cls"].float().pow(2).mean(),
+                         weight=lambda cfg: 0.25, table5_row=5)
+    monkeypatch.setattr(objs, "OBJECTIVES", objs.OBJECTIVES + (toy,))
+    rows = metrics(train(config(tmp_path / "all", cache_root, tiny_student, data_dir, max_steps=2, alpha=0.5),
+                         progress=False))
+    for row in rows:
+        assert float(row["clsnorm"]) > 0
+        expected = sum(float(row[o]) * w for o, w in (("tlm", 1), ("xwcl", 1), ("senta", 1), ("struca", 0.5),
+                                                       ("clsnorm", 0.25)))
+        assert float(row["loss"]) == pytest.approx(expected, rel=1e-9)
+    only = metrics(train(config(tmp_path / "only", cache_root, tiny_student, data_dir, max_steps=1,
+                                without=["tlm", "xwcl", "senta", "struca"]), progress=False))
+    assert float(only[0]["loss"]) == pytest.approx(0.25 * float(only[0]["clsnorm"]), rel=1e-9)
+    assert only[0]["tlm"] == "" and only[0]["struca"] == ""
+    without = metrics(train(config(tmp_path / "without", cache_root, tiny_student, data_dir, max_steps=1,
+                                   without=["clsnorm"]), progress=False))
+    assert without[0]["clsnorm"] == ""
+    assert [name for name, _ in ablate.runs()] == ["mmkd", "-xwcl", "-tlm", "-senta", "-struca", "-clsnorm"]

@@ -54,6 +54,7 @@ def tiny_batch(student: str, hidden: int = 32):
     from transformers import AutoTokenizer
 
     from mmkd.batching import BatchConfig, build_student_batch
+    from mmkd.objectives import INPUTS
     from mmkd.cache.reader import TeacherBatch
     from mmkd.words import split_words
 
@@ -64,4 +65,4 @@ def tiny_batch(student: str, hidden: int = 32):
     teacher = TeacherBatch.from_sentences([g.standard_normal((len(w), hidden)).astype(np.float32) for w in words],
                                           [g.standard_normal(hidden).astype(np.float32) for _ in words], words)
     return build_student_batch(AutoTokenizer.from_pretrained(student), teacher, [x for _, x in pairs],
-                               [(0, 0, 0), (0, 1, 1)], {"tlm", "xwcl", "senta", "struca"}, BatchConfig())
+                               [(0, 0, 0), (0, 1, 1)], set(INPUTS), BatchConfig())

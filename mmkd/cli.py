@@ -287,6 +287,10 @@ def _train_options(fn):
         click.option("--xwcl-temperature", default=1.0, show_default=True, type=float, help="τ of eq. (1)."),
         click.option("--xwcl-similarity", type=click.Choice(["dot", "cosine"]), default="dot", show_default=True,
               help="sim() of eq. (1): dot product (the paper) or cosine."),
+        click.option("--xwcl-map", type=click.Choice(["auto", "linear", "none"]), default="auto", show_default=True,
+              help="XWCL with a teacher of another width: student word states go through a learned linear map "
+                   "into the teacher's space. auto = only when the widths differ (the paper's dot product "
+                   "otherwise); linear = always; none = refuse other widths."),
         click.option("--struca-temperature", default=0.1, show_default=True, type=float, help="τ of eq. (4)."),
         click.option("--senta-center/--no-senta-center", default=False, show_default=True,
               help="SentA on batch-centred vectors (not the paper): one output for every input can no "

@@ -24,10 +24,13 @@ def _mlm_head(student: nn.Module) -> nn.Module:
 
 class MMKDModel(nn.Module):
     def __init__(self, student: nn.Module, teacher_hidden: int, head_hidden: int = 768, head_out: int = 128,
-                 head_norm: str = "none"):
+                 head_norm: str = "none", word_map: bool = False):
         super().__init__()
         self.student = student                       # *ForMaskedLM
         hidden = student.config.hidden_size
+        # XWCL across widths: student word states mapped into the teacher's space by a learned W
+        # (docs/method.md, "A teacher of another width"); None = the paper's direct comparison.
+        self.word_map = nn.Linear(hidden, teacher_hidden, bias=False) if word_map else None
         self.senta_projector = mlp(hidden, head_hidden, head_out, head_norm)
         self.senta_predictor = mlp(head_out, head_hidden, head_out, head_norm)
         self.struca_projector = mlp(hidden, head_hidden, head_out, head_norm)
@@ -66,7 +69,8 @@ class MMKDModel(nn.Module):
         if "word_masked_pair" in needed:
             hidden = self._encode(batch.xwcl_input_ids, batch.xwcl_attention_mask, batch.xwcl_token_type_ids)
             index = batch.xwcl_word_pos[..., None].expand(-1, -1, hidden.shape[-1])
-            out["student_words"] = torch.gather(hidden, 1, index)        # [B, W, H]: first sub-tokens
+            words = torch.gather(hidden, 1, index)                       # [B, W, H]: first sub-tokens
+            out["student_words"] = self.word_map(words) if self.word_map is not None else words   # [B, W, Ht]
         if "sentence" in needed:
             cls = self._encode(batch.sent_input_ids, batch.sent_attention_mask, batch.sent_token_type_ids)[:, 0]
             teacher_cls = batch.teacher_cls.to(cls.dtype)

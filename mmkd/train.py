@@ -76,6 +76,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     verify_cache: bool = True                           # checksums of every shard before first use (once per cache)
     assign: str = "length"                              # pairs to processes: length (little padding) | stride
+    xwcl_map: str = "auto"                              # auto (linear iff widths differ) | linear | none
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -103,6 +104,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError("every objective was removed with --without; nothing to train")
     if cfg.teacher_heads not in ("train", "frozen"):
         raise TrainingError(f"--teacher-heads {cfg.teacher_heads!r}: choose train or frozen")
+    if cfg.xwcl_map not in ("auto", "linear", "none"):
+        raise TrainingError(f"--xwcl-map {cfg.xwcl_map!r}: choose auto, linear or none")
     if cfg.assign not in ("length", "stride"):
         raise TrainingError(f"--assign {cfg.assign!r}: choose length or stride")
     if cfg.xwcl_similarity not in ("dot", "cosine"):
@@ -273,12 +276,16 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     require_fast(tokenizer)
     torch.manual_seed(cfg.seed)
     student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code)
+    widths_differ = student.config.hidden_size != features.hidden_size
+    word_map = cfg.xwcl_map == "linear" or (cfg.xwcl_map == "auto" and widths_differ)
     for o in objs.chosen(cfg.without):
-        if o.same_width and student.config.hidden_size != features.hidden_size:
+        if o.same_width and widths_differ and not word_map:
             raise TrainingError(f"{o.title} compares student and teacher states directly (eq. {o.equation}), so "
                                 f"their sizes must match: student {student.config.hidden_size}, teacher "
-                                f"{features.hidden_size}. Use a matching teacher or --without {o.name}.")
-    model = MMKDModel(student, features.hidden_size, cfg.head_hidden, cfg.head_out, cfg.head_norm)
+                                f"{features.hidden_size}. Use --xwcl-map linear (or auto), a matching teacher, "
+                                f"or --without {o.name}.")
+    word_map = word_map and any(o.same_width for o in objs.chosen(cfg.without))
+    model = MMKDModel(student, features.hidden_size, cfg.head_hidden, cfg.head_out, cfg.head_norm, word_map=word_map)
     if cfg.teacher_heads == "frozen":
         for head in model.teacher_heads():
             head.requires_grad_(False)
@@ -519,7 +526,7 @@ def _save_student(out: Path, model, tokenizer, run_meta: dict, features: Teacher
     (tmp / CARD).write_text(card_text(run_meta, features.manifests), encoding="utf-8")
     heads = torch.nn.ModuleDict({k: getattr(model, k) for k in (
         "senta_projector", "senta_predictor", "struca_projector", "struca_predictor",
-        "teacher_senta_projector", "teacher_struca_projector")})
+        "teacher_senta_projector", "teacher_struca_projector", "word_map") if getattr(model, k) is not None})
     save_model(heads, str(out / "heads.safetensors"))
     if dest.exists():   # a finished run saved again (e.g. --overwrite was not needed): swap
         old = out / "student.old"

@@ -239,15 +239,39 @@ def test_resume_with_other_settings_is_refused(tmp_path, cache_root, tiny_studen
         train(dataclasses.replace(cfg, lr=2e-3), resume=True, progress=False)
 
 
-def test_xwcl_needs_matching_hidden_sizes(tmp_path, english_texts, tiny_student, data_dir):
-    wide = make_tiny_bert(english_texts[:2000], tmp_path / "wide", 1000, seed=0, hidden=48)
-    build_cache(CacheConfig(corpora=["en-fr"], teacher=str(wide), out=str(tmp_path / "c"), data_dir=str(data_dir)),
-                progress=False)
+@pytest.mark.parametrize("width", [48, 24])
+def test_a_teacher_of_another_width_goes_through_a_learned_map(tmp_path, english_texts, tiny_student, data_dir, width,
+                                                               cache_root):
+    """A wider (48) or narrower (24) teacher than the 32-d student: XWCL compares W·h̃ with h through a
+    learned linear map W, trained with the student and saved with the heads; cached and online
+    teachers give the same losses; `--xwcl-map none` refuses, as the paper's direct comparison must."""
+    from safetensors.torch import load_file
+
+    teacher = make_tiny_bert(english_texts[:2000], tmp_path / "teacher", 1000, seed=0, hidden=width)
+    build_cache(CacheConfig(corpora=["en-fr"], teacher=str(teacher), out=str(tmp_path / "c"), data_dir=str(data_dir),
+                            dtype="fp32"), progress=False)
     cfg = config(tmp_path, tmp_path / "c", tiny_student, data_dir)
-    with pytest.raises(TrainingError, match="student 32, teacher 48"):
-        train(cfg, progress=False)
-    rows = metrics(train(dataclasses.replace(cfg, without=["xwcl"]), progress=False))
-    assert len(rows) == 4
+    with pytest.raises(TrainingError, match=f"student 32, teacher {width}. Use --xwcl-map linear"):
+        train(dataclasses.replace(cfg, xwcl_map="none"), progress=False)
+    run = train(cfg, progress=False)
+    rows = metrics(run)
+    assert len(rows) == 4 and all(float(r["xwcl"]) > 0 for r in rows)
+    heads = load_file(str(run / "heads.safetensors"))
+    assert heads["word_map.weight"].shape == (width, 32)
+    torch.manual_seed(cfg.seed)
+    start = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), width, 32, 16, word_map=True).word_map.weight
+    assert not torch.equal(heads["word_map.weight"], start)            # trained with the student
+    torch.manual_seed(0)
+    model = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), width, 32, 16, word_map=True).eval()
+    online = dataclasses.replace(cfg, cache=[], online_teacher=str(teacher), corpora=["en-fr"])
+    a, b = _losses_of_step(cfg, model), _losses_of_step(online, model)
+    assert a["xwcl"] == pytest.approx(b["xwcl"], rel=1e-5)
+    # Same width: no map unless asked (the paper's dot product).
+    same = train(config(tmp_path / "same", cache_root, tiny_student, data_dir, max_steps=1), progress=False)
+    assert "word_map.weight" not in load_file(str(same / "heads.safetensors"))
+    asked = train(config(tmp_path / "asked", cache_root, tiny_student, data_dir, max_steps=1, xwcl_map="linear"),
+                  progress=False)
+    assert load_file(str(asked / "heads.safetensors"))["word_map.weight"].shape == (32, 32)
 
 
 def test_nan_guard_names_step_and_loss(tmp_path, cache_root, tiny_student, data_dir):

@@ -59,6 +59,7 @@ class BatchConfig:
     max_length: int = 128
     mlm_probability: float = 0.15
     seed: int = 0
+    segments: bool = True      # segment ids (BERT: type_vocab_size 2); False for XLM-R, DistilBERT, DeBERTa-v3
 
 
 def _special_ids(tokenizer) -> np.ndarray:
@@ -96,7 +97,7 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
     if {"masked_pair", "word_masked_pair"} & needed:
         t_words = [t.split() for t in targets]
         enc = tokenizer(teacher.words, t_words, is_split_into_words=True, truncation="longest_first",
-                        max_length=cfg.max_length, return_token_type_ids=True)
+                        max_length=cfg.max_length, return_token_type_ids=cfg.segments)
         special = set(_special_ids(tokenizer).tolist())
         rows = [np.array(ids, dtype=np.int64) for ids in enc["input_ids"]]
         types = [np.array(t, dtype=np.int64) for t in enc["token_type_ids"]] if "token_type_ids" in enc else None
@@ -137,7 +138,7 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
             batch.teacher_words = teacher.word_states
     if "sentence" in needed:
         enc = tokenizer(sent_targets, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt",
-                        return_token_type_ids=True)
+                        return_token_type_ids=cfg.segments)
         batch.sent_input_ids, batch.sent_attention_mask = enc["input_ids"], enc["attention_mask"]
         batch.sent_token_type_ids = enc.get("token_type_ids")
         batch.teacher_cls = sent_teacher.cls

@@ -15,13 +15,6 @@ from mmkd.batching import StudentBatch
 from mmkd.heads import mlp
 
 
-def _mlm_head(student: nn.Module) -> nn.Module:
-    for name in ("cls", "lm_head", "predictions"):
-        if hasattr(student, name):
-            return getattr(student, name)
-    raise ValueError(f"{type(student).__name__}: cannot find the MLM head (looked for cls, lm_head, predictions)")
-
-
 class MMKDModel(nn.Module):
     def __init__(self, student: nn.Module, teacher_hidden: int, head_hidden: int = 768, head_out: int = 128,
                  head_norm: str = "none", word_map: bool = False):
@@ -45,6 +38,30 @@ class MMKDModel(nn.Module):
     def teacher_heads(self) -> list[nn.Module]:
         return [self.teacher_senta_projector, self.teacher_struca_projector]
 
+    def _masked_logits(self, ids, attention, types, selected: torch.Tensor) -> torch.Tensor:
+        """The student's own masked-LM forward, whatever its family, with the vocabulary projection
+        (`get_output_embeddings()`) applied to the masked positions only: [N, V] instead of [B, L, V]
+        (mBERT's 119k vocabulary makes the full tensor ~2 GB at batch 32 x 128). The head's other
+        layers are per position, so the selected rows are exactly those of the full forward."""
+        projection = self.student.get_output_embeddings()
+        if projection is None:
+            raise ValueError(f"{type(self.student).__name__} has no output embeddings (no MLM head): TLM needs one; "
+                             "use a *ForMaskedLM checkpoint or --without tlm")
+        rows = selected.reshape(-1)
+
+        def masked_only(module, args):
+            hidden = args[0]
+            return (hidden.reshape(-1, hidden.shape[-1])[rows], *args[1:])
+
+        handle = projection.register_forward_pre_hook(masked_only)
+        try:
+            kw = {"input_ids": ids, "attention_mask": attention}
+            if types is not None:
+                kw["token_type_ids"] = types
+            return self.student(**kw).logits
+        finally:
+            handle.remove()
+
     def _encode(self, ids, attention, types) -> torch.Tensor:
         kw = {"input_ids": ids, "attention_mask": attention}
         if types is not None:
@@ -60,11 +77,9 @@ class MMKDModel(nn.Module):
         needed = inputs(by_name(o) for o in objectives)
         out: dict[str, torch.Tensor] = {}
         if "masked_pair" in needed:
-            hidden = self._encode(batch.tlm_input_ids, batch.tlm_attention_mask, batch.tlm_token_type_ids)
             selected = batch.tlm_labels != -100
-            # Vocabulary logits only at masked positions: [1, N, V] instead of [B, L, V] (mBERT's
-            # 119k vocabulary makes the full tensor ~2 GB at batch 32 x 128).
-            out["tlm_logits"] = _mlm_head(self.student)(hidden[selected])[None]
+            out["tlm_logits"] = self._masked_logits(batch.tlm_input_ids, batch.tlm_attention_mask,
+                                                    batch.tlm_token_type_ids, selected)[None]
             out["tlm_labels"] = batch.tlm_labels[selected][None]
         if "word_masked_pair" in needed:
             hidden = self._encode(batch.xwcl_input_ids, batch.xwcl_attention_mask, batch.xwcl_token_type_ids)

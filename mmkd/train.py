@@ -130,10 +130,10 @@ class StepData(torch.utils.data.Dataset):
     (the teacher runs on the training device)."""
 
     def __init__(self, features: TeacherFeatures, schedule: BalancedSchedule,
-                 rank: int, world: int, cfg: TrainConfig, tokenizer):
+                 rank: int, world: int, cfg: TrainConfig, tokenizer, segments: bool = True):
         self.features, self.schedule, self.rank, self.world = features, schedule, rank, world
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.batch_cfg = BatchConfig(cfg.max_length, cfg.mlm_probability, cfg.seed)
+        self.batch_cfg = BatchConfig(cfg.max_length, cfg.mlm_probability, cfg.seed, segments)
         self.random_ids = random_token_ids(tokenizer)
 
     def __len__(self) -> int:
@@ -276,6 +276,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     require_fast(tokenizer)
     torch.manual_seed(cfg.seed)
     student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code)
+    needs_mlm_head = "masked_pair" in objs.inputs(objs.chosen(cfg.without))
+    if needs_mlm_head and student.get_output_embeddings() is None:
+        raise TrainingError(f"student {cfg.student!r} has no MLM head (no output embeddings): TLM needs a masked-LM "
+                            "checkpoint (e.g. bert-base-multilingual-cased, xlm-roberta-base); or train --without tlm")
     widths_differ = student.config.hidden_size != features.hidden_size
     word_map = cfg.xwcl_map == "linear" or (cfg.xwcl_map == "auto" and widths_differ)
     for o in objs.chosen(cfg.without):
@@ -314,7 +318,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     if log_with != "none":
         accelerator.init_trackers("mmkd", config=_flat(dataclasses.asdict(cfg)))
 
-    data = StepData(features, schedule, accelerator.process_index, accelerator.num_processes, cfg, tokenizer)
+    # Segment ids only for students that have more than one (BERT); XLM-R, DistilBERT, DeBERTa-v3 none.
+    segments = getattr(accelerator.unwrap_model(model).student.config, "type_vocab_size", 0) > 1
+    data = StepData(features, schedule, accelerator.process_index, accelerator.num_processes, cfg, tokenizer,
+                    segments)
     loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, total_steps),
                                          num_workers=cfg.num_workers, collate_fn=_identity,
                                          prefetch_factor=2 if cfg.num_workers else None,

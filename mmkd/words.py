@@ -63,6 +63,8 @@ def first_subtoken_positions(word_ids: list[int | None], n_words: int,
 def require_fast(tokenizer) -> None:
     """Word alignment needs `word_ids()`, which only fast (Rust) tokenizers provide."""
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
+        from mmkd.errors import MMKDError
+        raise MMKDError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} is not a fast tokenizer; "
-            "mmkd needs word_ids() to map words to sub-tokens (load it with use_fast=True)")
+            "mmkd needs word_ids() to map words to sub-tokens: give a model whose folder has a tokenizer.json "
+            "(a fast tokenizer; `tokenizer.save_pretrained` of AutoTokenizer.from_pretrained(..., use_fast=True) writes one)")

@@ -24,21 +24,21 @@ from mmkd.cache.reader import TeacherBatch
 from mmkd.masking import example_rng, mask_tokens, mask_words
 from mmkd.words import first_subtoken_positions
 
-_TLM, _XWCL = 1, 2   # purposes for example_rng (the masks of the two pair inputs)
+_MASKED_PAIR, _WORD_MASKED_PAIR = 1, 2   # purposes for example_rng (the masks of the two pair inputs)
 
 
 @dataclass
 class StudentBatch:
     """One micro-batch, all tensors (moved to the device with `.to`)."""
-    tlm_input_ids: torch.Tensor | None = None
-    tlm_attention_mask: torch.Tensor | None = None
-    tlm_token_type_ids: torch.Tensor | None = None
-    tlm_labels: torch.Tensor | None = None
-    xwcl_input_ids: torch.Tensor | None = None
-    xwcl_attention_mask: torch.Tensor | None = None
-    xwcl_token_type_ids: torch.Tensor | None = None
-    xwcl_word_pos: torch.Tensor | None = None      # [B, W] long
-    xwcl_masked: torch.Tensor | None = None        # [B, W] bool: anchors (masked and present)
+    masked_pair_input_ids: torch.Tensor | None = None
+    masked_pair_attention_mask: torch.Tensor | None = None
+    masked_pair_token_type_ids: torch.Tensor | None = None
+    masked_pair_labels: torch.Tensor | None = None
+    word_masked_pair_input_ids: torch.Tensor | None = None
+    word_masked_pair_attention_mask: torch.Tensor | None = None
+    word_masked_pair_token_type_ids: torch.Tensor | None = None
+    word_pos: torch.Tensor | None = None      # [B, W] long
+    masked_words: torch.Tensor | None = None        # [B, W] bool: anchors (masked and present)
     sent_input_ids: torch.Tensor | None = None
     sent_attention_mask: torch.Tensor | None = None
     sent_token_type_ids: torch.Tensor | None = None
@@ -105,14 +105,14 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
         if "masked_pair" in needed:
             ids_out, labels_out = [], []
             for b, ids in enumerate(rows):
-                rng = example_rng(cfg.seed, keys[b][0], keys[b][1], _TLM)
+                rng = example_rng(cfg.seed, keys[b][0], keys[b][1], _MASKED_PAIR)
                 cand = np.array([i not in special for i in ids.tolist()])
                 new, labels = mask_tokens(ids, cand, rng, tokenizer.mask_token_id, random_ids, cfg.mlm_probability)
                 ids_out.append(new)
                 labels_out.append(labels)
-            batch.tlm_input_ids, batch.tlm_labels = _pad(ids_out, pad_id), _pad(labels_out, -100)
-            batch.tlm_attention_mask = attention
-            batch.tlm_token_type_ids = _pad(types, 0) if types else None
+            batch.masked_pair_input_ids, batch.masked_pair_labels = _pad(ids_out, pad_id), _pad(labels_out, -100)
+            batch.masked_pair_attention_mask = attention
+            batch.masked_pair_token_type_ids = _pad(types, 0) if types else None
         if "word_masked_pair" in needed:
             width = teacher.word_mask.shape[1]
             ids_out = []
@@ -122,7 +122,7 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
                 n_words = len(teacher.words[b])
                 wid, sid = enc.word_ids(b), enc.sequence_ids(b)
                 token_word = np.array([w if (w is not None and s == 0) else -1 for w, s in zip(wid, sid)])
-                rng = example_rng(cfg.seed, keys[b][0], keys[b][1], _XWCL)
+                rng = example_rng(cfg.seed, keys[b][0], keys[b][1], _WORD_MASKED_PAIR)
                 new, m = mask_words(ids, token_word, n_words, rng, tokenizer.mask_token_id, random_ids,
                                     cfg.mlm_probability)
                 pos = first_subtoken_positions(wid, n_words, sid, 0)
@@ -130,11 +130,11 @@ def build_student_batch(tokenizer, teacher: TeacherBatch, targets: list[str], ke
                 word_pos[b, :n_words] = np.where(present, pos, 0)
                 masked[b, :n_words] = m & present
                 ids_out.append(new)
-            batch.xwcl_input_ids = _pad(ids_out, pad_id)
-            batch.xwcl_attention_mask = attention
-            batch.xwcl_token_type_ids = _pad(types, 0) if types else None
-            batch.xwcl_word_pos = torch.from_numpy(word_pos)
-            batch.xwcl_masked = torch.from_numpy(masked)
+            batch.word_masked_pair_input_ids = _pad(ids_out, pad_id)
+            batch.word_masked_pair_attention_mask = attention
+            batch.word_masked_pair_token_type_ids = _pad(types, 0) if types else None
+            batch.word_pos = torch.from_numpy(word_pos)
+            batch.masked_words = torch.from_numpy(masked)
             batch.teacher_words = teacher.word_states
     if "sentence" in needed:
         enc = tokenizer(sent_targets, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt",

@@ -35,6 +35,12 @@ class MMKDModel(nn.Module):
     def encoder(self) -> nn.Module:
         return self.student.base_model
 
+    def head_modules(self) -> dict[str, nn.Module]:
+        """Everything trained besides the student (saved as heads.safetensors)."""
+        names = ("senta_projector", "senta_predictor", "struca_projector", "struca_predictor",
+                 "teacher_senta_projector", "teacher_struca_projector", "word_map")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
     def teacher_heads(self) -> list[nn.Module]:
         return [self.teacher_senta_projector, self.teacher_struca_projector]
 
@@ -77,13 +83,13 @@ class MMKDModel(nn.Module):
         needed = inputs(by_name(o) for o in objectives)
         out: dict[str, torch.Tensor] = {}
         if "masked_pair" in needed:
-            selected = batch.tlm_labels != -100
-            out["tlm_logits"] = self._masked_logits(batch.tlm_input_ids, batch.tlm_attention_mask,
-                                                    batch.tlm_token_type_ids, selected)[None]
-            out["tlm_labels"] = batch.tlm_labels[selected][None]
+            selected = batch.masked_pair_labels != -100
+            out["tlm_logits"] = self._masked_logits(batch.masked_pair_input_ids, batch.masked_pair_attention_mask,
+                                                    batch.masked_pair_token_type_ids, selected)[None]
+            out["masked_pair_labels"] = batch.masked_pair_labels[selected][None]
         if "word_masked_pair" in needed:
-            hidden = self._encode(batch.xwcl_input_ids, batch.xwcl_attention_mask, batch.xwcl_token_type_ids)
-            index = batch.xwcl_word_pos[..., None].expand(-1, -1, hidden.shape[-1])
+            hidden = self._encode(batch.word_masked_pair_input_ids, batch.word_masked_pair_attention_mask, batch.word_masked_pair_token_type_ids)
+            index = batch.word_pos[..., None].expand(-1, -1, hidden.shape[-1])
             words = torch.gather(hidden, 1, index)                       # [B, W, H]: first sub-tokens
             out["student_words"] = self.word_map(words) if self.word_map is not None else words   # [B, W, Ht]
         if "sentence" in needed:

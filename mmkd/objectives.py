@@ -46,12 +46,12 @@ def _std(x) -> float:
 
 def _tlm_loss(out, batch, cfg, gather):
     from mmkd.losses import tlm_loss
-    return tlm_loss(out["tlm_logits"], out["tlm_labels"])
+    return tlm_loss(out["tlm_logits"], out["masked_pair_labels"])
 
 
 def _xwcl_loss(out, batch, cfg, gather):
     from mmkd.losses import xwcl_loss
-    return xwcl_loss(out["student_words"], batch.teacher_words, batch.teacher_word_mask, batch.xwcl_masked,
+    return xwcl_loss(out["student_words"], batch.teacher_words, batch.teacher_word_mask, batch.masked_words,
                      cfg.xwcl_temperature, cfg.xwcl_similarity)
 
 
@@ -73,10 +73,10 @@ def _sentences(batch) -> int:
 
 OBJECTIVES: tuple[Objective, ...] = (
     Objective("tlm", "TLM", "3.1", "masked_pair", "masked tokens",
-              count=lambda b: 0 if b.tlm_labels is None else int((b.tlm_labels != -100).sum()),
+              count=lambda b: 0 if b.masked_pair_labels is None else int((b.masked_pair_labels != -100).sum()),
               loss=_tlm_loss, table5_row=2),
     Objective("xwcl", "XWCL", "(1)", "word_masked_pair", "masked English words (anchors)",
-              count=lambda b: 0 if b.xwcl_masked is None else int((b.xwcl_masked & b.teacher_word_mask).sum()),
+              count=lambda b: 0 if b.masked_words is None else int((b.masked_words & b.teacher_word_mask).sum()),
               loss=_xwcl_loss, same_width=True, table5_row=1),
     Objective("senta", "SentA", "(2)", "sentence", "sentences",
               count=_sentences, loss=_senta_loss, spans_batch=lambda cfg: cfg.senta_center,

@@ -531,9 +531,7 @@ def _save_student(out: Path, model, tokenizer, run_meta: dict, features: Teacher
     for name, manifest in features.manifests.items():
         (tmp / f"cache-manifest-{name}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (tmp / CARD).write_text(card_text(run_meta, features.manifests), encoding="utf-8")
-    heads = torch.nn.ModuleDict({k: getattr(model, k) for k in (
-        "senta_projector", "senta_predictor", "struca_projector", "struca_predictor",
-        "teacher_senta_projector", "teacher_struca_projector", "word_map") if getattr(model, k) is not None})
+    heads = torch.nn.ModuleDict(model.head_modules())
     save_model(heads, str(out / "heads.safetensors"))
     if dest.exists():   # a finished run saved again (e.g. --overwrite was not needed): swap
         old = out / "student.old"

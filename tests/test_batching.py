@@ -95,24 +95,24 @@ def test_student_word_positions_point_at_word_i(tiny_student):
     for b, ws in enumerate(words):
         ref_tokens = tok.convert_ids_to_tokens(ref["input_ids"][b])
         for i, w in enumerate(ws):
-            p = int(batch.xwcl_word_pos[b, i])
+            p = int(batch.word_pos[b, i])
             assert ref.word_ids(b)[p] == i and ref.sequence_ids(b)[p] == 0
             t = ref_tokens[p]
             assert t == tok.unk_token or w.startswith(t), (w, t)
         # Segment ids: 0 for [CLS] s [SEP], 1 for t [SEP]; positions are implicit 0..L-1.
-        types = batch.xwcl_token_type_ids[b, :len(ref["input_ids"][b])].tolist()
+        types = batch.word_masked_pair_token_type_ids[b, :len(ref["input_ids"][b])].tolist()
         assert types == ref["token_type_ids"][b]
         first_sep = ref["input_ids"][b].index(tok.sep_token_id)
         assert set(types[:first_sep + 1]) == {0} and set(types[first_sep + 1:]) == {1}
         # Anchors are masked words: their first sub-token changed or kept, the rest of the target side untouched.
-        anchors = batch.xwcl_masked[b, :len(ws)].numpy()
+        anchors = batch.masked_words[b, :len(ws)].numpy()
         assert anchors.sum() == max(1, round(0.15 * len(ws)))
     # SentA/StrucA input is the target alone.
     sent = tok(targets[0])["input_ids"]
     assert batch.sent_input_ids[0, :len(sent)].tolist() == sent
     # TLM masks both sides.
-    labels = batch.tlm_labels
-    types = batch.tlm_token_type_ids
+    labels = batch.masked_pair_labels
+    types = batch.masked_pair_token_type_ids
     masked_types = types[labels != -100]
     assert (masked_types == 0).any() and (masked_types == 1).any()
 
@@ -127,11 +127,11 @@ def test_masks_do_not_depend_on_the_batch_split(tiny_student):
     obj = {"masked_pair", "word_masked_pair"}
     full = build_student_batch(tok, _teacher_batch(words), targets, keys, obj, BatchConfig())
     one = build_student_batch(tok, _teacher_batch(words[2:3]), targets[2:3], keys[2:3], obj, BatchConfig())
-    n = int(one.tlm_attention_mask.sum())
-    assert torch.equal(full.tlm_input_ids[2, :n], one.tlm_input_ids[0, :n])
-    assert torch.equal(full.xwcl_input_ids[2, :n], one.xwcl_input_ids[0, :n])
+    n = int(one.masked_pair_attention_mask.sum())
+    assert torch.equal(full.masked_pair_input_ids[2, :n], one.masked_pair_input_ids[0, :n])
+    assert torch.equal(full.word_masked_pair_input_ids[2, :n], one.word_masked_pair_input_ids[0, :n])
     other_seed = build_student_batch(tok, _teacher_batch(words), targets, keys, obj, BatchConfig(seed=1))
-    assert not torch.equal(other_seed.tlm_labels, full.tlm_labels)
+    assert not torch.equal(other_seed.masked_pair_labels, full.masked_pair_labels)
 
 
 def test_random_replacements_never_draw_special_tokens(tiny_student):

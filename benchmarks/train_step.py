@@ -12,7 +12,8 @@ Also (`padding`, and alone with --padding-only): the fraction of the student's i
 are padding when each global batch of 256 Europarl pairs (the shared sample, 10-128 words) is
 given to 1, 2 or 8 processes by position (`--assign stride`: the shuffled order, i.e. at random) or
 by length (`--assign length`, the default), over every step of an epoch, counting the two pair
-inputs and the sentence input as the trainer builds them (goal: <= 8% at 8 x 32).
+inputs and the sentence input as the trainer builds them (goal: <= 8% at 8 x 32); and
+(`assign_step_time`) the measured step time of both on 2 gloo CPU processes (benchmarks/step_costs.py).
 
     python benchmarks/train_step.py --shared-data ../shared/data [--steps 12 --batch-size 32]
     python benchmarks/train_step.py --shared-data ../shared/data --padding-only
@@ -186,6 +187,10 @@ def main() -> None:
             m["cached"]["median_step_seconds"] / m["student_only"]["median_step_seconds"], 3)
         report["goals"] = {"cached_over_online": "<= 0.90", "cached_over_student_only": "<= 1.05"}
         report["padding"] = padding_report(Path(args.shared_data), student, work)
+        # The step time of both assignments: 2 gloo processes on the Europarl sample (step_costs.py).
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from step_costs import assign
+        report["assign_step_time"] = assign(work, Path(args.shared_data), student, args.steps, args.batch_size)
     print(json.dumps(report, indent=2))
 
 

@@ -260,6 +260,11 @@ def cache_info_cmd(path, as_json):
 
 
 # --------------------------------------------------------------------------- train
+def teacher_head_modes() -> list[str]:
+    from mmkd.objectives import TEACHER_HEADS
+    return list(TEACHER_HEADS)
+
+
 def objective_names() -> list[str]:
     from mmkd.objectives import names
     return list(names())
@@ -297,9 +302,14 @@ def _train_options(fn):
                    "longer lower the loss. See docs/results.md."),
         click.option("--without", multiple=True, type=click.Choice(objective_names()),
               help="Remove an objective (repeatable); its forward pass is skipped."),
-        click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
-              help="Teacher projectors: frozen at their random init, or trained online by SentA/StrucA "
-                   "(can collapse; watch std_teacher_* in metrics.csv). See 'Defaults the paper leaves open' in docs/method.md."),
+        click.option("--teacher-heads", type=click.Choice(teacher_head_modes()), default="frozen", show_default=True,
+              help="Teacher projectors ḡ_t: frozen (random, never trained); train (by SentA/StrucA alone: both "
+                   "sides can agree on a constant and collapse); structure (trained online from the cached [CLS] "
+                   "only to keep the teacher's batch similarity structure, SentA/StrucA gradients stopped: eq. 7); "
+                   "guard (SentA/StrucA plus a variance/covariance guard: eq. 8). A collapse indicator falling "
+                   "towards 0 warns on the console. See 'Teacher heads' in docs/method.md."),
+        click.option("--teacher-head-weight", default=1.0, show_default=True, type=float,
+              help="Weight of the teacher heads' own loss (modes structure and guard)."),
         click.option("--head-hidden", default=768, show_default=True, type=int, help="Hidden units of the head MLPs."),
         click.option("--head-out", default=128, show_default=True, type=int, help="Output size of the head MLPs."),
         click.option("--head-norm", type=click.Choice(["none", "batch", "layer"]), default="none", show_default=True,
@@ -468,18 +478,26 @@ def ablate_cmd(out, evals, retrieval_pairs, eval_data_dir, eval_train_file, eval
               help="SentA on batch-centred vectors (the paper: no); see docs/method.md.")
 @click.option("--head-warmup-steps", default=40, show_default=True, type=int,
               help="Steps (at most half of --steps) in which only the heads train (the paper: 0).")
-@click.option("--teacher-heads", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
-              help="Teacher projectors frozen or trained online.")
+@click.option("--teacher-heads", type=click.Choice(teacher_head_modes()), default="frozen", show_default=True,
+              help="Teacher projectors: frozen, train, structure or guard (see mmkd train --help).")
 @click.option("--train-pairs", default=2500, show_default=True, type=int, help="Training pairs per language.")
 @click.option("--heldout-pairs", default=500, show_default=True, type=int, help="Held-out pairs per language.")
+@click.option("--xnli/--no-xnli", default=True, show_default=True,
+              help="Also measure zero-shot XNLI before and after (fine-tune on English, test fr/de/es).")
+@click.option("--eval-data-dir", default=None, metavar="DIR",
+              help="XNLI in XTREME layout (DIR/xnli/dev-en.tsv, test-xx.tsv); XNLI is CC BY-NC, so not bundled. "
+                   "Default: $MMKD_EVAL_DATA_DIR, else ../shared/data; without it the XNLI step is skipped.")
 @click.option("--small", is_flag=True,
-              help="A reduced run for smoke tests: 200 training pairs, 60 held out, 10 steps of 12 pairs.")
+              help="A reduced run for smoke tests: 200 training pairs, 60 held out, 10 steps of 12 pairs, "
+                   "XNLI on 40 English pairs and 30 test pairs per language.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly
-def demo_cmd(out, teacher, student, steps, batch_size, train_pairs, heldout_pairs, small, quiet, **training):
+def demo_cmd(out, teacher, student, steps, batch_size, train_pairs, heldout_pairs, xnli, eval_data_dir, small, quiet,
+             **training):
     """The whole pipeline on the real sample bundled with mmkd, offline, on a CPU (~9 min, 2 cores).
 
-    corpora -> teacher cache -> retrieval before -> train (4 objectives) -> retrieval after -> t-SNE.
+    corpora -> teacher cache -> retrieval before -> train (4 objectives) -> retrieval after ->
+    zero-shot XNLI before and after (when XNLI is found) -> t-SNE.
 
     The training defaults differ from the paper's where the paper's settings measurably damaged
     this small English student (docs/results.md); every one can be set back.
@@ -493,7 +511,9 @@ def demo_cmd(out, teacher, student, steps, batch_size, train_pairs, heldout_pair
         batch_size = min(batch_size, 12)
     train = dataclasses.replace(demo_training(), max_steps=steps, batch_size=batch_size, **training)
     cfg = DemoConfig(out=out, teacher=teacher, student=student, train_pairs=train_pairs, heldout_pairs=heldout_pairs,
-                     train=train)
+                     train=train, xnli=xnli, eval_data_dir=eval_data_dir)
+    if small:
+        cfg = dataclasses.replace(cfg, xnli_train_examples=40, xnli_test_examples=30, xnli_epochs=1.0)
     run_demo(cfg, progress=not quiet, log=click.echo)
 
 
@@ -533,6 +553,9 @@ def _zero_shot_options(fn):
         click.option("--warmup-ratio", default=None, type=float, help="Default: 0 (XNLI, PAWS-X), 0.1 (XQuAD)."),
         click.option("--max-train-examples", default=None, type=int, help="Cap the training set (smoke runs)."),
         click.option("--max-eval-examples", default=None, type=int, help="Cap every dev/test set (smoke runs)."),
+        click.option("--test-offset", default=0, show_default=True, type=int,
+                     help="XNLI, PAWS-X: skip the first N test examples of each language (with --max-eval-examples: "
+                          "report on rows kept apart from those a choice was made on)."),
         click.option("--oracle", is_flag=True, help="Also report target-dev (oracle) checkpoint selection."),
         click.option("--doc-stride", default=128, show_default=True, type=int,
                      help="XQuAD: overlap of the strided context windows, in tokens."),
@@ -561,7 +584,7 @@ def _default_model(model: str | None) -> str:
 
 def _run_zero_shot(task, model, data_dir, train_file, dev_file, languages, seeds, epochs, lr, batch_size,
                    max_length, weight_decay, warmup_ratio, max_train_examples, max_eval_examples, oracle, doc_stride,
-                   out, trust_remote_code):
+                   out, trust_remote_code, test_offset=0):
     from pathlib import Path
 
     from mmkd.eval.finetune import EvalConfig
@@ -577,7 +600,7 @@ def _run_zero_shot(task, model, data_dir, train_file, dev_file, languages, seeds
                      epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, weight_decay=weight_decay,
                      warmup_ratio=warmup_ratio, max_train_examples=max_train_examples,
                      max_eval_examples=max_eval_examples, oracle=oracle, doc_stride=doc_stride,
-                     trust_remote_code=trust_remote_code)
+                     trust_remote_code=trust_remote_code, test_offset=test_offset)
     result = run_task(cfg)
     where = write_result(result, Path(out) if out else default_out(model, task))
     click.echo(markdown_table(result))

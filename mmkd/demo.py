@@ -60,6 +60,17 @@ class DemoConfig:
     min_tokens: int = 3                 # Tatoeba sentences are short (mean 7 words)
     tsne_sentences: int = 20
     train: TrainConfig = field(default_factory=demo_training)
+    # Zero-shot XNLI before and after (docs/results.md): XNLI is CC BY-NC, so it is not bundled; it
+    # is read from eval_data_dir (XTREME layout: xnli/dev-en.tsv, xnli/test-xx.tsv), by default
+    # $MMKD_EVAL_DATA_DIR or ../shared/data, and skipped (said so) when absent.
+    xnli: bool = True
+    eval_data_dir: str | None = None
+    xnli_train_examples: int = 1200     # of XNLI dev-en (the first 90% train, the last 10% pick the epoch)
+    xnli_epochs: float = 2.0
+    xnli_lr: float = 5e-5
+    xnli_test_examples: int = 300       # per language, from test row xnli_test_offset on
+    xnli_test_offset: int = 4710        # the last 300 rows: apart from rows 0-299, on which settings were chosen
+    xnli_seed: int = 1
 
 
 def _read_gz(name: str) -> list[str]:
@@ -102,14 +113,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     data_dir = str(root / "data")
     files = stage_data(cfg, root)
 
-    log("[1/6] corpora")
+    log("[1/7] corpora")
     for lang, path in files["train"].items():
         if f"en-{lang}" not in list_corpora(data_dir):
             prepare_corpus(CorpusConfig(pair=f"en-{lang}", tsv=path, data_dir=data_dir, min_tokens=cfg.min_tokens,
                                         seed=cfg.train.seed), progress=progress)
     corpora = [f"en-{lang}" for lang in cfg.languages]
 
-    log("[2/6] teacher cache (the teacher runs once, here)")
+    log("[2/7] teacher cache (the teacher runs once, here)")
     cache = root / "cache"
     for c in corpora:   # a cache an older mmkd wrote here: made self-contained, not rebuilt
         manifest = cache / c / "manifest.json"
@@ -121,13 +132,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
         build_cache(CacheConfig(corpora=corpora, teacher=teacher, out=str(cache), data_dir=data_dir, dtype="fp16"),
                     resume=any((cache / c / "build.json").is_file() for c in corpora), progress=progress)
 
-    log("[3/6] retrieval of the initial student")
+    log("[3/7] retrieval of the initial student")
     before_dir = root / "eval" / "before"
     if not _cached_result(before_dir):
         write_result(run_retrieval(student, files["heldout"]), before_dir)
     before = json.loads((before_dir / "results.json").read_text())
 
-    log("[4/6] training (TLM + XWCL + SentA + StrucA) against the cache")
+    log("[4/7] training (TLM + XWCL + SentA + StrucA) against the cache")
     run = root / "run"
     steps = cfg.train.max_steps
     tcfg = dataclasses.replace(cfg.train, cache=[str(cache)], student=student, out=str(run), data_dir=data_dir,
@@ -141,32 +152,73 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     if not (run / "student" / "config.json").is_file():
         train(tcfg, resume=latest_checkpoint(run) is not None, progress=progress)
 
-    log("[5/6] retrieval of the trained student")
+    log("[5/7] retrieval of the trained student")
     after_dir = root / "eval" / "after"
     if not _cached_result(after_dir):
         write_result(run_retrieval(str(run / "student"), files["heldout"]), after_dir)
     after = json.loads((after_dir / "results.json").read_text())
 
-    log("[6/6] t-SNE picture (TICO-19, 3-way parallel)")
+    xnli = _xnli(cfg, student, str(run / "student"), root, log)
+
+    log("[7/7] t-SNE picture (TICO-19, 3-way parallel)")
     png = root / "tsne.png"
     if not png.exists():
         sentences = read_multiway(files["tsne"], cfg.tsne_sentences, cfg.train.seed)
         plot_tsne([student, str(run / "student")], sentences, str(png), cfg.train.seed,
                   labels=["initial student (all-MiniLM-L6-v2)" if not cfg.student else student, "after MMKD"])
 
-    summary = _summary(before, after, run)
+    summary = _summary(before, after, run, xnli)
     (root / "summary.md").write_text(summary + "\n")
-    (root / "summary.json").write_text(json.dumps({"before": before, "after": after}, indent=2) + "\n")
+    (root / "summary.json").write_text(json.dumps({"before": before, "after": after, "xnli": xnli}, indent=2) + "\n")
     log("\n" + summary)
     log(f"\nwritten: {root}/summary.md, {png}; before/after details in {root}/eval/")
-    return {"before": before, "after": after}
+    return {"before": before, "after": after, "xnli": xnli}
+
+
+def eval_data_dir(cfg: DemoConfig) -> Path | None:
+    """Where the demo looks for XNLI: --eval-data-dir, $MMKD_EVAL_DATA_DIR, else ../shared/data."""
+    import os
+
+    if cfg.eval_data_dir and not (Path(cfg.eval_data_dir) / "xnli" / "dev-en.tsv").is_file():
+        from mmkd.errors import MMKDError
+        raise MMKDError(f"--eval-data-dir {cfg.eval_data_dir}: no xnli/dev-en.tsv there (XTREME layout: "
+                        "xnli/dev-en.tsv and xnli/test-fr.tsv, test-de.tsv, ...)")
+    for candidate in (cfg.eval_data_dir, os.environ.get("MMKD_EVAL_DATA_DIR"), "../shared/data"):
+        if candidate and (Path(candidate) / "xnli" / "dev-en.tsv").is_file():
+            return Path(candidate)
+    return None
+
+
+def _xnli(cfg: DemoConfig, student: str, trained: str, root: Path, log) -> dict | None:
+    """Zero-shot XNLI of the initial and the trained student: fine-tuned on English, tested on the
+    demo's languages (a small slice: docs/results.md gives the 3-seed comparison)."""
+    from mmkd.eval.finetune import EvalConfig
+    from mmkd.eval.runner import run_task, write_result
+
+    log("[6/7] zero-shot XNLI before and after (fine-tuned on English only)")
+    where = eval_data_dir(cfg) if cfg.xnli else None
+    if where is None:
+        log("  skipped: " + ("--no-xnli" if not cfg.xnli else "XNLI is not bundled (CC BY-NC); give --eval-data-dir "
+                             "DIR holding xnli/dev-en.tsv and xnli/test-xx.tsv, or set MMKD_EVAL_DATA_DIR"))
+        return None
+    out = {}
+    for name, model in (("before", student), ("after", trained)):
+        dest = root / "eval" / f"xnli-{name}"
+        if not _cached_result(dest):
+            ecfg = EvalConfig(task="xnli", model=model, data_dir=str(where), train_file=str(where / "xnli" / "dev-en.tsv"),
+                              languages=list(cfg.languages), seeds=[cfg.xnli_seed], epochs=cfg.xnli_epochs,
+                              lr=cfg.xnli_lr, max_train_examples=cfg.xnli_train_examples,
+                              max_eval_examples=cfg.xnli_test_examples, test_offset=cfg.xnli_test_offset)
+            write_result(run_task(ecfg), dest)
+        out[name] = json.loads((dest / "results.json").read_text())
+    return out
 
 
 def _cached_result(path: Path):
     return path if (path / "results.json").is_file() else None
 
 
-def _summary(before: dict, after: dict, run: Path) -> str:
+def _summary(before: dict, after: dict, run: Path, xnli: dict | None = None) -> str:
     lines = ["Translation retrieval accuracy (%) on held-out pairs, x→en / en→x, before → after MMKD",
              "", "| set | n | [CLS] before | [CLS] after | mean-pool before | mean-pool after |",
              "|---|---|---|---|---|---|"]
@@ -175,6 +227,18 @@ def _summary(before: dict, after: dict, run: Path) -> str:
         lines.append(f"| {name} | {b['n']} | {b['cls']:.1f} | {a['cls']:.1f} | {b['mean']:.1f} | {a['mean']:.1f} |")
     lines.append(f"| **average** | | {before['average']['cls']:.1f} | {after['average']['cls']:.1f} | "
                  f"{before['average']['mean']:.1f} | {after['average']['mean']:.1f} |")
+    if xnli:
+        b, a = xnli["before"], xnli["after"]
+        run0 = b["runs"][0]
+        n = min(run0["test_examples"].values())
+        lines += ["", f"Zero-shot XNLI accuracy (%), fine-tuned on {run0['train_examples']} English pairs, "
+                      f"{b['config']['epochs']:g} epochs, seed {b['seeds'][0]}; test rows "
+                      f"{b['config']['test_offset']}–{b['config']['test_offset'] + n - 1} "
+                      "of each language; chance 33.3", "",
+                  "| language | before | after |", "|---|---|---|"]
+        for lang in b["languages"]:
+            lines.append(f"| {lang} | {b['summary'][lang]['mean']:.1f} | {a['summary'][lang]['mean']:.1f} |")
+        lines.append(f"| **average** | {b['summary']['avg']['mean']:.1f} | {a['summary']['avg']['mean']:.1f} |")
     import csv
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

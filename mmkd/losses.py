@@ -81,6 +81,34 @@ def struca_loss(student_pred: Tensor, teacher_proj: Tensor, temperature: float) 
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
 
 
+def structure_loss(proj: Tensor, teacher_cls: Tensor, temperature: float) -> Tensor:
+    """The teacher heads' own loss in mode `structure` (docs/method.md, eq. 7): the similarity
+    structure of the batch's teacher [CLS] vectors, centred by the batch mean, kept by their
+    projections. With c̄_i = c_i − mean_b c_b, P = row-softmax(cos(c̄_i, c̄_j)/τ) and
+    Q = row-softmax(cos(z_i, z_j)/τ) for z = ḡ_t(c): mean over rows of KL(P_i ‖ Q_i).
+    A constant projection gives uniform rows Q, so it cannot lower the loss below what any spread
+    projection reaches. It is StrucA's eq. (3)-(5) with the centred [CLS] as the teacher side."""
+    cls = teacher_cls.float()
+    return struca_loss(proj, cls - cls.mean(dim=0, keepdim=True), temperature)
+
+
+def variance_covariance(proj: Tensor, gamma: float = 1.0, cov_weight: float = 0.04, eps: float = 1e-4) -> Tensor:
+    """The guard of mode `guard` (docs/method.md, eq. 8; VICReg's variance and covariance terms, at
+    VICReg's 25:1 ratio) on what SentA/StrucA compare: the L2-normalised projections, scaled by √D so
+    that well-spread vectors have unit variance per dimension. u = √D·z/‖z‖ over the batch:
+    mean_d max(0, γ − sqrt(Var_b(u_d) + ε)) + cov_weight · Σ_{d≠e} Cov(u)²_de / D.
+    A constant projection gives the variance term its maximum, γ − √ε."""
+    z = F.normalize(proj.float(), dim=-1)
+    d = z.shape[-1]
+    u = z * d ** 0.5
+    std = torch.sqrt(u.var(dim=0) + eps)
+    variance = torch.relu(gamma - std).mean()
+    centred = u - u.mean(dim=0, keepdim=True)
+    cov = centred.T @ centred / max(1, u.shape[0] - 1)
+    off = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
+    return variance + cov_weight * off / d
+
+
 def projection_std(x: Tensor) -> Tensor:
     """Collapse indicator: mean over dimensions of the batch std of the L2-normalised vectors.
     About 1/sqrt(D) for well-spread vectors, 0 when every input maps to the same point."""

@@ -55,16 +55,24 @@ def _xwcl_loss(out, batch, cfg, gather):
                      cfg.xwcl_temperature, cfg.xwcl_similarity)
 
 
+def _teacher(out, key, cfg):
+    """A teacher projection as SentA/StrucA see it: with the teacher-head modes that train the heads
+    by a loss of their own (TEACHER_HEADS), SentA's and StrucA's gradients stop here."""
+    return out[key].detach() if TEACHER_HEADS[cfg.teacher_heads].stop_gradient else out[key]
+
+
 def _senta_loss(out, batch, cfg, gather):
     from mmkd.losses import senta_loss
+    teacher = _teacher(out, "senta_teacher", cfg)
     if cfg.senta_center:   # the batch mean must be the global batch's: over the gathered micro-batch
-        return senta_loss(gather(out["senta_student"]), gather(out["senta_teacher"]), center=True)
-    return senta_loss(out["senta_student"], out["senta_teacher"])
+        return senta_loss(gather(out["senta_student"]), gather(teacher), center=True)
+    return senta_loss(out["senta_student"], teacher)
 
 
 def _struca_loss(out, batch, cfg, gather):
     from mmkd.losses import struca_loss
-    return struca_loss(gather(out["struca_student"]), gather(out["struca_teacher"]), cfg.struca_temperature)
+    return struca_loss(gather(out["struca_student"]), gather(_teacher(out, "struca_teacher", cfg)),
+                       cfg.struca_temperature)
 
 
 def _sentences(batch) -> int:
@@ -85,9 +93,56 @@ OBJECTIVES: tuple[Objective, ...] = (
               indicator_names=("std_student_senta", "std_teacher_senta"), table5_row=3),
     Objective("struca", "StrucA", "(3)-(5)", "sentence", "sentences (rows of the gathered similarity matrix)",
               count=_sentences, loss=_struca_loss, weight=lambda cfg: cfg.alpha, spans_batch=lambda cfg: True,
-              indicators=lambda out: {"std_teacher_struca": _std(out["struca_teacher"])},
-              indicator_names=("std_teacher_struca",), table5_row=4),
+              indicators=lambda out: {"std_student_struca": _std(out["struca_student"]),
+                                      "std_teacher_struca": _std(out["struca_teacher"])},
+              indicator_names=("std_student_struca", "std_teacher_struca"), table5_row=4),
 )
+
+
+# ----------------------------------------------------------------------------- teacher heads
+# How the teacher projectors ḡ_t (one per sentence objective) are trained: docs/method.md, "Teacher
+# heads". Not an objective of eq. (6): a mode whose heads learn by a loss of their own adds the
+# `teacher_heads` term below to the objectives a run trains (`chosen(without, cfg)`); it is never
+# ablated and `--without` does not name it.
+
+@dataclass(frozen=True)
+class TeacherHeadMode:
+    name: str
+    trained: bool               # the teacher projectors are updated at all
+    stop_gradient: bool         # SentA/StrucA gradients stop at the teacher projections
+    loss: str | None            # the teacher heads' own loss (mmkd.losses), if any
+    summary: str
+
+
+TEACHER_HEADS: dict[str, TeacherHeadMode] = {m.name: m for m in (
+    TeacherHeadMode("frozen", False, False, None, "random, never trained"),
+    TeacherHeadMode("train", True, False, None, "trained by SentA/StrucA only (both sides can agree on a constant)"),
+    TeacherHeadMode("structure", True, True, "structure_loss",
+                    "trained only to keep the batch similarity structure of the teacher's centred [CLS] (eq. 7); "
+                    "SentA/StrucA gradients stopped"),
+    TeacherHeadMode("guard", True, False, "variance_covariance",
+                    "trained by SentA/StrucA plus a variance/covariance guard on their outputs (eq. 8)"),
+)}
+
+
+def _heads_loss(out, batch, cfg, gather):
+    """The teacher heads' own loss, summed over the teacher projections of the objectives trained,
+    over the micro-batch gathered from every process (a spread is a property of the whole batch)."""
+    from mmkd import losses
+    total = 0.0
+    for key in ("senta_teacher", "struca_teacher"):
+        if key not in out:
+            continue
+        if TEACHER_HEADS[cfg.teacher_heads].loss == "structure_loss":
+            total = total + losses.structure_loss(gather(out[key]), gather(out["teacher_cls"]), cfg.struca_temperature)
+        else:
+            total = total + losses.variance_covariance(gather(out[key]))
+    return total
+
+
+HEADS = Objective("teacher_heads", "teacher heads", "(7)/(8)", "sentence", "sentences (of the gathered micro-batch)",
+                  count=_sentences, loss=_heads_loss, weight=lambda cfg: cfg.teacher_head_weight,
+                  spans_batch=lambda cfg: True, table5_row=99)
 
 
 def names() -> tuple[str, ...]:
@@ -95,15 +150,21 @@ def names() -> tuple[str, ...]:
 
 
 def by_name(name: str) -> Objective:
-    for o in OBJECTIVES:
+    for o in (*OBJECTIVES, HEADS):
         if o.name == name:
             return o
     raise KeyError(f"no objective {name!r}; the objectives are {', '.join(names())}")
 
 
-def chosen(without) -> tuple[Objective, ...]:
-    """The objectives a run trains, in the fixed order of OBJECTIVES."""
-    return tuple(o for o in OBJECTIVES if o.name not in without)
+def chosen(without, cfg=None) -> tuple[Objective, ...]:
+    """The objectives a run trains, in the fixed order of OBJECTIVES; given the run's config, followed
+    by the teacher heads' own loss when its teacher-head mode has one and a sentence objective uses
+    the heads."""
+    picked = tuple(o for o in OBJECTIVES if o.name not in without)
+    mode = TEACHER_HEADS.get(getattr(cfg, "teacher_heads", "frozen"))
+    if mode is not None and mode.loss and {"senta", "struca"} & {o.name for o in picked}:
+        picked += (HEADS,)
+    return picked
 
 
 def inputs(objectives) -> set[str]:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ class TrainConfig:
     struca_temperature: float = 0.1
     senta_center: bool = False                          # SentA on batch-centred vectors (not the paper)
     without: list[str] = field(default_factory=list)
-    teacher_heads: str = "frozen"                       # frozen | train (docs/method.md, "Defaults the paper leaves open")
+    teacher_heads: str = "frozen"                       # frozen | train | structure | guard (mmkd.objectives.TEACHER_HEADS)
+    teacher_head_weight: float = 1.0                    # weight of the teacher heads' own loss (structure, guard)
     head_hidden: int = 768
     head_out: int = 128
     head_norm: str = "none"
@@ -92,7 +94,7 @@ _RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every",
 
 def metric_columns() -> list[str]:
     """metrics.csv's columns: each objective's loss and collapse indicators, from mmkd.objectives."""
-    return (["step", "epoch", "loss", *objs.names(), "lr", "lr_heads", "grad_norm"]
+    return (["step", "epoch", "loss", *objs.names(), objs.HEADS.name, "lr", "lr_heads", "grad_norm"]
             + [n for o in objs.OBJECTIVES for n in o.indicator_names] + ["data_wait", "step_seconds"])
 
 
@@ -102,8 +104,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--without {bad[0]!r}: choose from {', '.join(objs.names())}")
     if not cfg.objectives:
         raise TrainingError("every objective was removed with --without; nothing to train")
-    if cfg.teacher_heads not in ("train", "frozen"):
-        raise TrainingError(f"--teacher-heads {cfg.teacher_heads!r}: choose train or frozen")
+    if cfg.teacher_heads not in objs.TEACHER_HEADS:
+        raise TrainingError(f"--teacher-heads {cfg.teacher_heads!r}: choose {', '.join(objs.TEACHER_HEADS)}")
     if cfg.xwcl_map not in ("auto", "linear", "none"):
         raise TrainingError(f"--xwcl-map {cfg.xwcl_map!r}: choose auto, linear or none")
     if cfg.assign not in ("length", "stride"):
@@ -290,7 +292,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                                 f"or --without {o.name}.")
     word_map = word_map and any(o.same_width for o in objs.chosen(cfg.without))
     model = MMKDModel(student, features.hidden_size, cfg.head_hidden, cfg.head_out, cfg.head_norm, word_map=word_map)
-    if cfg.teacher_heads == "frozen":
+    if not objs.TEACHER_HEADS[cfg.teacher_heads].trained:
         for head in model.teacher_heads():
             head.requires_grad_(False)
     schedule = BalancedSchedule(features.sizes, cfg.batch_size, cfg.seed)
@@ -332,6 +334,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not (progress and main),
                dynamic_ncols=True)
     model.train()
+    warned: set[str] = set()
     tick = time.perf_counter()
     step = start
     for step, parts in zip(range(start, total_steps), loader):
@@ -350,6 +353,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                 shown["lr_heads"] = f"{logs['lr_heads']:.2e}"
             bar.set_postfix(shown)
             bar.update(1)
+            for message in collapse_warnings(logs, cfg.head_out, warned):
+                bar.write(message, file=sys.stderr)
         if log_with != "none":
             accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total_steps:
@@ -368,7 +373,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
 def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, accelerator, cfg) -> dict:
     world = accelerator.num_processes
     device = accelerator.device
-    chosen = objs.chosen(cfg.without)
+    chosen = objs.chosen(cfg.without, cfg)
     names = tuple(o.name for o in chosen)
     gather = lambda t: _gather_with_grad(t, accelerator)   # noqa: E731
     # What each term averages over (masked tokens, anchors, sentences), per micro-batch, here and
@@ -413,12 +418,28 @@ def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, ac
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     reduced = {o: accelerator.reduce(v, reduction="sum").item() for o, v in logged.items()}
-    logs = {name: reduced.get(name) for name in objs.names()}
+    logs = {name: reduced.get(name) for name in (*objs.names(), objs.HEADS.name)}
     logs["loss"] = sum(o.weight(cfg) * reduced[o.name] for o in chosen)
     logs["lr"], logs["lr_heads"] = used.get("encoder", 0.0), used.get("heads", 0.0)
     logs["grad_norm"] = float(grad_norm) if grad_norm is not None else None
     logs.update(stds)
     return logs
+
+
+def collapse_warnings(logs: dict, head_out: int, warned: set) -> list[str]:
+    """One warning per collapse indicator (mmkd.objectives: the batch spread of the L2-normalised head
+    outputs) the first time it falls below a quarter of the spread of well-spread vectors, 1/√D:
+    then that head gives nearly one vector for every sentence and its objective compares constants."""
+    floor = 0.25 / math.sqrt(head_out)
+    out = []
+    for name in (n for o in objs.OBJECTIVES for n in o.indicator_names):
+        value = logs.get(name)
+        if value is not None and value < floor and name not in warned:
+            warned.add(name)
+            out.append(f"warning: step {logs.get('step')}: {name} = {value:.4f} < {floor:.4f} (well-spread "
+                       f"vectors give about {1 / math.sqrt(head_out):.3f}, one vector for every input 0): the "
+                       "head is collapsing. See docs/method.md, \"Teacher heads\" (--teacher-heads structure or guard).")
+    return out
 
 
 def _any(flag: bool, accelerator) -> bool:

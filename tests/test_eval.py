@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +118,18 @@ def test_pawsx_end_to_end(tmp_path, tiny_student, shared):
     assert r.exit_code == 0, r.output
     result = json.loads((out / "results.json").read_text())
     assert set(result["runs"][0]["test"]) == {"de", "zh"}
+    # --test-offset: the rows after the first N (kept apart from rows a choice was made on). PAWS-X
+    # test-de has 2,000 rows: offset 1,990 leaves 10 of the 20 asked; 2,000 leaves none (an error).
+    r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--eval-data-dir", str(shared),
+                                  "--train-file", str(shared / "pawsx" / "dev-en.tsv"), "--languages", "de",
+                                  "--max-train-examples", "16", "--max-eval-examples", "20", "--epochs", "1",
+                                  "--test-offset", "1990", "--out", str(tmp_path / "offset")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "offset" / "results.json").read_text())["runs"][0]["test_examples"] == {"de": 10}
+    r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--eval-data-dir", str(shared),
+                                  "--train-file", str(shared / "pawsx" / "dev-en.tsv"), "--languages", "de",
+                                  "--max-train-examples", "16", "--test-offset", "2000", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--test-offset 2000: no pawsx test examples left for de" in r.output
 
 
 def test_xquad_end_to_end_with_strided_windows(tmp_path, tiny_student, shared):

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mmkd.losses import projection_std, senta_loss, struca_loss, tlm_loss, xwcl_loss
+from mmkd.losses import (projection_std, senta_loss, struca_loss, structure_loss, tlm_loss, variance_covariance,
+                         xwcl_loss)
 
 
 # ------------------------------------------------------------------ TLM
@@ -169,3 +170,64 @@ def test_projection_std_detects_collapse():
     spread = torch.eye(4).repeat(2, 1)   # 8 vectors, each one-hot
     # each dimension holds two 1s and six 0s: std (unbiased) = sqrt(2*6/(8*7)) per dimension
     assert projection_std(spread).item() == pytest.approx(math.sqrt(12 / 56), rel=1e-6)
+
+
+# ------------------------------------------------------------------ the teacher heads' own losses (eqs. 7, 8)
+def test_structure_loss_is_struca_against_the_centred_teacher_cls():
+    g = torch.Generator().manual_seed(5)
+    proj, cls = torch.randn(6, 4, generator=g), torch.randn(6, 10, generator=g) + 5.0   # far from the origin
+    centred = [[x - sum(col) / 6 for x, col in zip(row, zip(*cls.tolist()))] for row in cls.tolist()]
+    expected = naive_struca(proj, torch.tensor(centred), 0.5)
+    assert structure_loss(proj, cls, 0.5).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_structure_loss_a_constant_projection_pays_and_the_structure_itself_is_free():
+    # Teacher [CLS]: 4 vectors around a common offset; centred, they are ±e1, ±e2.
+    cls = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) + torch.tensor([7.0, 3.0])
+    tau = 1.0
+    # A constant projection: every student row uniform (1/4). Teacher row of +e1: cosines (1, -1, 0, 0).
+    row = torch.tensor([1.0, -1.0, 0.0, 0.0])
+    p = torch.softmax(row / tau, 0)
+    kl_row = float((p * (p / 0.25).log()).sum())         # every row is a permutation of this one
+    constant = torch.ones(4, 3)
+    assert structure_loss(constant, cls, tau).item() == pytest.approx(kl_row, rel=1e-6)
+    assert kl_row > 0.1
+    # The centred [CLS] themselves (scaled: only directions count) lose nothing.
+    centred = cls - cls.mean(0)
+    assert structure_loss(centred * 2.5, cls, tau).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def naive_variance_covariance(z, gamma=1.0, cov_weight=0.04, eps=1e-4):
+    rows = [[x / math.sqrt(sum(v * v for v in r)) * math.sqrt(len(r)) for x in r] for r in z.tolist()]
+    B, D = len(rows), len(rows[0])
+    mean = [sum(r[d] for r in rows) / B for d in range(D)]
+    var = [sum((r[d] - mean[d]) ** 2 for r in rows) / (B - 1) for d in range(D)]
+    variance = sum(max(0.0, gamma - math.sqrt(v + eps)) for v in var) / D
+    off = 0.0
+    for d in range(D):
+        for e in range(D):
+            if d != e:
+                c = sum((r[d] - mean[d]) * (r[e] - mean[e]) for r in rows) / (B - 1)
+                off += c * c
+    return variance + cov_weight * off / D
+
+
+def test_variance_covariance_matches_a_naive_loop():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(7, 5, generator=g)
+    assert variance_covariance(z).item() == pytest.approx(naive_variance_covariance(z), rel=1e-5)
+
+
+def test_variance_covariance_hand_worked():
+    # A constant: no variance at all, no covariance: γ − √ε.
+    assert variance_covariance(torch.ones(6, 4) * 3.0).item() == pytest.approx(1.0 - 0.01, rel=1e-6)
+    # ±e1, ±e2 (D = 2): u = √2·z, Var(u_1) = Var(u_2) = 2·2/3 = 4/3 (unbiased, B = 4); no covariance.
+    z = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    assert variance_covariance(z).item() == pytest.approx(0.0, abs=1e-7)
+    # Only ±e1 (a line): u_1 = ±√2, Var = 8/3 > 1, free; u_2 = 0, pays γ − √ε; mean over the 2 dims.
+    line = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    assert variance_covariance(line).item() == pytest.approx(0.99 / 2, rel=1e-6)
+    # Correlated dimensions pay the covariance term: (1,1), (-1,-1), (1,1), (-1,-1) normalised.
+    diag = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]])
+    # u = ±(1, 1): Var = 4/3 per dim (free), Cov = 4/3 off the diagonal, twice: 0.04 · 2·(16/9) / 2.
+    assert variance_covariance(diag).item() == pytest.approx(0.04 * 2 * 16 / 9 / 2, rel=1e-6)

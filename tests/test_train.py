@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
@@ -132,7 +132,7 @@ def test_removed_objectives_skip_their_forward_pass(tiny_student):
 def test_teacher_heads_frozen_or_trained(tmp_path, cache_root, tiny_student, data_dir):
     from safetensors.torch import load_file
 
-    for mode, should_change in (("frozen", False), ("train", True)):
+    for mode, should_change in (("frozen", False), ("train", True), ("structure", True), ("guard", True)):
         cfg = config(tmp_path / mode, cache_root, tiny_student, data_dir, max_steps=3, teacher_heads=mode)
         run = train(cfg, progress=False)
         torch.manual_seed(cfg.seed)
@@ -144,6 +144,67 @@ def test_teacher_heads_frozen_or_trained(tmp_path, cache_root, tiny_student, dat
         assert not torch.equal(heads["senta_projector.0.weight"], ref.senta_projector[0].weight)
         stds = [float(r["std_teacher_senta"]) for r in metrics(run)]
         assert all(s >= 0 for s in stds)
+
+
+def _head_grads(mode: str, tiny_student: str, objectives: tuple[str, ...]) -> dict[str, bool]:
+    """Which parts get a gradient from each objective's loss, in teacher-head mode `mode`."""
+    torch.manual_seed(0)
+    model = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), 32, 32, 16)
+    cfg = TrainConfig(teacher_heads=mode)
+    got = {}
+    chosen = objs.chosen([n for n in objs.names() if n not in objectives], cfg)
+    for o in chosen:
+        model.zero_grad(set_to_none=True)
+        out = model(tiny_batch(tiny_student), tuple(x.name for x in chosen))
+        o.loss(out, tiny_batch(tiny_student), cfg, lambda t: t).backward()
+        got[o.name] = {part: any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+                       for part, module in (("teacher", model.teacher_senta_projector),
+                                            ("teacher_struca", model.teacher_struca_projector),
+                                            ("student_heads", model.senta_projector),
+                                            ("encoder", model.encoder))}
+    return got
+
+
+def test_teacher_head_modes_route_gradients_as_documented(tiny_student):
+    """structure: SentA/StrucA stop at the teacher projections, which learn from their own loss only
+    (and it reaches nothing else); guard and train: SentA reaches them; frozen/train add no term."""
+    structure = _head_grads("structure", tiny_student, ("senta", "struca"))
+    assert [n for n in structure] == ["senta", "struca", "teacher_heads"]
+    assert not structure["senta"]["teacher"] and structure["senta"]["student_heads"] and structure["senta"]["encoder"]
+    assert not structure["struca"]["teacher_struca"]
+    assert structure["teacher_heads"] == {"teacher": True, "teacher_struca": True, "student_heads": False,
+                                          "encoder": False}
+    guard = _head_grads("guard", tiny_student, ("senta", "struca"))
+    assert guard["senta"]["teacher"] and guard["struca"]["teacher_struca"]
+    assert guard["teacher_heads"]["teacher"] and not guard["teacher_heads"]["encoder"]
+    # Only the heads of the objectives trained: with SentA removed, its teacher head has no own loss.
+    assert not _head_grads("structure", tiny_student, ("struca",))["teacher_heads"]["teacher"]
+    for mode in ("frozen", "train"):
+        assert "teacher_heads" not in _head_grads(mode, tiny_student, ("senta", "struca"))
+    assert objs.chosen(["senta", "struca"], TrainConfig(teacher_heads="structure")) == objs.chosen(["senta", "struca"])
+
+
+def test_teacher_heads_term_is_logged_and_weighted(tmp_path, cache_root, tiny_student, data_dir):
+    cfg = config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2, teacher_heads="guard",
+                 teacher_head_weight=0.5, alpha=0.5)
+    for row in metrics(train(cfg, progress=False)):
+        assert float(row["teacher_heads"]) > 0
+        expected = sum(float(row[o]) * w for o, w in (("tlm", 1), ("xwcl", 1), ("senta", 1), ("struca", 0.5),
+                                                       ("teacher_heads", 0.5)))
+        assert float(row["loss"]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_collapse_warnings_once_per_indicator():
+    from mmkd.train import collapse_warnings
+
+    warned: set = set()
+    floor = 0.25 / 128 ** 0.5                     # 0.0221
+    assert collapse_warnings({"step": 1, "std_student_senta": 0.03, "std_teacher_senta": 0.08}, 128, warned) == []
+    first = collapse_warnings({"step": 7, "std_student_senta": 0.004, "std_teacher_senta": 0.08}, 128, warned)
+    assert len(first) == 1 and "std_student_senta = 0.0040" in first[0] and "step 7" in first[0]
+    assert f"{floor:.4f}" in first[0]
+    assert collapse_warnings({"step": 8, "std_student_senta": 0.001}, 128, warned) == []
+    assert len(collapse_warnings({"step": 9, "std_teacher_struca": 0.0}, 128, warned)) == 1
 
 
 # ------------------------------------------------------------------ resume and distribution
@@ -221,6 +282,37 @@ def test_two_processes_match_one_process(tmp_path, cache_root, student_nodrop, d
         assert worst < 1e-4, (other.name, worst)
 
 
+def test_two_processes_match_one_process_with_teacher_heads_trained(tmp_path, cache_root, student_nodrop, data_dir):
+    """The teacher heads' own loss spans the gathered micro-batch: 2 processes × 8 pairs give the
+    1 × 16 losses and weights (mode structure, whose loss is a function of the whole batch)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ("--max-steps", "4", "--num-workers", "0", "--batch-size", "16", "--max-grad-norm", "0",
+            "--teacher-heads", "structure")
+    one = tmp_path / "one"
+    subprocess.run(_cli_train(one, cache_root, student_nodrop, data_dir, *args), check=True, env=env)
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmkd",
+           *_cli_train(two, cache_root, student_nodrop, data_dir, *args)[3:]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows_two, rows_one = metrics(two), metrics(one)
+    for key in ("loss", "tlm", "xwcl", "senta", "teacher_heads"):      # step 1: the same weights, the same batch
+        assert float(rows_two[0][key]) == pytest.approx(float(rows_one[0][key]), rel=1e-5), key
+    assert float(rows_two[0]["struca"]) == pytest.approx(float(rows_one[0]["struca"]), abs=1e-6)
+    for a, b in zip(rows_two, rows_one):
+        assert float(a["teacher_heads"]) == pytest.approx(float(b["teacher_heads"]), rel=1e-5), a["step"]
+        # Later steps: the random tiny model's [CLS] states are nearly parallel (StrucA ≈ 0), so the
+        # normalisation in SentA amplifies rounding differences of the updates (~5e-5 here).
+        for key in ("loss", "senta"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-3), (a["step"], key)
+    from safetensors.torch import load_file
+    h_one, h_two = load_file(str(one / "heads.safetensors")), load_file(str(two / "heads.safetensors"))
+    # Under half of one Adam step (lr 1e-3): Adam scales a gradient at rounding level to a full step,
+    # so a weight whose gradient is ~0 may move by ±lr·(rounding) differently; any real difference is lr.
+    assert max((h_two[k] - h_one[k]).abs().max().item() for k in h_one if k.startswith("teacher_")) < 5e-4
+
+
 # ------------------------------------------------------------------ refusals and guards
 def test_caches_of_different_teachers_are_refused(tmp_path, cache_root, other_teacher, tiny_student, data_dir):
     build_cache(CacheConfig(corpora=["en-de"], teacher=other_teacher, out=str(tmp_path / "c2"), data_dir=str(data_dir),
@@ -241,7 +333,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, cache_root, tiny_studen
 
 @pytest.mark.parametrize("width", [48, 24])
 def test_a_teacher_of_another_width_goes_through_a_learned_map(tmp_path, english_texts, tiny_student, data_dir, width,
-                                                               cache_root):
+                                                               cache_root, shared):
     """A wider (48) or narrower (24) teacher than the 32-d student: XWCL compares W·h̃ with h through a
     learned linear map W, trained with the student and saved with the heads; cached and online
     teachers give the same losses; `--xwcl-map none` refuses, as the paper's direct comparison must."""
@@ -261,6 +353,20 @@ def test_a_teacher_of_another_width_goes_through_a_learned_map(tmp_path, english
     torch.manual_seed(cfg.seed)
     start = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), width, 32, 16, word_map=True).word_map.weight
     assert not torch.equal(heads["word_map.weight"], start)            # trained with the student
+    # The saved student reloads (trained, not the start) and evaluates like any other.
+    saved = AutoModelForMaskedLM.from_pretrained(run / "student")
+    assert saved.config.hidden_size == 32
+    assert not torch.equal(saved.get_input_embeddings().weight,
+                           AutoModelForMaskedLM.from_pretrained(tiny_student).get_input_embeddings().weight)
+    from click.testing import CliRunner
+
+    from mmkd.cli import main
+    r = CliRunner().invoke(main, ["eval", "xnli", "--model", str(run / "student"), "--eval-data-dir", str(shared),
+                                  "--train-file", str(shared / "xnli" / "dev-en.tsv"), "--languages", "fr",
+                                  "--max-train-examples", "32", "--max-eval-examples", "16", "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((run / "student" / "eval" / "xnli" / "results.json").read_text())
+    assert result["languages"] == ["fr"] and 0 <= result["summary"]["fr"]["mean"] <= 100
     torch.manual_seed(0)
     model = MMKDModel(AutoModelForMaskedLM.from_pretrained(tiny_student), width, 32, 16, word_map=True).eval()
     online = dataclasses.replace(cfg, cache=[], online_teacher=str(teacher), corpora=["en-fr"])

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmkd.eval.data import PAWSX, XNLI, PairExample, PairTask, check_languages, load_pair_split, load_pair_train
+from mmkd.eval.data import (PAWSX, XNLI, EvalDataError, PairExample, PairTask, check_languages, load_pair_split,
+                            load_pair_train)
 from mmkd.eval.finetune import EvalConfig, autocast, check_max_length, device, fine_tune
 from mmkd.eval.metrics import accuracy
 
@@ -64,7 +65,11 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
         train, dev_en = train[:-cut], train[-cut:]
     else:
         dev_en = load_pair_split(task, "en", "dev", cfg.data_dir, cfg.max_eval_examples)
-    tests = {lang: load_pair_split(task, lang, "test", cfg.data_dir, cfg.max_eval_examples) for lang in languages}
+    upto = cfg.test_offset + cfg.max_eval_examples if cfg.max_eval_examples else None
+    tests = {lang: load_pair_split(task, lang, "test", cfg.data_dir, upto)[cfg.test_offset:] for lang in languages}
+    empty = [lang for lang, ex in tests.items() if not ex]
+    if empty:
+        raise EvalDataError(f"--test-offset {cfg.test_offset}: no {task.name} test examples left for {', '.join(empty)}")
     oracle_devs = ({lang: load_pair_split(task, lang, "dev", cfg.data_dir, cfg.max_eval_examples)
                     for lang in languages if lang != "en"} if cfg.oracle else {})
 
@@ -88,7 +93,8 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
                                                            rng.permutation(len(train))),
                              steps, hp["epochs"], hp["lr"], hp["weight_decay"], hp["warmup_ratio"], evaluate,
                              keep, desc=f"{task.name} seed {seed}")
-    result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en), **info, "test": {}}
+    result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en),
+              "test_examples": {lang: len(ex) for lang, ex in tests.items()}, **info, "test": {}}
     model.load_state_dict(states["dev-en"])
     for lang, ex in tests.items():
         result["test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"]), [e.label for e in ex])

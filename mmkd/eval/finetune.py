@@ -29,6 +29,7 @@ class EvalConfig:
     warmup_ratio: float | None = None
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    test_offset: int = 0                 # XNLI/PAWS-X: test rows start here (rows kept apart from a choice)
     oracle: bool = False
     doc_stride: int = 128
     max_answer_length: int = 30

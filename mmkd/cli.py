@@ -429,6 +429,9 @@ def _train_config(out, data_dir, caches, corpora=(), without=(), **options):
 @click.option("--eval-languages", default=None, metavar="LIST", help="Target languages of the zero-shot task.")
 @click.option("--eval-seeds", default="1", show_default=True, help="Fine-tuning seeds of the zero-shot task.")
 @click.option("--eval-epochs", default=None, type=float, help="Fine-tuning epochs (task default otherwise).")
+@click.option("--eval-lr", default=None, type=float, help="Fine-tuning learning rate (task default otherwise).")
+@click.option("--eval-test-offset", default=0, show_default=True, type=int,
+              help="XNLI/PAWS-X: test rows start here (as `mmkd eval --test-offset`).")
 @click.option("--max-train-examples", default=None, type=int, help="Cap the zero-shot training set.")
 @click.option("--max-eval-examples", default=None, type=int, help="Cap the zero-shot dev/test sets.")
 @click.option("--no-baseline", is_flag=True, help="Do not evaluate the initial student.")
@@ -436,7 +439,7 @@ def _train_config(out, data_dir, caches, corpora=(), without=(), **options):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly
 def ablate_cmd(out, evals, retrieval_pairs, eval_data_dir, eval_train_file, eval_languages, eval_seeds, eval_epochs,
-               max_train_examples, max_eval_examples, no_baseline, data_dir, quiet, **options):
+               eval_lr, eval_test_offset, max_train_examples, max_eval_examples, no_baseline, data_dir, quiet, **options):
     """MMKD and its four ablations (Table 5) from ONE teacher cache, then one comparison table.
 
     Runs mmkd, -xwcl, -tlm, -senta, -struca with identical settings (the train options below) into
@@ -451,8 +454,9 @@ def ablate_cmd(out, evals, retrieval_pairs, eval_data_dir, eval_train_file, eval
     base = _train_config(out, data_dir, **options)
     eval_cfg = EvalConfig(task="", model="", data_dir=eval_data_dir, train_file=eval_train_file,
                           languages=eval_languages.split(",") if eval_languages else [],
-                          seeds=[int(x) for x in eval_seeds.split(",")], epochs=eval_epochs,
-                          max_train_examples=max_train_examples, max_eval_examples=max_eval_examples)
+                          seeds=[int(x) for x in eval_seeds.split(",")], epochs=eval_epochs, lr=eval_lr,
+                          test_offset=eval_test_offset, max_train_examples=max_train_examples,
+                          max_eval_examples=max_eval_examples)
     cfg = AblationConfig(base=base, out=out, evals=list(evals) or ["retrieval"], retrieval_pairs=list(retrieval_pairs),
                          eval=eval_cfg, include_baseline=not no_baseline)
     try:

@@ -58,6 +58,25 @@ def test_ablation_sweep_five_runs_from_one_cache(tmp_path, sweep_cache, tiny_stu
     assert sum("skipping training" in m for m in messages) == 4
 
 
+def test_ablate_cli_on_transfer_passes_the_zero_shot_settings(tmp_path, sweep_cache, tiny_student, data_dir, shared):
+    """`mmkd ablate --eval xnli`: every model fine-tuned and tested with the settings given."""
+    out = tmp_path / "s"
+    r = CliRunner().invoke(main, ["ablate", "--cache", str(sweep_cache), "--student", tiny_student,
+                                  "--data-dir", str(data_dir), "--out", str(out), "--max-steps", "1", "--batch-size", "8",
+                                  "--head-hidden", "32", "--head-out", "16", "--num-workers", "0", "--log-with", "none",
+                                  "--quiet", "--eval", "xnli", "--eval-data-dir", str(shared),
+                                  "--eval-train-file", str(shared / "xnli" / "dev-en.tsv"), "--eval-languages", "fr",
+                                  "--eval-epochs", "1", "--eval-lr", "5e-5", "--eval-test-offset", "4990",
+                                  "--max-train-examples", "16", "--max-eval-examples", "8", "--eval-seeds", "1,2"])
+    assert r.exit_code == 0, r.output
+    table = json.loads((out / "ablation.json").read_text())
+    assert list(table["runs"]) == ["baseline", "mmkd", "-xwcl", "-tlm", "-senta", "-struca"]
+    result = json.loads((out / "-senta" / "student" / "eval" / "xnli" / "results.json").read_text())
+    assert result["config"]["lr"] == 5e-5 and result["config"]["test_offset"] == 4990 and result["seeds"] == [1, 2]
+    assert result["runs"][0]["test_examples"] == {"fr": 8}
+    assert table["runs"]["-senta"]["xnli"] == result["summary"]["avg"]["mean"]
+
+
 def test_ablate_cli_refuses_without_and_missing_pairs(tmp_path, sweep_cache, tiny_student, data_dir):
     r = CliRunner().invoke(main, ["ablate", "--cache", str(sweep_cache), "--student", tiny_student,
                                   "--data-dir", str(data_dir), "--out", str(tmp_path / "s")])

@@ -127,16 +127,18 @@ TEACHER_HEADS: dict[str, TeacherHeadMode] = {m.name: m for m in (
 
 def _heads_loss(out, batch, cfg, gather):
     """The teacher heads' own loss, summed over the teacher projections of the objectives trained,
-    over the micro-batch gathered from every process (a spread is a property of the whole batch)."""
+    over the micro-batch gathered from every process (a spread is a property of the whole batch).
+    The guard of a head is weighted like the objective whose gradient it must hold off (α for
+    StrucA's head): with α = 50 an unweighted guard is 50 times weaker than what pulls the head."""
     from mmkd import losses
     total = 0.0
-    for key in ("senta_teacher", "struca_teacher"):
+    for name, key in (("senta", "senta_teacher"), ("struca", "struca_teacher")):
         if key not in out:
             continue
         if TEACHER_HEADS[cfg.teacher_heads].loss == "structure_loss":
             total = total + losses.structure_loss(gather(out[key]), gather(out["teacher_cls"]), cfg.struca_temperature)
         else:
-            total = total + losses.variance_covariance(gather(out[key]))
+            total = total + by_name(name).weight(cfg) * losses.variance_covariance(gather(out[key]))
     return total
 
 

@@ -184,6 +184,24 @@ def test_teacher_head_modes_route_gradients_as_documented(tiny_student):
     assert objs.chosen(["senta", "struca"], TrainConfig(teacher_heads="structure")) == objs.chosen(["senta", "struca"])
 
 
+def test_guard_of_each_head_is_weighted_like_its_objective():
+    """guard: SentA's head's guard has weight 1, StrucA's α (what it must hold off); structure: eq. 7
+    per head, unweighted."""
+    from mmkd.losses import structure_loss, variance_covariance
+
+    g = torch.Generator().manual_seed(0)
+    out = {"senta_teacher": torch.randn(6, 8, generator=g), "struca_teacher": torch.randn(6, 8, generator=g),
+           "teacher_cls": torch.randn(6, 12, generator=g)}
+    same = lambda t: t   # noqa: E731
+    for alpha in (1.0, 50.0):
+        got = objs.HEADS.loss(out, None, TrainConfig(teacher_heads="guard", alpha=alpha), same)
+        expected = variance_covariance(out["senta_teacher"]) + alpha * variance_covariance(out["struca_teacher"])
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    got = objs.HEADS.loss(out, None, TrainConfig(teacher_heads="structure", alpha=50.0), same)
+    expected = sum(structure_loss(out[k], out["teacher_cls"], 0.1) for k in ("senta_teacher", "struca_teacher"))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_teacher_heads_term_is_logged_and_weighted(tmp_path, cache_root, tiny_student, data_dir):
     cfg = config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2, teacher_heads="guard",
                  teacher_head_weight=0.5, alpha=0.5)

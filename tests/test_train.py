@@ -110,6 +110,7 @@ def test_without_drops_exactly_its_term(tmp_path, cache_root, tiny_student, data
         kept = [o for o in objs.names() if o != removed]
         assert all(row[o] != "" for o in kept)
         expected = sum(float(row[o]) * (0.5 if o == "struca" else 1.0) for o in kept)
+        expected += float(row["teacher_heads"] or 0.0)     # the teacher heads' own loss, if the mode has one
         assert float(row["loss"]) == pytest.approx(expected, rel=1e-9)
 
 
@@ -574,6 +575,7 @@ def test_a_fifth_objective_needs_only_the_objectives_module(tmp_path, cache_root
         assert float(row["clsnorm"]) > 0
         expected = sum(float(row[o]) * w for o, w in (("tlm", 1), ("xwcl", 1), ("senta", 1), ("struca", 0.5),
                                                        ("clsnorm", 0.25)))
+        expected += float(row["teacher_heads"] or 0.0)
         assert float(row["loss"]) == pytest.approx(expected, rel=1e-9)
     only = metrics(train(config(tmp_path / "only", cache_root, tiny_student, data_dir, max_steps=1,
                                 without=["tlm", "xwcl", "senta", "struca"]), progress=False))

@@ -213,6 +213,18 @@ def test_teacher_heads_term_is_logged_and_weighted(tmp_path, cache_root, tiny_st
         assert float(row["loss"]) == pytest.approx(expected, rel=1e-9)
 
 
+def test_a_collapsed_head_warns_on_the_console(tmp_path, cache_root, tiny_student, data_dir, capfd):
+    """The random tiny teacher gives nearly the same [CLS] for every sentence, so the frozen teacher
+    projections are nearly one vector (std ≈ 5e-4 against 1/√16 = 0.25): a real case of what the
+    warning is for. Once per indicator, naming it and the step."""
+    run = train(config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2), progress=False)
+    err = capfd.readouterr().err
+    low = float(metrics(run)[0]["std_teacher_senta"])
+    assert low < 0.25 / 16 ** 0.5
+    assert err.count("warning: step 1: std_teacher_senta") == 1 and "step 2: std_teacher_senta" not in err
+    assert "the head is collapsing" in err
+
+
 def test_collapse_warnings_once_per_indicator():
     from mmkd.train import collapse_warnings
 

@@ -302,12 +302,13 @@ def _train_options(fn):
                    "longer lower the loss. See docs/results.md."),
         click.option("--without", multiple=True, type=click.Choice(objective_names()),
               help="Remove an objective (repeatable); its forward pass is skipped."),
-        click.option("--teacher-heads", type=click.Choice(teacher_head_modes()), default="frozen", show_default=True,
+        click.option("--teacher-heads", type=click.Choice(teacher_head_modes()), default="structure", show_default=True,
               help="Teacher projectors ḡ_t: frozen (random, never trained); train (by SentA/StrucA alone: both "
                    "sides can agree on a constant and collapse); structure (trained online from the cached [CLS] "
                    "only to keep the teacher's batch similarity structure, SentA/StrucA gradients stopped: eq. 7); "
                    "guard (SentA/StrucA plus a variance/covariance guard: eq. 8). A collapse indicator falling "
-                   "towards 0 warns on the console. See 'Teacher heads' in docs/method.md."),
+                   "towards 0 warns on the console. See 'Teacher heads' in docs/method.md and, for the measurements behind "
+                   "the default, docs/results.md."),
         click.option("--teacher-head-weight", default=1.0, show_default=True, type=float,
               help="Weight of the teacher heads' own loss (modes structure and guard)."),
         click.option("--head-hidden", default=768, show_default=True, type=int, help="Hidden units of the head MLPs."),
@@ -482,7 +483,7 @@ def ablate_cmd(out, evals, retrieval_pairs, eval_data_dir, eval_train_file, eval
               help="SentA on batch-centred vectors (the paper: no); see docs/method.md.")
 @click.option("--head-warmup-steps", default=40, show_default=True, type=int,
               help="Steps (at most half of --steps) in which only the heads train (the paper: 0).")
-@click.option("--teacher-heads", type=click.Choice(teacher_head_modes()), default="frozen", show_default=True,
+@click.option("--teacher-heads", type=click.Choice(teacher_head_modes()), default="structure", show_default=True,
               help="Teacher projectors: frozen, train, structure or guard (see mmkd train --help).")
 @click.option("--train-pairs", default=2500, show_default=True, type=int, help="Training pairs per language.")
 @click.option("--heldout-pairs", default=500, show_default=True, type=int, help="Held-out pairs per language.")

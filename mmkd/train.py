@@ -61,7 +61,7 @@ class TrainConfig:
     struca_temperature: float = 0.1
     senta_center: bool = False                          # SentA on batch-centred vectors (not the paper)
     without: list[str] = field(default_factory=list)
-    teacher_heads: str = "frozen"                       # frozen | train | structure | guard (mmkd.objectives.TEACHER_HEADS)
+    teacher_heads: str = "structure"                    # frozen | train | structure | guard (mmkd.objectives.TEACHER_HEADS)
     teacher_head_weight: float = 1.0                    # weight of the teacher heads' own loss (structure, guard)
     head_hidden: int = 768
     head_out: int = 128

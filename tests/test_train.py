@@ -278,9 +278,11 @@ def test_resume_after_kill_9_gives_the_same_loss_curve(tmp_path, cache_root, tin
 
 
 def test_two_processes_match_one_process(tmp_path, cache_root, student_nodrop, data_dir):
-    """Same global batch (16): 1 process; 1 process with 2 accumulation steps; 2 gloo processes."""
+    """Same global batch (16): 1 process; 1 process with 2 accumulation steps; 2 gloo processes.
+    Frozen teacher heads: eq. (6) alone (the teacher heads' own loss over 2 processes is the next test)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ("--max-steps", "6", "--num-workers", "0", "--batch-size", "16", "--max-grad-norm", "0")
+    args = ("--max-steps", "6", "--num-workers", "0", "--batch-size", "16", "--max-grad-norm", "0",
+            "--teacher-heads", "frozen")
     one = tmp_path / "one"
     subprocess.run(_cli_train(one, cache_root, student_nodrop, data_dir, *args), check=True, env=env)
     accum = tmp_path / "accum"

@@ -499,7 +499,7 @@ def ablate_cmd(out, evals, retrieval_pairs, eval_data_dir, eval_train_file, eval
 @_friendly
 def demo_cmd(out, teacher, student, steps, batch_size, train_pairs, heldout_pairs, xnli, eval_data_dir, small, quiet,
              **training):
-    """The whole pipeline on the real sample bundled with mmkd, offline, on a CPU (~9 min, 2 cores).
+    """The whole pipeline on the real sample bundled with mmkd, offline, on a CPU (~11 min, 2 cores).
 
     corpora -> teacher cache -> retrieval before -> train (4 objectives) -> retrieval after ->
     zero-shot XNLI before and after (when XNLI is found) -> t-SNE.

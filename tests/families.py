@@ -4,19 +4,25 @@ one token type), DistilBERT (WordPiece, no token types), DeBERTa-v2/v3 (Unigram,
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, decoders, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 
 def _unigram(texts, vocab, specials, unk):
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=vocab, special_tokens=specials, unk_token=unk))
+    """A SentencePiece-style Unigram tokenizer whose pieces and scores are the same every run
+    (`tiny.piece_vocab`; the library's trainer breaks ties in hash-map order)."""
+    from tiny import piece_vocab, word_counts
+
+    normalizer, pre = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    pieces = piece_vocab(word_counts(texts, normalizer, pre), vocab - len(specials), "")
+    total = sum(c for _, c in pieces)
+    scored = [(s, 0.0) for s in specials] + [(p, math.log(c / total)) for p, c in pieces]
+    tok = Tokenizer(models.Unigram(scored, unk_id=specials.index(unk)))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.Metaspace()
     return tok
 
 
@@ -41,22 +47,11 @@ def xlmr(texts, out: Path, seed: int = 0) -> Path:
 
 
 def distilbert(texts, out: Path, seed: int = 0) -> Path:
-    from tiny import SPECIAL
-    from tokenizers import models as m
+    from tiny import wordpiece_tokenizer
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
-    tok = Tokenizer(m.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=4000, special_tokens=SPECIAL))
-    c, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-                                                       special_tokens=[("[CLS]", c), ("[SEP]", sep)])
-    tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
-                                   model_input_names=["input_ids", "attention_mask"])
-    fast.save_pretrained(out)
+    fast = wordpiece_tokenizer(texts, 4000, out, pair="[CLS] $A [SEP] $B [SEP]",
+                               model_input_names=["input_ids", "attention_mask"])
     torch.manual_seed(seed)
     cfg = DistilBertConfig(vocab_size=len(fast), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                            max_position_embeddings=200, pad_token_id=fast.pad_token_id)

@@ -341,9 +341,13 @@ def test_two_processes_match_one_process_with_teacher_heads_trained(tmp_path, ca
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-3), (a["step"], key)
     from safetensors.torch import load_file
     h_one, h_two = load_file(str(one / "heads.safetensors")), load_file(str(two / "heads.safetensors"))
-    # Under half of one Adam step (lr 1e-3): Adam scales a gradient at rounding level to a full step,
-    # so a weight whose gradient is ~0 may move by ±lr·(rounding) differently; any real difference is lr.
-    assert max((h_two[k] - h_one[k]).abs().max().item() for k in h_one if k.startswith("teacher_")) < 5e-4
+    # Adam moves every weight with a non-zero gradient by about lr (1e-3) a step, whatever the gradient's
+    # size. So a gradient summed wrongly over the processes moves most weights differently, while float
+    # rounding differs only where it flips a ReLU unit on its kink for some pair (that unit's row then
+    # gets a gradient in one run and none in the other): a few rows, by up to lr a step.
+    diff = torch.cat([(h_two[k] - h_one[k]).abs().flatten() for k in h_one if k.startswith("teacher_")])
+    assert (diff > 1e-4).double().mean().item() < 0.02, f"{(diff > 1e-4).double().mean().item():.3f} of the weights differ"
+    assert diff.median().item() < 1e-5
 
 
 # ------------------------------------------------------------------ refusals and guards

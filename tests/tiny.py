@@ -2,30 +2,69 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForPreTraining, BertModel, PreTrainedTokenizerFast
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def word_counts(texts: list[str], normalizer, pre_tokenizer) -> Counter:
+    """How often each pre-tokenized word occurs, with the tokenizer's own normalizer and pre-tokenizer."""
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    return counts
+
+
+def piece_vocab(words: Counter, size: int, cont: str) -> list[tuple[str, int]]:
+    """A deterministic sub-word vocabulary of about `size` pieces with their counts: every character
+    (word-initial, and `cont` + character inside a word), then the most frequent word prefixes and
+    `cont` + word suffixes (ties broken by the string). The tokenizers library's trainers break ties
+    in hash-map order, which differs from run to run; tests that compare numbers across runs need
+    the same tokenizer every time."""
+    chars: Counter = Counter()
+    pieces: Counter = Counter()
+    for w, c in words.items():
+        chars[w[0]] += c
+        for ch in w[1:]:
+            chars[cont + ch] += c
+        for i in range(2, len(w) + 1):
+            pieces[w[:i]] += c
+        for i in range(1, len(w) - 1):
+            pieces[cont + w[i:]] += c
+    for ch in chars:
+        pieces.pop(ch, None)
+    ranked = sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0]))[:max(0, size - len(chars))]
+    return sorted(chars.items()) + ranked
+
+
 def train_tokenizer(texts: list[str], vocab_size: int, out: Path) -> PreTrainedTokenizerFast:
-    """A cased BERT WordPiece tokenizer (like bert-base-cased / mBERT) trained on `texts`."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=False, lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL))
+    """A cased BERT WordPiece tokenizer (like bert-base-cased / mBERT) built from `texts`, the same
+    every run (see `piece_vocab`)."""
+    return wordpiece_tokenizer(texts, vocab_size, out, pair="[CLS] $A [SEP] $B:1 [SEP]:1")
+
+
+def wordpiece_tokenizer(texts: list[str], vocab_size: int, out: Path, pair: str,
+                        model_input_names: list[str] | None = None) -> PreTrainedTokenizerFast:
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                            strip_accents=False, lowercase=False)
+    pre = pre_tokenizers.BertPreTokenizer()
+    pieces = piece_vocab(word_counts(texts, normalizer, pre), vocab_size - len(SPECIAL), "##")
+    vocab = {t: i for i, t in enumerate(SPECIAL + [p for p, _ in pieces])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        single="[CLS] $A [SEP]", pair=pair, special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     tok.decoder = decoders.WordPiece()
+    extra = {"model_input_names": model_input_names} if model_input_names else {}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=512)
+                                   model_max_length=512, **extra)
     fast.save_pretrained(out)
     return fast
 

@@ -119,11 +119,12 @@ def _explain(role: str, name: str, model, info: dict) -> list[tuple[bool, str]]:
         out.append((role not in ("student", "classifier", "qa"), f"{n} {what} ({len(m_head)} tensors)"))
     if u_pool or u_head:
         parts = (["its pooler"] if u_pool else []) + ([f"{len(u_head)} pre-training head tensors"] if u_head else [])
+        verb = "is" if parts == ["its pooler"] else "are"
         if role == "student":
-            out.append((False, f"{n}: {' and '.join(parts)} are not trained by MMKD and are saved unchanged "
+            out.append((False, f"{n}: {' and '.join(parts)} {verb} not trained by MMKD and {verb} saved unchanged "
                                "with the student"))
         else:
-            out.append((False, f"{n}: {' and '.join(parts)} are not used here"))
+            out.append((False, f"{n}: {' and '.join(parts)} {verb} not used here"))
     return out
 
 

@@ -68,11 +68,12 @@ def table(out: Path, seeds: list[int]) -> tuple[str, dict]:
             return "–"
         return f"{v[0]:.1f}" if len(v) == 1 else f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}"
 
-    lines = ["| model (demo settings) | seeds | XNLI avg (8 langs) | XNLI " + " / ".join(LANGS) + " |",
-             "|---|---|---|---|"]
+    lines = ["| model (demo settings) | seeds | XNLI avg (8 langs) | per seed | XNLI " + " / ".join(LANGS) + " |",
+             "|---|---|---|---|---|"]
     for name, per in results.items():
         langs = " / ".join(f"{statistics.fmean(v):.1f}" for v in per["xnli_lang"].values()) or "–"
-        lines.append(f"| {name} | {','.join(map(str, per['seeds'])) or '–'} | {ms(per['xnli'])} | {langs} |")
+        each = " / ".join(f"{v:.1f}" for v in per["xnli"]) or "–"
+        lines.append(f"| {name} | {','.join(map(str, per['seeds'])) or '–'} | {ms(per['xnli'])} | {each} | {langs} |")
     return "\n".join(lines), results
 
 

@@ -353,7 +353,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                 shown["lr_heads"] = f"{logs['lr_heads']:.2e}"
             bar.set_postfix(shown)
             bar.update(1)
-            for message in collapse_warnings(logs, cfg.head_out, warned):
+            for message in collapse_warnings(logs, cfg.head_out, warned, cfg.teacher_heads, cfg.senta_center):
                 bar.write(message, file=sys.stderr)
         if log_with != "none":
             accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
@@ -426,10 +426,22 @@ def _train_step(step, parts: list[StudentBatch], model, optimizer, scheduler, ac
     return logs
 
 
-def collapse_warnings(logs: dict, head_out: int, warned: set) -> list[str]:
+def collapse_hint(name: str, teacher_heads: str | None = None, senta_center: bool | None = None) -> str:
+    """What stops the collapse `name` reports, given the run's settings (None: not known)."""
+    if name == "std_student_senta" and not senta_center:
+        return ("plain SentA can be met by one output for every input; --senta-center removes that "
+                "(docs/method.md, \"Defaults the paper leaves open\")")
+    if name.startswith("std_teacher") and teacher_heads not in ("structure", "guard"):
+        return "--teacher-heads structure or guard keeps the teacher heads spread (docs/method.md, \"Teacher heads\")"
+    return "see docs/method.md, \"Teacher heads\", and docs/results.md for runs where this happened"
+
+
+def collapse_warnings(logs: dict, head_out: int, warned: set, teacher_heads: str | None = None,
+                      senta_center: bool | None = None) -> list[str]:
     """One warning per collapse indicator (mmkd.objectives: the batch spread of the L2-normalised head
     outputs) the first time it falls below a quarter of the spread of well-spread vectors, 1/√D:
-    then that head gives nearly one vector for every sentence and its objective compares constants."""
+    then that head gives nearly one vector for every sentence and its objective compares constants.
+    The message ends with the remedy for that side under the run's settings (collapse_hint)."""
     floor = 0.25 / math.sqrt(head_out)
     out = []
     for name in (n for o in objs.OBJECTIVES for n in o.indicator_names):
@@ -438,7 +450,7 @@ def collapse_warnings(logs: dict, head_out: int, warned: set) -> list[str]:
             warned.add(name)
             out.append(f"warning: step {logs.get('step')}: {name} = {value:.4f} < {floor:.4f} (well-spread "
                        f"vectors give about {1 / math.sqrt(head_out):.3f}, one vector for every input 0): the "
-                       "head is collapsing. See docs/method.md, \"Teacher heads\" (--teacher-heads structure or guard).")
+                       f"head is collapsing; {collapse_hint(name, teacher_heads, senta_center)}.")
     return out
 
 

@@ -238,6 +238,25 @@ def test_collapse_warnings_once_per_indicator():
     assert len(collapse_warnings({"step": 9, "std_teacher_struca": 0.0}, 128, warned)) == 1
 
 
+
+def test_a_collapse_warning_names_the_remedy_for_its_side_under_the_run_settings():
+    """Student SentA collapsing under plain SentA: --senta-center; teacher heads collapsing while frozen
+    or trained by the objectives: structure/guard; neither remedy offered when the run already has it."""
+    from mmkd.train import collapse_warnings
+
+    def warn(name, **settings):
+        (message,) = collapse_warnings({"step": 3, name: 0.001}, 128, set(), **settings)
+        return message
+
+    assert "--senta-center" in warn("std_student_senta", teacher_heads="structure", senta_center=False)
+    assert "--senta-center" not in warn("std_student_senta", teacher_heads="structure", senta_center=True)
+    for heads in ("frozen", "train"):
+        assert "--teacher-heads structure or guard" in warn("std_teacher_struca", teacher_heads=heads)
+    for heads in ("structure", "guard"):
+        message = warn("std_teacher_senta", teacher_heads=heads, senta_center=True)
+        assert "--teacher-heads" not in message and "--senta-center" not in message
+        assert "docs/results.md" in message
+
 # ------------------------------------------------------------------ resume and distribution
 def _cli_train(out: Path, cache_root: Path, student: str, data_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mmkd", "train", "--cache", str(cache_root), "--student", student,

@@ -431,7 +431,8 @@ def collapse_hint(name: str, teacher_heads: str | None = None, senta_center: boo
     if name == "std_student_senta" and not senta_center:
         return ("plain SentA can be met by one output for every input; --senta-center removes that "
                 "(docs/method.md, \"Defaults the paper leaves open\")")
-    if name.startswith("std_teacher") and teacher_heads not in ("structure", "guard"):
+    if teacher_heads == "train" or (name.startswith("std_teacher") and teacher_heads not in ("structure", "guard")):
+        # `train` lets SentA/StrucA pull both sides onto one answer; frozen random heads can start narrow
         return "--teacher-heads structure or guard keeps the teacher heads spread (docs/method.md, \"Teacher heads\")"
     return "see docs/method.md, \"Teacher heads\", and docs/results.md for runs where this happened"
 

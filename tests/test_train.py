@@ -252,6 +252,8 @@ def test_a_collapse_warning_names_the_remedy_for_its_side_under_the_run_settings
     assert "--senta-center" not in warn("std_student_senta", teacher_heads="structure", senta_center=True)
     for heads in ("frozen", "train"):
         assert "--teacher-heads structure or guard" in warn("std_teacher_struca", teacher_heads=heads)
+    assert "--teacher-heads structure or guard" in warn("std_student_struca", teacher_heads="train")
+    assert "--teacher-heads" not in warn("std_student_struca", teacher_heads="frozen")
     for heads in ("structure", "guard"):
         message = warn("std_teacher_senta", teacher_heads=heads, senta_center=True)
         assert "--teacher-heads" not in message and "--senta-center" not in message

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from teacher_heads import LANGS, XNLI, minilm, stage  # noqa: E402
+from teacher_heads import LANGS, XNLI, minilm, run_queue, stage  # noqa: E402
 
 
 def command(out: Path, shared: Path, seed: int) -> list[str]:
@@ -89,21 +86,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.table_only:
         stage(out)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        todo, running = list(seeds), []
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        while todo or running:
-            while todo and len(running) < args.jobs:
-                seed = todo.pop(0)
-                cmd = command(out, shared, seed)
-                print(" ".join(cmd[1:]), file=sys.stderr, flush=True)
-                log = open(out / "logs" / f"ablate-s{seed}.log", "w")
-                running.append((seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-            time.sleep(5)
-            for seed, proc in [r for r in running if r[1].poll() is not None]:
-                running.remove((seed, proc))
-                print(f"seed {seed}: {'done' if proc.returncode == 0 else f'FAILED ({proc.returncode})'}",
-                      file=sys.stderr, flush=True)
+        run_queue([(f"seed {seed}", command(out, shared, seed), out / "logs" / f"ablate-s{seed}.log")
+                   for seed in seeds], args.jobs, show=True)
     text, results = table(out, seeds)
     (out / "ablation-xnli.md").write_text(text + "\n")
     (out / "ablation-xnli.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from teacher_heads import mean_std, minilm  # noqa: E402
+from teacher_heads import mean_std, minilm, run_queue  # noqa: E402
 
 LANGS = ["de", "zh"]
 PAWSX = dict(epochs=2.0, lr=5e-5, max_eval_examples=1000, test_offset=0)
@@ -93,20 +90,8 @@ def main() -> None:
                     print(f"{row}:{seed}: no saved student under {out}, skipped", file=sys.stderr, flush=True)
                 elif not (result / "results.json").is_file():
                     todo.append((f"{row}:{seed}", command(model, shared, seed, result)))
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        running: list[tuple[str, subprocess.Popen]] = []
-        while todo or running:
-            while todo and len(running) < args.jobs:
-                name, cmd = todo.pop(0)
-                print(" ".join(["mmkd"] + cmd[3:]), file=sys.stderr, flush=True)
-                log = open(out / "logs" / f"pawsx-{name.replace(':', '-s')}.log", "w")
-                running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-            time.sleep(5)
-            for name, proc in [r for r in running if r[1].poll() is not None]:
-                running.remove((name, proc))
-                print(f"{name}: {'done' if proc.returncode == 0 else f'FAILED ({proc.returncode})'}", file=sys.stderr,
-                      flush=True)
+        run_queue([(name, cmd, out / "logs" / f"pawsx-{name.replace(':', '-s')}.log") for name, cmd in todo],
+                  args.jobs, show=True)
     text, results = table(out, rows, seeds)
     (out / "pawsx.md").write_text(text + "\n")
     (out / "pawsx.json").write_text(json.dumps(results, indent=2) + "\n")

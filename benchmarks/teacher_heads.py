@@ -169,6 +169,24 @@ def job(args) -> None:
         write_result(run_task(cfg), folder / "xnli")
 
 
+def run_queue(jobs: list[tuple[str, list[str], Path]], at_once: int, show: bool = False) -> None:
+    """Run (name, command, log file) jobs, `at_once` at a time with one thread each; report each end."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    todo, running = list(jobs), []
+    while todo or running:
+        while todo and len(running) < at_once:
+            name, cmd, log = todo.pop(0)
+            if show:
+                print(" ".join(cmd[1:]), file=sys.stderr, flush=True)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            running.append((name, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)))
+        time.sleep(5)
+        for name, proc in [r for r in running if r[1].poll() is not None]:
+            running.remove((name, proc))
+            print(f"{name}: {'done' if proc.returncode == 0 else f'FAILED ({proc.returncode})'}", file=sys.stderr,
+                  flush=True)
+
+
 def collapse(folder: Path) -> dict[str, float]:
     path = folder / "metrics.csv"
     if not path.is_file():
@@ -236,22 +254,9 @@ def main() -> None:
     if not args.table_only:
         stage(out)
         todo = args.todo.split(",") if args.todo else [f"{row}:{seed}" for seed in seeds for row in rows]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        running: list[tuple[str, subprocess.Popen]] = []
-        logs = out / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        while todo or running:
-            while todo and len(running) < args.jobs:
-                name = todo.pop(0)
-                log = open(logs / f"{args.settings}-{name.replace(':', '-s')}.log", "w")
-                cmd = [sys.executable, __file__, "--job", name, "--out", str(out), "--settings", args.settings,
-                       "--shared-data", args.shared_data]
-                running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-            time.sleep(5)
-            for name, proc in [r for r in running if r[1].poll() is not None]:
-                running.remove((name, proc))
-                print(f"{name}: {'done' if proc.returncode == 0 else f'FAILED ({proc.returncode})'}", file=sys.stderr,
-                      flush=True)
+        run_queue([(name, [sys.executable, __file__, "--job", name, "--out", str(out), "--settings", args.settings,
+                           "--shared-data", args.shared_data],
+                    out / "logs" / f"{args.settings}-{name.replace(':', '-s')}.log") for name in todo], args.jobs)
     text, results = table(out, args.settings, rows, seeds)
     (out / f"table-{args.settings}.md").write_text(text + "\n")
     (out / f"table-{args.settings}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -564,6 +564,10 @@ def _zero_shot_options(fn):
         click.option("--oracle", is_flag=True, help="Also report target-dev (oracle) checkpoint selection."),
         click.option("--doc-stride", default=128, show_default=True, type=int,
                      help="XQuAD: overlap of the strided context windows, in tokens."),
+        click.option("--max-question-length", default=64, show_default=True, type=int,
+                     help="XQuAD: questions longer than this many tokens keep their first ones (BERT's SQuAD "
+                          "recipe); always fewer than --max-length minus --doc-stride, so every window holds new "
+                          "context."),
         click.option("--out", default=None, metavar="DIR",
                      help="Where results.json/results.md go (default: MODEL/eval/TASK or runs/eval/MODEL/TASK)."),
         click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default)."),
@@ -589,7 +593,7 @@ def _default_model(model: str | None) -> str:
 
 def _run_zero_shot(task, model, data_dir, train_file, dev_file, languages, seeds, epochs, lr, batch_size,
                    max_length, weight_decay, warmup_ratio, max_train_examples, max_eval_examples, oracle, doc_stride,
-                   out, trust_remote_code, test_offset=0):
+                   out, trust_remote_code, test_offset=0, max_question_length=64):
     from pathlib import Path
 
     from mmkd.eval.finetune import EvalConfig
@@ -605,7 +609,8 @@ def _run_zero_shot(task, model, data_dir, train_file, dev_file, languages, seeds
                      epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, weight_decay=weight_decay,
                      warmup_ratio=warmup_ratio, max_train_examples=max_train_examples,
                      max_eval_examples=max_eval_examples, oracle=oracle, doc_stride=doc_stride,
-                     trust_remote_code=trust_remote_code, test_offset=test_offset)
+                     max_question_length=max_question_length, trust_remote_code=trust_remote_code,
+                     test_offset=test_offset)
     result = run_task(cfg)
     where = write_result(result, Path(out) if out else default_out(model, task))
     click.echo(markdown_table(result))

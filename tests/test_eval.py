@@ -173,9 +173,50 @@ def test_qa_decoding_recovers_gold_spans_across_windows(tiny_student, shared):
             return type("Out", (), {"start_logits": start, "end_logits": end})()
 
     assert len(train_feats["input_ids"]) > len(examples)      # contexts really were split into windows
-    preds = predict(Oracle(), tok, examples, 96, 32, n_best=5, max_answer_length=60)
+    preds = predict(Oracle(), featurize(tok, examples, 96, 32, train=False), examples, n_best=5, max_answer_length=60)
     for ex in examples:
         assert preds[ex.id].strip() == ex.answers[0]["text"].strip(), ex.id
+
+
+def test_questions_longer_than_the_window_allows_are_cut_at_a_token_boundary(tiny_student, shared):
+    from transformers import AutoTokenizer
+
+    from mmkd.eval.data import read_squad
+    from mmkd.eval.qa import cut_questions, question_limit
+
+    tok = AutoTokenizer.from_pretrained(tiny_student)
+    assert question_limit(tok, 384, 128, 64) == 64                     # BERT's SQuAD recipe
+    assert question_limit(tok, 96, 32, 64) == 96 - 32 - 3 - 1          # [CLS] q [SEP] c [SEP], more context than overlap
+    short = read_squad(shared / "xquad" / "xquad.en.json", limit=3)
+    long = [type(e)(e.id, " ".join([e.question] * 12), e.context, e.answers) for e in short]
+    ids = lambda q: tok(q, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert all(len(ids(e.question)) > 20 for e in long)
+    cut, n = cut_questions(tok, short + long, 20)
+    assert n == 3 and cut[:3] == short                                  # short questions untouched
+    for before, after in zip(long, cut[3:]):
+        assert before.question.startswith(after.question) and after.context == before.context
+        assert 18 <= len(ids(after.question)) <= 20
+        assert ids(after.question)[:15] == ids(before.question)[:15]
+
+
+def test_xquad_with_a_test_question_longer_than_the_window(tmp_path, tiny_student, shared):
+    """A question of more tokens than the window minus its overlap made the tokenizer panic after the
+    whole fine-tuning (an English tokenizer splits an Arabic question into ~180 pieces)."""
+    data = json.loads((shared / "xquad" / "xquad.en.json").read_text())
+    data["data"] = data["data"][:1]
+    data["data"][0]["paragraphs"] = data["data"][0]["paragraphs"][:1]
+    qa = data["data"][0]["paragraphs"][0]["qas"][0]
+    qa["question"] = " ".join([qa["question"]] * 20)
+    (tmp_path / "xquad").mkdir()
+    (tmp_path / "xquad" / "xquad.en.json").write_text(json.dumps(data))
+    r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--eval-data-dir", str(tmp_path),
+                                  "--train-file", str(shared / "english_qa_train" / "tydiqa-goldp-v1.1-en-train.first1500.json"),
+                                  "--languages", "en", "--max-train-examples", "10", "--epochs", "1",
+                                  "--max-length", "96", "--doc-stride", "32", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "xquad en: 1 of " in r.output and "questions cut to 60 tokens" in r.output
+    run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
+    assert run["hyper_parameters"]["question_tokens"] == 60 and 0 <= run["test"]["en"] <= 100
 
 
 def test_retrieval_end_to_end(tmp_path, tiny_student, shared):

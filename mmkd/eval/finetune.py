@@ -32,6 +32,7 @@ class EvalConfig:
     test_offset: int = 0                 # XNLI/PAWS-X: test rows start here (rows kept apart from a choice)
     oracle: bool = False
     doc_stride: int = 128
+    max_question_length: int = 64         # XQuAD: question tokens kept (BERT's SQuAD recipe)
     max_answer_length: int = 30
     n_best: int = 20
     trust_remote_code: bool = False

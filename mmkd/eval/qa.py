@@ -4,11 +4,17 @@ SQuAD v1.1 dev is where XQuAD comes from, so it must not be used), test on XQuAD
 
 Contexts longer than the window are split into strided windows (max length 384, stride 128);
 every window proposes its n-best start/end pairs, and the highest-scoring valid span over all
-windows of a question is its answer. XTREME's recipe: lr 3e-5, 3 epochs, batch 32, warm-up 10%,
+windows of a question is its answer. Questions are cut to their first 64 tokens (BERT's SQuAD
+recipe), and always to fewer than the window minus the overlap, so that every window holds more
+context than it repeats: an English tokenizer can split one Arabic or Hindi question into 180
+pieces. Every dev and test set is featurized before fine-tuning starts, so bad data fails at once. XTREME's recipe: lr 3e-5, 3 epochs, batch 32, warm-up 10%,
 weight decay 1e-4.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import sys
 
 import numpy as np
 import torch
@@ -18,6 +24,29 @@ from mmkd.eval.finetune import EvalConfig, autocast, check_max_length, device, f
 from mmkd.eval.metrics import squad_scores
 
 DEFAULTS = {"epochs": 3.0, "lr": 3e-5, "max_length": 384, "weight_decay": 1e-4, "warmup_ratio": 0.1}
+
+
+def question_limit(tokenizer, max_length: int, stride: int, max_question_length: int) -> int:
+    """The most question tokens a window may hold: max_question_length, and fewer than the window
+    minus the overlap and the special tokens (the tokenizer cannot stride over a shorter context)."""
+    return max(1, min(max_question_length, max_length - stride - tokenizer.num_special_tokens_to_add(pair=True) - 1))
+
+
+def cut_questions(tokenizer, examples: list[QAExample], limit: int) -> tuple[list[QAExample], int]:
+    """Each question cut, at a token boundary of the original text, to at most `limit` tokens;
+    returns the examples and how many were cut."""
+    out, cut = [], 0
+    for ex in examples:
+        question = ex.question
+        enc = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+        keep = limit
+        while len(enc["input_ids"]) > limit:     # a prefix can re-tokenize longer: cut one more token
+            question = question[:enc["offset_mapping"][keep - 1][1]]
+            enc = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+            keep -= 1
+        cut += question != ex.question
+        out.append(ex if question == ex.question else dataclasses.replace(ex, question=question))
+    return out, cut
 
 
 def featurize(tokenizer, examples: list[QAExample], max_length: int, stride: int, train: bool) -> dict:
@@ -51,9 +80,9 @@ def featurize(tokenizer, examples: list[QAExample], max_length: int, stride: int
 
 
 @torch.no_grad()
-def predict(model, tokenizer, examples: list[QAExample], max_length: int, stride: int, n_best: int,
-            max_answer_length: int, batch_size: int = 32) -> dict[str, str]:
-    feats = featurize(tokenizer, examples, max_length, stride, train=False)
+def predict(model, feats: dict, examples: list[QAExample], n_best: int, max_answer_length: int,
+            batch_size: int = 32) -> dict[str, str]:
+    """The best span of each example, from its windows `feats` (featurize(..., train=False))."""
     dev = device()
     inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats]
     best: dict[int, tuple[float, str]] = {}
@@ -104,6 +133,16 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load(AutoModelForQuestionAnswering, cfg.model, "qa", cfg.trust_remote_code)
     check_max_length(model, hp["max_length"])
+    limit = question_limit(tokenizer, hp["max_length"], cfg.doc_stride, cfg.max_question_length)
+    sets = {"train": train, "dev-en": dev_en, **tests}
+    for name, examples in sets.items():
+        sets[name], cut = cut_questions(tokenizer, examples, limit)
+        if cut:
+            print(f"mmkd: xquad {name}: {cut} of {len(examples)} questions cut to {limit} tokens "
+                  "(--max-question-length, --max-length, --doc-stride)", file=sys.stderr)
+    train, dev_en, tests = sets.pop("train"), sets.pop("dev-en"), sets
+    windows = {name: featurize(tokenizer, examples, hp["max_length"], cfg.doc_stride, train=False)
+               for name, examples in [("dev-en", dev_en), *tests.items()]}
     feats = featurize(tokenizer, train, hp["max_length"], cfg.doc_stride, train=True)
     names = [k for k in ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions") if k in feats]
     n = len(feats["input_ids"])
@@ -115,19 +154,20 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
             idx = torch.from_numpy(order[i:i + cfg.batch_size])
             yield {k: feats[k][idx] for k in names}
 
-    def run(examples):
-        return predict(model, tokenizer, examples, hp["max_length"], cfg.doc_stride, cfg.n_best, cfg.max_answer_length)
+    def run(name, examples):
+        return predict(model, windows[name], examples, cfg.n_best, cfg.max_answer_length)
 
     def evaluate():
-        return {"dev-en": squad_scores(run(dev_en), _answers(dev_en), "en")["f1"]}
+        return {"dev-en": squad_scores(run("dev-en", dev_en), _answers(dev_en), "en")["f1"]}
 
     states, info = fine_tune(model, batches, -(-n // cfg.batch_size), hp["epochs"], hp["lr"], hp["weight_decay"],
                              hp["warmup_ratio"], evaluate, ["dev-en"], desc=f"xquad seed {seed}")
     model.load_state_dict(states["dev-en"])
     result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en), **info,
-              "test": {}, "test_exact_match": {}, "hyper_parameters": {**hp, "batch_size": cfg.batch_size}}
+              "test": {}, "test_exact_match": {}, "hyper_parameters": {**hp, "batch_size": cfg.batch_size,
+                                                                    "question_tokens": limit}}
     for lang, ex in tests.items():
-        scores = squad_scores(run(ex), _answers(ex), lang)
+        scores = squad_scores(run(lang, ex), _answers(ex), lang)
         result["test"][lang] = scores["f1"]
         result["test_exact_match"][lang] = scores["exact_match"]
     return result

@@ -1,22 +1,29 @@
-"""`mmkd ablate`: MMKD and its four ablations (paper Table 5) from one teacher cache.
+"""`mmkd ablate`: MMKD and its ablations (paper Table 5) from one teacher cache.
 
-Five runs (`mmkd`, then `-xwcl`, `-tlm`, `-senta`, `-struca`: one per objective of mmkd.objectives) share every setting but the removed
-objective and read the same cache: the teacher ran once, when the cache was written. Each run is
-`<out>/<name>/`; a finished run (its student/ exists) is skipped, an interrupted one resumes from
-its checkpoint, and evaluations whose results.json exists are skipped, so an interrupted sweep
-continues where it stopped. The table goes to `<out>/ablation.md` and `<out>/ablation.json`.
+One run with every objective, then one without each (in the order of mmkd.objectives), all with
+the same settings and reading the same cache: the teacher ran once, when the cache was written.
+Each run is `<out>/<name>/`. The sweep records its settings in `<out>/sweep.json`; rerunning with
+the same settings continues an interrupted sweep (a finished run is reused, an interrupted one
+resumes from its checkpoint, evaluations whose results.json exists are reused), and rerunning with
+other settings is refused, naming them, so one table never mixes runs made differently. The
+table goes to `<out>/ablation.md` and `<out>/ablation.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmkd import objectives as objs
-from mmkd.eval.finetune import EvalConfig
-from mmkd.train import TrainConfig, latest_checkpoint, train
+from mmkd.config import TrainConfig
+from mmkd.errors import MMKDError
+from mmkd.eval.settings import EvalConfig
+from mmkd.settings import setting
+
+SWEEP_FILE = "sweep.json"
+
 
 def runs() -> list[tuple[str, str | None]]:
     """MMKD, then one run without each objective, in the order of the paper's Table 5."""
@@ -25,12 +32,15 @@ def runs() -> list[tuple[str, str | None]]:
 
 @dataclass
 class AblationConfig:
-    base: TrainConfig                                    # the MMKD run; `without` must be empty
-    out: str = "runs/ablate"
-    evals: list[str] = field(default_factory=lambda: ["retrieval"])
-    retrieval_pairs: list[str] = field(default_factory=list)
-    eval: EvalConfig | None = None                       # settings for xnli/pawsx/xquad (task/model filled in)
-    include_baseline: bool = True                        # also evaluate the initial student
+    base: TrainConfig = setting(help="The MMKD run's settings; `without` must be empty.", factory=TrainConfig,
+                                cli=False)
+    out: str = setting("runs/ablate", "Sweep folder: one run folder per model.", cli=False)
+    evals: list[str] = setting(help="Evaluations of every model.", factory=lambda: ["retrieval"], cli=False,
+                               choices=("retrieval", "xnli", "pawsx", "xquad"))
+    retrieval_pairs: list[str] = setting(help="Held-out parallel sentences for retrieval.", factory=list, cli=False)
+    eval: EvalConfig = setting(help="Settings of xnli/pawsx/xquad (task and model filled in per run).",
+                               factory=EvalConfig, cli=False)
+    include_baseline: bool = setting(True, "Also evaluate the initial student.", cli=False)
 
 
 def _run_config(cfg: AblationConfig, name: str, removed: str | None) -> TrainConfig:
@@ -51,8 +61,7 @@ def _evaluate(model: str, out: Path, cfg: AblationConfig, log) -> dict[str, dict
             if task == "retrieval":
                 result = run_retrieval(model, cfg.retrieval_pairs)
             else:
-                result = run_task(dataclasses.replace(cfg.eval or EvalConfig(task=task, model=model), task=task,
-                                                      model=model))
+                result = run_task(dataclasses.replace(cfg.eval, task=task, model=model))
             write_result(result, dest)
         elif (dest / "results.json").is_file():
             log(f"  {task}: reusing {dest}/results.json")
@@ -72,6 +81,46 @@ def _row(results: dict[str, dict]) -> dict[str, float]:
     return {col: v for task, r in results.items() for col, v in _scores(task, r).items()}
 
 
+def recorded(cfg: AblationConfig) -> dict:
+    """What makes two sweeps comparable: every training setting but where runs are written, the
+    evaluations and their settings."""
+    base = {k: v for k, v in dataclasses.asdict(cfg.base).items() if k not in ("out", "num_workers", "log_with",
+                                                                                 "keep_checkpoints", "verify_cache")}
+    return {"train": base, "evals": cfg.evals, "retrieval_pairs": cfg.retrieval_pairs,
+            "eval": {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k not in ("task", "model", "out")},
+            "include_baseline": cfg.include_baseline}
+
+
+def _check_same_sweep(cfg: AblationConfig, out: Path) -> None:
+    path = out / SWEEP_FILE
+    want = recorded(cfg)
+    if path.is_file():
+        try:
+            have = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise MMKDError(f"{path}: unreadable; it records this sweep's settings: move the folder away") from None
+        diffs = [f"{k}: sweep has {have.get(k)!r}, now {v!r}" for k, v in _flatten(want).items()
+                 if _flatten(have).get(k) != v]
+        if diffs:
+            raise MMKDError(f"{out} holds a sweep made with other settings; one table does not mix them: give "
+                            "another --out, or repeat the sweep's settings:\n  " + "\n  ".join(diffs[:12]))
+        return
+    if out.exists() and any(p.name != SWEEP_FILE for p in out.iterdir()):
+        raise MMKDError(f"{out} exists and holds no {SWEEP_FILE} (not a sweep of this mmkd): give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
     from mmkd.teacher import count_forwards
 
@@ -85,34 +134,42 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
 
 
 def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
+    from mmkd.checkpoint import latest_checkpoint
+    from mmkd.config import validate
+    from mmkd.train import train
+
     if cfg.base.online_teacher or not cfg.base.cache:
-        raise ValueError("the ablation sweep reads one teacher cache: give --cache")
+        raise MMKDError("the ablation sweep reads one teacher cache: give --cache")
     if cfg.base.without:
-        raise ValueError("the sweep removes each objective itself; do not pass --without")
+        raise MMKDError("the sweep removes each objective itself; do not pass --without")
     if "retrieval" in cfg.evals and not cfg.retrieval_pairs:
-        raise ValueError("retrieval needs held-out pairs: --pairs NAME=EN_FILE,X_FILE (repeatable)")
+        raise MMKDError("retrieval needs held-out pairs: --pairs NAME=EN_FILE,X_FILE (repeatable)")
+    validate(cfg.base)
+    from mmkd.eval.retrieval import read_parallel
+    from mmkd.features import open_cached
+
+    open_cached(cfg.base.cache)                     # a missing or foreign cache stops the sweep before any work
+    for spec in cfg.retrieval_pairs:
+        read_parallel(spec, 1)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"ablation sweep: 5 runs from the cache {', '.join(cfg.base.cache)}; the teacher encoder is not loaded")
+    _check_same_sweep(cfg, out)
+    planned = runs()
+    log(f"ablation sweep: {len(planned)} runs ({', '.join(n for n, _ in planned)}) from the cache "
+        f"{', '.join(cfg.base.cache)}; the teacher encoder is not loaded")
     table = {"runs": {}, "evals": cfg.evals}
     if cfg.include_baseline:
         log(f"baseline (initial student {cfg.base.student})")
-        base = _evaluate(cfg.base.student, out / "baseline" / "eval", cfg, log)
-        table["runs"]["baseline"] = _row(base)
-    for name, removed in runs():
+        table["runs"]["baseline"] = _row(_evaluate(cfg.base.student, out / "baseline" / "eval", cfg, log))
+    for name, removed in planned:
         run_cfg = _run_config(cfg, name, removed)
         run_dir = Path(run_cfg.out)
         if (run_dir / "student" / "config.json").is_file():
             log(f"{name}: trained already ({run_dir}/student), skipping training")
         else:
             resume = latest_checkpoint(run_dir) is not None
-            what = f"without {removed}" if removed else "with all four objectives"
+            what = f"without {removed}" if removed else "with every objective"
             log(f"{name}: {'resuming' if resume else 'training'} {what} -> {run_dir}")
             train(run_cfg, resume=resume, progress=progress)
-        config = json.loads((run_dir / "config.json").read_text())["config"]
-        if config["without"] != ([removed] if removed else []):
-            raise ValueError(f"{run_dir}/config.json has without={config['without']}, not the {name} run's; "
-                             "another sweep wrote this folder: give another --out")
         results = _evaluate(str(run_dir / "student"), run_dir / "student" / "eval", cfg, log)
         table["runs"][name] = _row(results)
     table["cache"] = cfg.base.cache

@@ -61,11 +61,17 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, meta:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    save_file(_rng_state(), str(tmp / f"rng-rank{accelerator.process_index}.safetensors"))
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    try:
+        save_file(_rng_state(), str(tmp / f"rng-rank{accelerator.process_index}.safetensors"))
+        if accelerator.is_main_process:
+            save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    except (OSError, RuntimeError) as e:    # a full disk, a quota: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{tmp}: the checkpoint of step {step} could not be written ({_reason(e)}); it was "
+                              "removed and checkpoints/latest still names the last complete one: free some space, "
+                              "then --resume") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, sort_keys=True) + "\n")
@@ -112,5 +118,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> dic
     if not rng.is_file():
         raise CheckpointError(f"{path}: no RNG state for rank {accelerator.process_index}; "
                               "resume with the same number of processes")
-    _set_rng_state(load_file(str(rng)))
+    try:
+        _set_rng_state(load_file(str(rng)))
+    except Exception as e:   # safetensors' SafetensorError, a truncated or foreign file
+        raise CheckpointError(f"{rng}: unreadable ({_reason(e)}): {damaged}") from None
     return meta
+
+
+def _reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return text.splitlines()[0][:160] if text else type(e).__name__

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -37,6 +37,7 @@ from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, down
                                  parse_pair, read_hf, read_moses, read_opus_zip, read_tsv)
 from mmkd.errors import CorpusError
 from mmkd.paths import default_data_dir
+from mmkd.settings import setting
 from mmkd.words import WORD_RULE_VERSION, split_words
 
 CORPUS_FORMAT_VERSION = 2
@@ -44,22 +45,25 @@ CORPUS_FORMAT_VERSION = 2
 
 @dataclass
 class CorpusConfig:
-    pair: str                                   # "en-fr"
-    name: str | None = None                     # folder name; default = pair
-    moses: tuple[str, str] | None = None        # (english file, other-language file)
-    tsv: str | None = None
-    zip: str | None = None                      # an OPUS Moses zip, local path or URL
-    hf_dataset: str | None = None
-    hf_config: str | None = None
-    hf_split: str = "train"
-    opus_base_url: str = field(default_factory=lambda: os.environ.get("MMKD_OPUS_BASE_URL", OPUS_BASE_URL))
-    min_tokens: int = 10                        # paper 4.1
-    max_tokens: int = 128                       # paper 4.1
-    length_tokenizer: str | None = None         # None = split_words
-    max_pairs: int = 2_000_000                  # paper 4.1
-    seed: int = 0
-    max_line_chars: int = 20_000
-    data_dir: str = field(default_factory=default_data_dir)
+    pair: str = setting("en-xx", "The language pair, English first: en-fr.", cli=False)
+    name: str | None = setting(None, "Folder name of the prepared corpus; default: the pair.", cli=False)
+    moses: tuple[str, str] | None = setting(None, "English file and other-language file (Moses).", cli=False)
+    tsv: str | None = setting(None, "One pair per line: en<TAB>x.", cli=False)
+    zip: str | None = setting(None, "An OPUS Moses zip, local path or URL.", cli=False)
+    hf_dataset: str | None = setting(None, "A Hugging Face dataset with a 'translation' column.", cli=False)
+    hf_config: str | None = setting(None, "Dataset config, e.g. de-en.")
+    hf_split: str = setting("train", "Dataset split.")
+    opus_base_url: str = setting(help="Mirror of the OPUS object store, used when no source is given "
+                                      "(default: $MMKD_OPUS_BASE_URL, else the OPUS object store).",
+                                 factory=lambda: os.environ.get("MMKD_OPUS_BASE_URL", OPUS_BASE_URL))
+    min_tokens: int = setting(10, "Drop a pair if either side has fewer tokens (paper 4.1).", min=0)
+    max_tokens: int = setting(128, "Drop a pair if either side has more tokens (paper 4.1).", min=1)
+    length_tokenizer: str | None = setting(None, "Count sub-tokens of this tokenizer instead of mmkd words "
+                                                 "(the default).")
+    max_pairs: int = setting(2_000_000, "Keep at most this many pairs after a seeded shuffle (paper 4.1: 2M).", min=1)
+    seed: int = setting(0, "Shuffle seed.", min=0)
+    max_line_chars: int = setting(20_000, "A longer line is an error (a broken file), not a long sentence.", min=1)
+    data_dir: str = setting(help="Where prepared corpora are written.", factory=default_data_dir, cli=False)
 
     @property
     def out_name(self) -> str:
@@ -69,7 +73,7 @@ class CorpusConfig:
 def _length_counter(tokenizer_name: str | None) -> Callable[[list[str]], list[int]]:
     if tokenizer_name is None:
         return lambda texts: [len(split_words(t)) for t in texts]
-    from mmkd.models import load_tokenizer
+    from mmkd.hf import load_tokenizer
 
     tok = load_tokenizer(tokenizer_name, what="--length-tokenizer")
     return lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
@@ -139,7 +143,8 @@ def _output_folder(cfg: CorpusConfig, overwrite: bool) -> Path:
                               "choose another --name or move it away")
         if not overwrite:
             raise CorpusError(f"{out} already holds a prepared corpus; pass --overwrite to replace it")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in CORPUS_FILES)
+        foreign = sorted(p.name for p in out.iterdir()
+                         if p.name not in CORPUS_FILES or p.is_symlink() or not p.is_file())
         if foreign:
             raise CorpusError(f"{out} holds files mmkd did not write ({', '.join(foreign[:5])}); move them away "
                               "before replacing this corpus")
@@ -310,9 +315,27 @@ def open_corpus(name_or_path: str, data_dir: str | None = None) -> PreparedCorpu
             f"{Path(data_dir) / 'corpora' / name_or_path}/meta.json). Available in {data_dir}: {listing}. "
             f"Make it with: mmkd corpus prepare {name_or_path if '-' in name_or_path else 'en-XX'} "
             f"--data-dir {data_dir} [--moses EN_FILE X_FILE | --tsv FILE | --zip FILE | --hf-dataset NAME]")
-    meta = json.loads((path / "meta.json").read_text())
-    if meta.get("format_version") != CORPUS_FORMAT_VERSION:
-        raise CorpusError(f"{path}/meta.json: corpus format version {meta.get('format_version')}, "
+    where = path / "meta.json"
+    try:
+        meta = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorpusError(f"{where}: not a prepared corpus's meta.json ({str(e).splitlines()[0][:120]}); "
+                          "prepare the corpus again") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != CORPUS_FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CorpusError(f"{where}: corpus format version {version!r}, "
                           f"this mmkd reads version {CORPUS_FORMAT_VERSION}; prepare it again")
-    table = pa.ipc.open_file(pa.memory_map(str(path / "pairs.arrow"))).read_all()
+    for key, kind in (("name", str), ("pair", str), ("fingerprint", str), ("n_pairs", int)):
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise CorpusError(f"{where}: {key} is {meta.get(key)!r}, not a {kind.__name__}; prepare the corpus again")
+    check_name(meta["name"], f"{where}: name")     # it names the cache folder: one path component only
+    parse_pair(meta["pair"])
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path / "pairs.arrow"))).read_all()
+    except (OSError, pa.ArrowException) as e:
+        raise CorpusError(f"{path / 'pairs.arrow'}: unreadable ({str(e).splitlines()[0][:120]}); the corpus is "
+                          "damaged: prepare it again (--overwrite)") from None
+    if table.num_rows != meta["n_pairs"] or not {"en", "x"} <= set(table.column_names):
+        raise CorpusError(f"{path / 'pairs.arrow'}: {table.num_rows} rows, meta.json says {meta['n_pairs']}; the "
+                          "corpus is damaged: prepare it again (--overwrite)")
     return PreparedCorpus(path=path, meta=meta, table=table)

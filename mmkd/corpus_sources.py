@@ -97,6 +97,8 @@ def _decode_lines(raw: Iterator[bytes], name: str, max_chars: int) -> Iterator[t
         except UnicodeDecodeError as e:
             raise CorpusError(f"{name} line {i}: invalid UTF-8 at byte {e.start} ({e.reason})") from None
         text = text.rstrip("\r\n")
+        if "\x00" in text:
+            raise CorpusError(f"{name} line {i}: a NUL byte; this is binary (or UTF-16) data, not UTF-8 text")
         if len(text) > max_chars:
             raise CorpusError(f"{name} line {i}: {len(text)} characters, over the limit of {max_chars} "
                               "(--max-line-chars); is this really a sentence-per-line file?")
@@ -267,6 +269,11 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
         ds = datasets.load_dataset(name, config, split=split)
     except FileNotFoundError as e:
         raise CorpusError(f"dataset {name!r} (config {config!r}): not found ({e})") from None
+    except Exception as e:   # datasets raises many kinds (a folder of TSVs, a missing split, a bad config)
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CorpusError(f"--hf-dataset {name!r} (config {config!r}, split {split!r}): not a dataset with a "
+                          f"'translation' column that `datasets` can load ({type(e).__name__}: {first}); for "
+                          "TSV files use --tsv") from None
     if "translation" not in ds.column_names:
         raise CorpusError(f"dataset {name!r}: no 'translation' column (columns: {ds.column_names})")
     for i, row in enumerate(ds, start=1):

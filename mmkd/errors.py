@@ -11,3 +11,7 @@ class CorpusError(MMKDError):
 
 class CacheError(MMKDError):
     pass
+
+
+class TrainingError(MMKDError):
+    pass

@@ -1,8 +1,8 @@
-"""What a training run reads: teacher features and the pairs' text, behind one interface.
+"""What a training run reads: the pairs' text and the teacher's features, behind one interface.
 
-`TeacherFeatures` is the whole contract between the stages. Given keys `[(corpus_index, pair_id)]`
-it returns the target-language text (`targets`) and the teacher's word states, word mask, [CLS]
-and word lists (`get`). Two implementations:
+`TeacherFeatures` is the whole contract between the stages. Given `PairKey`s it returns the pairs'
+text (`text`: the cached English word lists and the target sentences) and the teacher's word
+states, word mask and [CLS] (`teacher`). Two implementations:
 
 - `CachedFeatures` reads teacher caches and nothing else: the text is in the cache (format 2), so
   a cache copied to another machine or an object store trains with no corpus beside it, and the
@@ -36,18 +36,17 @@ class TeacherFeatures(Protocol):
     hidden_size: int             # the teacher's width
     runs_in_workers: bool        # True: safe to call from data-loader worker processes
     identities: list[dict]       # recorded in the run and its checkpoints; a resume must match
-    manifests: dict[str, dict]   # cache manifests (empty online), saved next to the student
+    manifests: dict[str, dict]   # cache manifests as read (empty online), saved next to the student
+    teacher_source: str          # the teacher as a reader can look it up (model card)
 
-    def targets(self, keys) -> list[str]: ...
+    def text(self, keys) -> tuple[list[list[str]], list[str]]: ...   # English word lists, target sentences
 
-    def words(self, keys) -> list[list[str]]: ...       # English word lists (no teacher states)
-
-    def get(self, keys) -> TeacherBatch: ...
+    def teacher(self, keys, words: list[list[str]]) -> TeacherBatch: ...
 
 
 def _by_corpus(keys):
     corpus = np.array([k[0] for k in keys], dtype=np.int64)
-    pair = np.array([k[1] for k in keys], dtype=np.int64)
+    pair = np.array([k[-1] for k in keys], dtype=np.int64)
     for c in np.unique(corpus):
         pos = np.flatnonzero(corpus == c)
         yield int(c), pos, pair[pos]
@@ -58,75 +57,67 @@ class CachedFeatures:
 
     def __init__(self, caches: list[TeacherCache]):
         self.caches = caches
-        self.hidden_size = caches[0].hidden_size
+        self.hidden_size = caches[0].manifest.hidden_size
         self.sizes = [len(c) for c in caches]
-        self.manifests = {c.manifest["corpus"]["name"]: c.manifest for c in caches}
-        self.identities = [{"corpus": c.manifest["corpus"]["name"], "fingerprint": c.manifest["corpus"]["fingerprint"],
-                            "teacher_hash": c.manifest["teacher"]["hash"], "layer": c.manifest["layer"],
-                            "max_length": c.manifest["max_length"], "source": f"cache:{c.manifest['dtype']}"}
-                           for c in caches]
+        self.manifests = {c.manifest.corpus_name: c.manifest.raw for c in caches}
+        self.identities = [c.manifest.identity for c in caches]
+        self.teacher_source = caches[0].manifest.teacher_source
 
-    def targets(self, keys) -> list[str]:
-        out = [""] * len(keys)
+    def text(self, keys) -> tuple[list[list[str]], list[str]]:
+        words: list[list[str]] = [[] for _ in keys]
+        targets = [""] * len(keys)
         for c, pos, pairs in _by_corpus(keys):
-            for p, x in zip(pos, self.caches[c].texts(pairs)[1]):
-                out[p] = x
-        return out
+            cache = self.caches[c]
+            for p, w, x in zip(pos, cache.words(pairs), cache.texts(pairs)[1]):
+                words[p], targets[p] = w, x
+        return words, targets
 
-    def words(self, keys) -> list[list[str]]:
-        out: list[list[str]] = [[] for _ in keys]
-        for c, pos, pairs in _by_corpus(keys):
-            for p, w in zip(pos, self.caches[c].words(pairs)):
-                out[p] = w
-        return out
-
-    def get(self, keys) -> TeacherBatch:
+    def teacher(self, keys, words=None) -> TeacherBatch:
         parts, order = [], []
         for c, pos, pairs in _by_corpus(keys):
-            parts.append(self.caches[c].get(pairs))
+            parts.append(self.caches[c].get(pairs, with_words=False))
             order.append(pos)
         batch = TeacherBatch.concat(parts)
         inverse = np.argsort(np.concatenate(order), kind="stable")
         return TeacherBatch(word_states=batch.word_states[inverse], word_mask=batch.word_mask[inverse],
-                            cls=batch.cls[inverse], words=[batch.words[i] for i in inverse])
+                            cls=batch.cls[inverse], words=[])
 
 
 class OnlineFeatures:
     runs_in_workers = False
 
-    def __init__(self, model, tokenizer, corpora: list, teacher_hash: str, layer: int = -1,
+    def __init__(self, model, tokenizer, corpora: list, teacher_hash: str, source: str, layer: int = -1,
                  max_length: int = 128, batch_size: int = 64):
         self.model, self.tokenizer, self.corpora = model, tokenizer, corpora
         self.layer, self.max_length, self.batch_size = layer, max_length, batch_size
         self.hidden_size = model.config.hidden_size
         self.sizes = [len(c) for c in corpora]
         self.manifests: dict[str, dict] = {}
+        self.teacher_source = source
         self.identities = [{"corpus": c.name, "fingerprint": c.fingerprint, "teacher_hash": teacher_hash,
                             "layer": layer, "max_length": max_length, "source": "online"} for c in corpora]
 
-    def _texts(self, keys) -> tuple[list[str], list[str]]:
-        english, targets = [""] * len(keys), [""] * len(keys)
+    def text(self, keys) -> tuple[list[list[str]], list[str]]:
+        words: list[list[str]] = [[] for _ in keys]
+        targets = [""] * len(keys)
         for c, pos, pairs in _by_corpus(keys):
             en, x = self.corpora[c].rows(pairs)
             for p, e, t in zip(pos, en, x):
-                english[p], targets[p] = e, t
-        return english, targets
+                words[p], targets[p] = split_words(e), t
+        return words, targets
 
-    def targets(self, keys) -> list[str]:
-        return self._texts(keys)[1]
-
-    def words(self, keys) -> list[list[str]]:
-        return [split_words(s) for s in self._texts(keys)[0]]
-
-    def get(self, keys) -> TeacherBatch:
+    def teacher(self, keys, words) -> TeacherBatch:
+        """The teacher on the word lists `text` returned; words it cannot see (its max length) are
+        dropped, as `cache-teacher` drops them, so `words` is cut to the kept ones in place."""
         from mmkd.teacher import encode_words
 
-        words = [split_words(s) for s in self._texts(keys)[0]]
         encoded = []
         for i in range(0, len(words), self.batch_size):
-            encoded += encode_words(self.model, self.tokenizer, words[i:i + self.batch_size], self.layer, self.max_length)
-        return TeacherBatch.from_sentences([e.word_states for e in encoded], [e.cls for e in encoded],
-                                           [[w[j] for j in e.kept] for w, e in zip(words, encoded)])
+            encoded += encode_words(self.model, self.tokenizer, words[i:i + self.batch_size], self.layer,
+                                    self.max_length)
+        for b, e in enumerate(encoded):
+            words[b] = [words[b][j] for j in e.kept]
+        return TeacherBatch.from_sentences([e.word_states for e in encoded], [e.cls for e in encoded], words)
 
 
 def find_caches(paths: list[str]) -> list[str]:
@@ -147,21 +138,21 @@ def find_caches(paths: list[str]) -> list[str]:
 
 def open_cached(paths: list[str]) -> CachedFeatures:
     # Corpus index = rank of the corpus name, whatever the order on the command line.
-    caches = sorted((TeacherCache(p) for p in find_caches(paths)), key=lambda c: c.manifest["corpus"]["name"])
-    first = caches[0]
+    caches = sorted((TeacherCache(p) for p in find_caches(paths)), key=lambda c: c.manifest.corpus_name)
+    first = caches[0].manifest
     seen = set()
     for cache in caches:
         m = cache.manifest
-        if m["word_rule"] != WORD_RULE_VERSION:
-            raise SourceError(f"{cache.url}: words were split with rule {m['word_rule']!r}, this mmkd uses "
+        if m.word_rule != WORD_RULE_VERSION:
+            raise SourceError(f"{cache.url}: words were split with rule {m.word_rule!r}, this mmkd uses "
                               f"{WORD_RULE_VERSION!r}; rebuild the cache")
-        for key in ("teacher", "layer", "hidden_size", "word_rule"):
-            if m[key] != first.manifest[key]:
-                raise SourceError(f"{cache.url} and {first.url} differ in {key}: {m[key]!r} vs "
-                                  f"{first.manifest[key]!r}; one run distils one teacher")
-        if m["corpus"]["name"] in seen:
-            raise CacheError(f"two caches for corpus {m['corpus']['name']!r} ({cache.url})")
-        seen.add(m["corpus"]["name"])
+        for what in ("teacher_hash", "layer", "hidden_size"):
+            if getattr(m, what) != getattr(first, what):
+                raise SourceError(f"{cache.url} and {caches[0].url} differ in {what}: {getattr(m, what)!r} vs "
+                                  f"{getattr(first, what)!r}; one run distils one teacher")
+        if m.corpus_name in seen:
+            raise CacheError(f"two caches for corpus {m.corpus_name!r} ({cache.url})")
+        seen.add(m.corpus_name)
     return CachedFeatures(caches)
 
 
@@ -175,8 +166,10 @@ def open_features(cfg, device="cpu") -> TeacherFeatures:
     if not cfg.corpora:
         raise SourceError("--online-teacher needs the corpora to train on: --corpus NAME (repeatable)")
     from mmkd.corpus import open_corpus
+    from mmkd.supply import describe
     from mmkd.teacher import load_teacher, model_hash
 
     corpora = sorted((open_corpus(n, cfg.data_dir) for n in cfg.corpora), key=lambda c: c.name)   # as caches: by name
     model, tokenizer = load_teacher(cfg.online_teacher, device, cfg.trust_remote_code)
-    return OnlineFeatures(model, tokenizer, corpora, model_hash(model), cfg.teacher_layer, cfg.teacher_max_length)
+    return OnlineFeatures(model, tokenizer, corpora, model_hash(model), describe(cfg.online_teacher),
+                          cfg.teacher_layer, cfg.teacher_max_length)

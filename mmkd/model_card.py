@@ -54,9 +54,15 @@ def _languages(run: dict, manifests: dict[str, dict]) -> list[str]:
     return langs
 
 
-def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | None = None) -> str:
+def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | None = None,
+              teacher_source: str | None = None) -> str:
+    from mmkd.config import from_saved
+    from mmkd.supply import describe
+
     cfg = run["config"]
+    settings = from_saved(cfg, RUN_FILE)
     start = cfg["student"]
+    start_name = describe(start)
     license_ = starting_license(start)
     meta = ["---"]
     if _is_hub_id(start):
@@ -68,14 +74,11 @@ def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | No
     meta += ["library_name: transformers", "pipeline_tag: fill-mask",
              "tags:", "- mmkd", "- knowledge-distillation", "- multilingual", "- cross-lingual", "---", ""]
     teacher = next(iter(manifests.values()), {}).get("teacher", {})
-    from types import SimpleNamespace
-
     from mmkd.objectives import chosen
 
-    objectives = chosen(cfg.get("without", []))
-    settings = SimpleNamespace(**cfg)
+    objectives = chosen(settings.without)
     lines = [
-        f"# MMKD student of `{start}`", "",
+        f"# MMKD student of {start_name}", "",
         "Continued pre-training with MMKD (multi-level multilingual knowledge distillation: Li et al., "
         "*Multi-level Distillation of Semantic Knowledge for Pre-training Multilingual Language Model*) by "
         f"mmkd {run.get('mmkd_version', __version__)}. Every tensor of the "
@@ -84,16 +87,19 @@ def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | No
         "load this folder with nothing missing.", "",
         "## How it was made", "",
         "| | |", "|---|---|",
-        f"| starting model | `{start}` |",
+        f"| starting model | {start_name} |",
     ]
     if teacher:
-        lines.append(f"| teacher | `{teacher.get('name_or_path')}` (weights sha256 {teacher.get('hash', '')[:16]}, "
+        source = teacher_source or describe(teacher.get("source") or teacher.get("name_or_path", ""))
+        lines.append(f"| teacher | {source} (weights sha256 {teacher.get('hash', '')[:16]}, "
                      f"layer {next(iter(manifests.values()))['layer']}) |")
     elif cfg.get("online_teacher"):
-        lines.append(f"| teacher | `{cfg['online_teacher']}` (run online, no cache) |")
+        lines.append(f"| teacher | {teacher_source or describe(cfg['online_teacher'])} (run online, no cache) |")
+    described = "; ".join(f"{o.title}: {o.describe(settings)}" for o in objectives if o.describe(settings)) or "none"
     lines += [
         f"| objectives | {' + '.join(o.title for o in objectives)} "
         f"(weights: {', '.join(f'{o.name} {o.weight(settings):g}' for o in objectives)}) |",
+        f"| objective settings | {described} |",
         f"| steps | {run.get('total_steps')} of global batch {cfg.get('batch_size')} on {run.get('processes')} "
         f"process(es) ({run.get('steps_per_epoch')} steps per epoch) |",
         f"| optimiser | AdamW, peak lr {cfg.get('lr')}, weight decay {cfg.get('weight_decay')}, warm-up "

@@ -24,7 +24,7 @@ def load_teacher(name_or_path: str, device: torch.device | str = "cpu",
     """Teacher encoder (frozen, eval mode) and its fast tokenizer, from a hub name or a local path."""
     from transformers import AutoModel
 
-    from mmkd.models import load, load_tokenizer
+    from mmkd.hf import load, load_tokenizer
 
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     require_fast(tokenizer)

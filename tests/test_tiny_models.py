@@ -9,7 +9,7 @@ from tokenizers import normalizers, pre_tokenizers
 from transformers import AutoTokenizer
 
 import families
-from tiny import piece_vocab, train_tokenizer, word_counts
+from mmkd.tiny import piece_vocab, train_tokenizer, word_counts
 
 
 def test_piece_vocab_by_hand():

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from loopback import opus_mirror, serve
-from tiny import make_tiny_bert
+from mmkd.tiny import make_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 SEVEN = ("en-ar", "en-bg", "en-de", "en-es", "en-fr", "en-hi", "en-zh")

@@ -11,7 +11,10 @@ __all__ = ["TeacherBatch", "TeacherCache", "CacheConfig", "build_cache"]
 
 
 def __getattr__(name: str):
-    if name in ("CacheConfig", "build_cache"):
-        from mmkd.cache import writer
-        return getattr(writer, name)
+    if name == "CacheConfig":
+        from mmkd.cache.settings import CacheConfig
+        return CacheConfig
+    if name == "build_cache":
+        from mmkd.cache.writer import build_cache
+        return build_cache
     raise AttributeError(f"module 'mmkd.cache' has no attribute {name!r}")

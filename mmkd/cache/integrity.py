@@ -1,10 +1,14 @@
 """Trust, but verify on read: training never uses shard data whose checksums were not checked.
 
 Before the first step every process hashes its share of the shards (shard k goes to process
-k mod world) against the manifest's sha256 of every file, and remembers each verified shard in
-a small marker, `verified/<shard>.json`, holding the digests it checked and each file's size and
-modification time. A later run (another ablation, a resume) re-hashes only shards whose files
-changed since (a `stat` per file); the markers live beside the cache, or in the run folder when
+k mod world) against the manifest's sha256 of every file, after checking that the shard holds
+exactly the files the manifest lists (a file without a checksum is refused), and remembers each
+verified shard in a small marker, `verified/<shard>.json`: the digests it checked and, per file,
+what identifies these bytes without reading them again. On a local disk that is (device, inode,
+size, mtime, ctime): any write to a file sets its ctime to the present, and no user can set a
+ctime back (`touch -r` restores the mtime only, and itself sets the ctime), so a changed file is
+re-hashed. On an object store it is the store's content tag (ETag, MD5 or version); a store that
+gives none is re-hashed every run. The markers live beside the cache, or in the run folder when
 the cache cannot be written (a read-only copy, an object store without write access).
 
 So a paper-scale cache (~400 GB) is read once, in parallel, by all processes together, not once
@@ -15,22 +19,29 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from mmkd.cache.format import member_path, sha256_file
 from mmkd.errors import CacheError
 
 MARKERS = "verified"
+_TAGS = ("ETag", "etag", "md5Hash", "md5", "VersionId", "version_id", "generation")
 
 
-def _stat(fs, path: str) -> list:
+def _identity(fs, path: str) -> list | None:
+    """What identifies the bytes of `path` without reading them, or None when nothing does."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        st = os.stat(path)
+        return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     info = fs.info(path)
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""
-    return [int(info.get("size") or 0), str(mtime)]
+    tag = next((str(info[k]) for k in _TAGS if info.get(k)), None)
+    return [int(info.get("size") or 0), tag] if tag else None
 
 
-def _marker_state(fs, base: str, record: dict) -> dict:
-    return {"sha256": record["sha256"],
-            "stat": {name: _stat(fs, member_path(fs, base, name, base)) for name in sorted(record["sha256"])}}
+def shard_members(fs, base: str) -> set[str]:
+    return {p[len(base) + 1:] for p in fs.find(base)} - {"shard.json"}
 
 
 class ShardVerifier:
@@ -46,37 +57,53 @@ class ShardVerifier:
     def _marker(self, name: str) -> str:
         return f"{self.mroot}/{name}.json"
 
-    def is_verified(self, k: int) -> bool:
-        record = self.cache.manifest["shards"][k]
-        path = self._marker(record["name"])
-        try:
-            with self.mfs.open(path, "r") as f:
-                saved = json.load(f)
-            return saved == _marker_state(self.cache.fs, self._base(record), record)
-        except (FileNotFoundError, json.JSONDecodeError, CacheError, OSError):
-            return False
+    def _base(self, record) -> str:
+        from mmkd.cache.reader import shard_path
+        return shard_path(self.cache.fs, self.cache.root, record.name, self.cache.url)
 
-    def _base(self, record: dict) -> str:
-        return f"{self.cache.root}/shards/{record['name']}"
+    def _state(self, base: str, record) -> dict | None:
+        files = {}
+        for name in sorted(record.sha256):
+            ident = _identity(self.cache.fs, member_path(self.cache.fs, base, name, base))
+            if ident is None:
+                return None
+            files[name] = ident
+        return {"sha256": record.sha256, "files": files}
+
+    def is_verified(self, k: int) -> bool:
+        record = self.cache.manifest.shards[k]
+        try:
+            with self.mfs.open(self._marker(record.name), "r") as f:
+                saved = json.load(f)
+            state = self._state(self._base(record), record)
+            return state is not None and saved == state
+        except (FileNotFoundError, json.JSONDecodeError, CacheError, OSError, ValueError):
+            return False
 
     def verify(self, k: int) -> int:
         """Hash every file of shard k against the manifest; remember it. Returns the bytes read."""
-        record = self.cache.manifest["shards"][k]
-        base, where = self._base(record), f"{self.cache.url} shard {record['name']}"
+        record = self.cache.manifest.shards[k]
+        where = f"{self.cache.url} shard {record.name}"
+        base = self._base(record)
+        unlisted = sorted(shard_members(self.cache.fs, base) - set(record.sha256))
+        if unlisted:
+            raise CacheError(f"{where}: file {unlisted[0]} has no checksum in the manifest (the manifest was edited "
+                             "or a file was added); rebuild the cache")
+        state = self._state(base, record)
         nbytes = 0
-        for name, digest in sorted(record["sha256"].items()):
+        for name, digest in sorted(record.sha256.items()):
             path = member_path(self.cache.fs, base, name, where)
             if sha256_file(self.cache.fs, path) != digest:
                 raise CacheError(f"{where}: file {name} does not match its checksum in the manifest (corrupt); "
                                  f"`mmkd cache verify {self.cache.url}` lists every problem; rebuild the cache "
                                  "(or restore it from a good copy)")
             nbytes += int(self.cache.fs.size(path))
-        state = _marker_state(self.cache.fs, base, record)
-        self.mfs.makedirs(self.mroot, exist_ok=True)
-        tmp = self._marker(record["name"]) + f".tmp{os.getpid()}"
-        with self.mfs.open(tmp, "w") as f:
-            json.dump(state, f)
-        self.mfs.mv(tmp, self._marker(record["name"]))
+        if state is not None and state == self._state(base, record):   # unchanged while it was hashed
+            self.mfs.makedirs(self.mroot, exist_ok=True)
+            tmp = self._marker(record.name) + f".tmp{os.getpid()}"
+            with self.mfs.open(tmp, "w") as f:
+                json.dump(state, f)
+            self.mfs.mv(tmp, self._marker(record.name))
         return nbytes
 
 
@@ -91,3 +118,33 @@ def writable(fs, root: str) -> bool:
         return True
     except (OSError, PermissionError, NotImplementedError):
         return False
+
+
+def verify_before_training(caches, rank: int, world: int, any_process, run_markers, progress: bool) -> None:
+    """Every shard's checksums, checked once per cache before any step: process `rank` hashes the
+    shards k with k % world == rank that no earlier run verified. `any_process(flag)` is True when
+    the flag is True on any process; `run_markers(name)` is where a read-only cache's markers go."""
+    from tqdm.auto import tqdm
+
+    from mmkd.console import say
+
+    todo = []
+    for cache in caches:
+        here = writable(cache.fs, cache.root)
+        verifier = ShardVerifier(cache, None if here else run_markers(cache.manifest.corpus_name))
+        todo += [(verifier, k) for k in range(len(cache.manifest.shards))
+                 if k % world == rank and not verifier.is_verified(k)]
+    error, started, nbytes = None, time.perf_counter(), 0
+    with tqdm(total=len(todo), desc="verify cache", unit=" shard", disable=not (progress and todo)) as bar:
+        try:
+            for verifier, k in todo:
+                nbytes += verifier.verify(k)
+                bar.update(1)
+        except CacheError as e:
+            error = str(e)
+    if any_process(error is not None):
+        raise CacheError(error or "another process found a corrupt cache shard (its message names it); "
+                                  "training did not start")
+    if progress and todo:
+        say(f"verified {len(todo)} cache shards ({nbytes / 1e6:.1f} MB) in {time.perf_counter() - started:.1f}s "
+            "(remembered: later runs re-check only changed files; --no-verify skips this)")

@@ -19,7 +19,8 @@ import torch
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from mmkd.cache.format import STORAGE, check_manifest, decode, read_json, shard_name, zarr_location
+from mmkd.cache.format import STORAGE, decode, read_json, zarr_location
+from mmkd.cache.manifest import Manifest, ShardRecord
 from mmkd.errors import CacheError
 
 
@@ -56,24 +57,28 @@ class TeacherBatch:
 
 
 class _Shard:
-    def __init__(self, fs, root: str, record: dict, dtype: str, hidden: int, memmap: bool):
+    def __init__(self, fs, root: str, record: ShardRecord, dtype: str, hidden: int, memmap: bool):
         self.fs, self.root, self.record, self.dtype = fs, root, record, dtype
-        self.path = f"{root}/shards/{record['name']}"
+        self.path = f"{root}/shards/{record.name}"
         stored = STORAGE[dtype][0]
         self.has_scale = STORAGE[dtype][1]
-        n, nw = record["n_sentences"], record["n_words"]
+        n, nw = record.n_sentences, record.n_words
         if memmap:
             def mm(name, dt, shape):
-                path = f"{self.path}/{name}/c/0" + "/0" * (len(shape) - 1)
+                member = f"{name}/c/0" + "/0" * (len(shape) - 1)
+                path = f"{self.path}/{member}"
                 expected = int(np.prod(shape)) * np.dtype(dt).itemsize
                 if expected == 0:
                     return np.zeros(shape, dt)
+                if member not in record.sha256:
+                    raise CacheError(f"{path}: not covered by a checksum in the manifest (shard {record.name}); "
+                                     "the manifest was edited: rebuild the cache")
                 try:
                     size = fs.size(path)
                 except FileNotFoundError:
-                    raise CacheError(f"{path}: missing (shard {record['name']})") from None
+                    raise CacheError(f"{path}: missing (shard {record.name})") from None
                 if size != expected:
-                    raise CacheError(f"{path}: {size} bytes, expected {expected} (shard {record['name']} is corrupt)")
+                    raise CacheError(f"{path}: {size} bytes, expected {expected} (shard {record.name} is corrupt)")
                 return np.memmap(path, dtype=np.dtype(dt).newbyteorder("<"), mode="r", shape=shape)
         else:
             group = zarr.open_group(zarr_location(fs, self.path), mode="r")
@@ -96,7 +101,10 @@ class _Shard:
                     self.meta = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
         except (pa.ArrowException, OSError) as e:
             raise CacheError(f"{self.path}/meta.arrow: unreadable ({str(e).splitlines()[0][:120]}); shard "
-                             f"{record['name']} is corrupt: `mmkd cache verify` it, then rebuild the cache") from None
+                             f"{record.name} is corrupt: `mmkd cache verify` it, then rebuild the cache") from None
+        if self.meta.num_rows != n or len(self.offsets) != n + 1:
+            raise CacheError(f"{self.path}: {self.meta.num_rows} rows in meta.arrow, {len(self.offsets) - 1} in offsets, "
+                             f"the manifest says {n} (shard {record.name} is corrupt)")
 
     def rows(self, local: np.ndarray):
         """Word rows and sentence lengths for local sentence indices."""
@@ -127,16 +135,16 @@ class TeacherCache:
     def __init__(self, path: str):
         self.url = str(path).rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        self.manifest = read_json(self.fs, f"{self.root}/manifest.json", "cache manifest "
-                                  "(an unfinished cache-teacher run? finish it with --resume)")
-        check_manifest(self.manifest, f"{self.url}/manifest.json")
-        m = self.manifest
-        self.dtype, self.hidden_size = m["dtype"], m["hidden_size"]
-        self.shard_size, self.n = m["shard_size"], m["n_sentences"]
-        self.memmap = isinstance(self.fs, LocalFileSystem) and m["compression"] is None
-        for k, rec in enumerate(m["shards"]):
-            if rec["name"] != shard_name(k) or not self.fs.exists(f"{self.root}/shards/{rec['name']}/shard.json"):
-                raise CacheError(f"{self.url}: shard {rec['name']} is missing (listed in the manifest)")
+        raw = read_json(self.fs, f"{self.root}/manifest.json", "cache manifest "
+                        "(an unfinished cache-teacher run? finish it with --resume)")
+        self.manifest = m = Manifest.parse(raw, f"{self.url}/manifest.json")
+        self.dtype, self.hidden_size = m.dtype, m.hidden_size
+        self.shard_size, self.n = m.shard_size, m.n_sentences
+        self.memmap = isinstance(self.fs, LocalFileSystem) and m.compression is None
+        for rec in m.shards:
+            shard_path(self.fs, self.root, rec.name, self.url)
+            if not self.fs.exists(f"{self.root}/shards/{rec.name}/shard.json"):
+                raise CacheError(f"{self.url}: shard {rec.name} is missing (listed in the manifest)")
         self._shards: dict[int, _Shard] = {}
 
     def __len__(self) -> int:
@@ -151,7 +159,7 @@ class TeacherCache:
 
     def shard(self, k: int) -> _Shard:
         if k not in self._shards:
-            self._shards[k] = _Shard(self.fs, self.root, self.manifest["shards"][k], self.dtype,
+            self._shards[k] = _Shard(self.fs, self.root, self.manifest.shards[k], self.dtype,
                                      self.hidden_size, self.memmap)
         return self._shards[k]
 
@@ -204,6 +212,20 @@ class TeacherCache:
                 start += n
         return TeacherBatch(word_states=torch.from_numpy(states), word_mask=torch.from_numpy(mask),
                             cls=torch.from_numpy(cls), words=self.words(pair_ids) if with_words else [])
+
+
+def shard_path(fs, root: str, name: str, url: str) -> str:
+    """`root/shards/name`, refused when it is a link (or lies) outside the cache: a manifest or a
+    swapped folder must not make mmkd read data from elsewhere."""
+    path = f"{root}/shards/{name}"
+    if isinstance(fs, LocalFileSystem):
+        import os
+
+        real, inside = os.path.realpath(path), os.path.realpath(f"{root}/shards")
+        if os.path.islink(path) or os.path.commonpath([real, inside]) != inside:
+            raise CacheError(f"{url}: shard {name} is a link to {real}, outside the cache; refused "
+                             "(copy the data into the cache instead)")
+    return path
 
 
 def _group_by_shard(pair_ids: np.ndarray, shard_size: int):

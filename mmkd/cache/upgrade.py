@@ -6,6 +6,11 @@ fingerprint and pair count the manifest recorded), adds `en` and `x` to every sh
 (written aside and renamed), updates each shard's sizes and checksums, and rewrites the manifest
 as format 2 without the corpus path. The teacher's tensors are not touched. It holds the cache's
 writer lock; an interrupted upgrade can be run again.
+
+Nothing is trusted that the upgrade would vouch for: before it writes, every shard name must be
+the shard's own (`00000`, ...; a manifest cannot send it outside the cache) and every file of every
+shard must match the checksum the version-1 manifest recorded, so a corrupt file is reported, not
+given a fresh checksum.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from __future__ import annotations
 import fsspec
 import pyarrow as pa
 
-from mmkd.cache.format import FORMAT_VERSION, dumps, member_path, read_json, sha256_file
-from mmkd.cache.lock import CacheLock
+from mmkd.cache.format import FORMAT_VERSION, dumps, member_path, read_json, sha256_file, shard_name
 from mmkd.errors import CacheError
+from mmkd.lock import Lock
 
 
 def upgrade_cache(path: str, data_dir: str, corpus: str | None = None, log=print) -> str:
@@ -24,12 +29,21 @@ def upgrade_cache(path: str, data_dir: str, corpus: str | None = None, log=print
     url = path.rstrip("/")
     fs, root = fsspec.core.url_to_fs(url)
     manifest = read_json(fs, f"{root}/manifest.json", "cache manifest")
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{url}/manifest.json: not a cache manifest (a JSON {type(manifest).__name__})")
     version = manifest.get("format_version")
     if version == FORMAT_VERSION:
         log(f"{url}: already format {FORMAT_VERSION}; nothing to do")
         return url
     if version != 1:
         raise CacheError(f"{url}: cache format version {version}; `cache upgrade` turns version 1 into {FORMAT_VERSION}")
+    if not isinstance(manifest.get("shards"), list) or not isinstance(manifest.get("corpus"), dict):
+        raise CacheError(f"{url}/manifest.json: no shards or corpus record; not a cache mmkd can upgrade")
+    for k, record in enumerate(manifest["shards"]):
+        if not isinstance(record, dict) or record.get("name") != shard_name(k) or \
+                not isinstance(record.get("sha256"), dict):
+            raise CacheError(f"{url}/manifest.json: shard {k} is recorded as {str(record)[:80]!r}, not shard "
+                             f"{shard_name(k)} with its checksums; refused (the manifest is corrupt or was edited)")
     want = manifest["corpus"]
     from pathlib import Path
 
@@ -41,15 +55,25 @@ def upgrade_cache(path: str, data_dir: str, corpus: str | None = None, log=print
         raise CacheError(f"{url} was written for corpus {want['name']!r} with fingerprint {want['fingerprint'][:16]} "
                          f"({manifest['n_sentences']} pairs), but {prepared.path} has {prepared.fingerprint[:16]} "
                          f"({len(prepared)} pairs): give the corpus it was made from (--data-dir / --corpus)")
-    lock = CacheLock(fs, root, url)
-    lock.acquire(say=log)
+    for record in manifest["shards"]:      # verify everything before changing anything
+        base = f"{root}/shards/{record['name']}"
+        where = f"{url} shard {record['name']}"
+        for name, digest in sorted(record["sha256"].items()):
+            if sha256_file(fs, member_path(fs, base, name, where)) != digest:
+                raise CacheError(f"{where}: file {name} does not match its checksum in the manifest (corrupt); "
+                                 "nothing was upgraded: rebuild the cache")
+    lock = Lock(fs, root, url, "mmkd cache upgrade", CacheError)
+    lock.acquire()
     try:
         for record in manifest["shards"]:
             base = f"{root}/shards/{record['name']}"
             where = f"{url} shard {record['name']}"
             meta_path = member_path(fs, base, "meta.arrow", where)
-            with fs.open(meta_path, "rb") as f:
-                table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+            try:
+                with fs.open(meta_path, "rb") as f:
+                    table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+            except (OSError, pa.ArrowException) as e:
+                raise CacheError(f"{meta_path}: unreadable ({str(e).splitlines()[0][:120]}); rebuild the cache") from None
             if "x" not in table.column_names:
                 english, targets = prepared.rows(table.column("pair_id").to_numpy())
                 table = table.append_column("en", pa.array(english, pa.string())).append_column(

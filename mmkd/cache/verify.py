@@ -38,23 +38,28 @@ def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 
                  progress: bool = True) -> VerifyReport:
     from tqdm.auto import tqdm
 
-    cache = TeacherCache(path)
+    try:
+        cache = TeacherCache(path)      # the manifest is checked against the format here (cache/manifest.py)
+    except CacheError as e:
+        return VerifyReport(url=str(path).rstrip("/"), problems=[str(e)])
     m, fs, root = cache.manifest, cache.fs, cache.root
     report = VerifyReport(url=cache.url)
-    if len(m["shards"]) != m["n_shards"]:
-        report.problems.append(f"manifest lists {len(m['shards'])} shards but says n_shards={m['n_shards']}")
-    if sum(s["n_sentences"] for s in m["shards"]) != m["n_sentences"]:
-        report.problems.append("manifest: shard sentence counts do not add up to n_sentences")
-    if m["n_sentences"] != m["corpus"]["n_pairs"]:
-        report.problems.append(f"manifest: {m['n_sentences']} sentences but the corpus has {m['corpus']['n_pairs']} pairs")
+    from mmkd.cache.integrity import shard_members
+    from mmkd.cache.reader import shard_path
 
-    for rec in tqdm(m["shards"], desc="checksums", unit=" shard", disable=not progress):
-        where = f"shard {rec['name']}"
-        base = f"{root}/shards/{rec['name']}"
+    for index, rec in enumerate(tqdm(m.shards, desc="checksums", unit=" shard", disable=not progress)):
+        where = f"shard {rec.name}"
+        try:
+            base = shard_path(fs, root, rec.name, cache.url)
+        except CacheError as e:
+            report.problems.append(str(e))
+            continue
         on_disk = read_json(fs, f"{base}/shard.json", f"{where} record")
-        if on_disk != rec:
+        if on_disk != m.raw["shards"][index]:
             report.problems.append(f"{where}: shard.json differs from the manifest's record")
-        for name, digest in rec["sha256"].items():
+        for name in sorted(shard_members(fs, base) - set(rec.sha256)):
+            report.problems.append(f"{where}: file {name} has no checksum in the manifest")
+        for name, digest in rec.sha256.items():
             try:
                 actual = sha256_file(fs, member_path(fs, base, name, where))
             except CacheError as e:
@@ -63,11 +68,11 @@ def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 
             report.checked_files += 1
             if actual != digest:
                 report.problems.append(f"{where}: file {name} checksum mismatch (corrupted)")
-        if not any("shard " + rec["name"] in p for p in report.problems):
+        if not any("shard " + rec.name in p for p in report.problems):
             try:
-                offsets = cache.shard(int(rec["name"])).offsets
-                if offsets[0] != 0 or offsets[-1] != rec["n_words"] or np.any(np.diff(offsets) < 0):
-                    report.problems.append(f"{where}: offsets are inconsistent with n_words={rec['n_words']}")
+                offsets = cache.shard(index).offsets
+                if offsets[0] != 0 or offsets[-1] != rec.n_words or np.any(np.diff(offsets) < 0):
+                    report.problems.append(f"{where}: offsets are inconsistent with n_words={rec.n_words}")
             except CacheError as e:
                 report.problems.append(f"{where}: {e}")
     if report.problems:
@@ -76,19 +81,19 @@ def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 
     if k > 0:
         from mmkd.teacher import encode_words, load_teacher, model_hash
 
-        name = teacher or m["teacher"]["name_or_path"]
+        name = teacher or m.teacher_name
         model, tokenizer = load_teacher(name)
-        if model_hash(model) != m["teacher"]["hash"]:
+        if model_hash(model) != m.teacher_hash:
             report.problems.append(f"teacher {name!r} is not the teacher that wrote this cache "
-                                   f"(weights hash {model_hash(model)[:12]} vs {m['teacher']['hash'][:12]})")
+                                   f"(weights hash {model_hash(model)[:12]} vs {m.teacher_hash[:12]})")
             return report
         rng = np.random.default_rng(seed)
         ids = np.sort(rng.choice(len(cache), size=min(k, len(cache)), replace=False))
         batch = cache.get(ids)
-        tol = TOLERANCE[m["dtype"]]
+        tol = TOLERANCE[m.dtype]
         for j, (pid, words) in enumerate(zip(ids, batch.words)):
             # Re-encode alone from the stored word list: the kept words are exactly these.
-            fresh = encode_words(model, tokenizer, [words], m["layer"], m["max_length"])[0]
+            fresh = encode_words(model, tokenizer, [words], m.layer, m.max_length)[0]
             n = int(batch.word_mask[j].sum())
             where = f"shard {int(pid) // cache.shard_size:05d} sentence pair_id={int(pid)}"
             if len(fresh.kept) != n:
@@ -101,13 +106,13 @@ def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 
             report.rerun_sentences += 1
             if worst > tol:
                 report.problems.append(f"{where}: stored states differ from the teacher by relative "
-                                       f"error {worst:.2e} > {tol:.0e} ({m['dtype']})")
+                                       f"error {worst:.2e} > {tol:.0e} ({m.dtype})")
     return report
 
 
 def cache_info(path: str) -> dict:
     cache = TeacherCache(path)
-    m = cache.manifest
+    m = cache.manifest.raw
     total = sum(cache.fs.du(f"{cache.root}/shards/{s['name']}") for s in m["shards"])
     return {
         "path": cache.url,

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import fsspec
 import numpy as np
@@ -24,37 +26,19 @@ from tqdm.auto import tqdm
 from mmkd import __version__
 from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
                                sha256_file, shard_name, zarr_location)
-from mmkd.cache.lock import CacheLock
+from mmkd.cache.settings import DEFAULT_TEACHER, CacheConfig  # noqa: F401 (the settings of this stage)
+from mmkd.lock import Lock
+from mmkd.supply import describe
 from mmkd.corpus import PreparedCorpus, open_corpus
-from mmkd.paths import default_data_dir
 from mmkd.dist import process_state
 from mmkd.errors import CacheError
 from mmkd.teacher import (collate, encode_prepared, length_grouped_batches, load_teacher, model_hash,
                           token_lengths, tokenize_words, tokenizer_hash)
 from mmkd.words import WORD_RULE_VERSION, split_words
 
-# bert-base-cased: the paper's teacher is "BERT-base" with the same architecture as mBERT, and
-# mBERT (the student) is cased; a cased teacher keeps the case information the student sees.
-DEFAULT_TEACHER = "bert-base-cased"
-
 # How a shard is cut into teacher batches (it decides the padding, hence the fp32 rounding): sort
 # the shard by sub-token count, longest first, ties in pair-id order, then cut every batch_size.
 BATCHING_RULE = "subtoken-length-v1"
-
-
-@dataclass
-class CacheConfig:
-    corpora: list[str]
-    teacher: str = DEFAULT_TEACHER
-    out: str = "cache"
-    layer: int = -1               # hidden_states index; -1 = last layer (the paper's c and h)
-    max_length: int = 128         # teacher input length, paper 4.1
-    dtype: str = "fp16"
-    batch_size: int = 64
-    shard_size: int = 4096
-    compression: str | None = None   # None (memory-mapped reads) or "zstd"
-    data_dir: str = field(default_factory=default_data_dir)
-    trust_remote_code: bool = False
 
 
 def _identity(cfg: CacheConfig, corpus: PreparedCorpus, model, tokenizer) -> dict:
@@ -62,7 +46,7 @@ def _identity(cfg: CacheConfig, corpus: PreparedCorpus, model, tokenizer) -> dic
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "teacher": {"name_or_path": cfg.teacher, "hash": model_hash(model),
+        "teacher": {"name_or_path": cfg.teacher, "source": describe(cfg.teacher), "hash": model_hash(model),
                     "model_type": model.config.model_type, "hidden_size": model.config.hidden_size},
         "tokenizer": {"class": type(tokenizer).__name__, "hash": tokenizer_hash(tokenizer)},
         "word_rule": WORD_RULE_VERSION,
@@ -241,20 +225,46 @@ def _shard_complete(fs, root: str, k: int, checksums: bool = False) -> bool:
 
 
 def validate(cfg: CacheConfig) -> None:
-    if cfg.dtype not in STORAGE:
-        raise CacheError(f"--dtype {cfg.dtype!r}: choose one of {', '.join(STORAGE)}")
-    if cfg.compression not in (None, "zstd"):
-        raise CacheError(f"--compression {cfg.compression!r}: choose none or zstd")
-    for flag, value, least in (("--shard-size", cfg.shard_size, 1), ("--batch-size", cfg.batch_size, 1),
-                               ("--max-length", cfg.max_length, 3)):
-        if value < least:
-            raise CacheError(f"{flag} {value}: must be at least {least}")
+    from mmkd import settings
+
+    settings.validate(cfg)
     if not cfg.corpora:
         raise CacheError("no --corpus given: name at least one prepared corpus")
 
 
+def check_layer(cfg: CacheConfig, model) -> None:
+    """`--layer` indexes hidden_states: embeddings, then each of the model's layers."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    if n is not None and not -(n + 1) <= cfg.layer <= n:
+        raise CacheError(f"--layer {cfg.layer}: the teacher has {n} layers, so hidden_states holds {n + 1} entries: "
+                         f"choose from {-(n + 1)} to {n} (-1 = the last layer, 0 = the embeddings)")
+
+
 # What a cache folder holds; `--overwrite` deletes nothing else.
 CACHE_ENTRIES = {"build.json", "manifest.json", "summary.json", "shards", "lock", "verified"}
+_SHARD = re.compile(r"\d{5}(\.tmp)?")
+_MARKER = re.compile(r"(\d{5}\.json(\.tmp\d+)?|\.probe-\d+)")
+
+
+def foreign_files(fs, root: str) -> list[str]:
+    """Files in a cache folder that mmkd did not write: anything but its own entries, shard folders
+    holding anything but a shard's files, markers that are not markers."""
+    from mmkd.cache.manifest import _MEMBER
+
+    out = []
+    for path in fs.find(root, withdirs=True):
+        rel = path[len(root.rstrip("/")) + 1:]
+        parts = rel.split("/")
+        if parts[0] not in CACHE_ENTRIES:
+            out.append(rel)
+        elif parts[0] in ("build.json", "manifest.json", "summary.json", "lock") and len(parts) > 1:
+            out.append(rel)
+        elif parts[0] == "shards" and len(parts) > 1 and (not _SHARD.fullmatch(parts[1])
+                                                          or (len(parts) > 2 and not _MEMBER.fullmatch("/".join(parts[2:])))):
+            out.append(rel)
+        elif parts[0] == "verified" and len(parts) > 1 and (len(parts) > 2 or not _MARKER.fullmatch(parts[1])):
+            out.append(rel)
+    return sorted(out)
 
 
 def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
@@ -264,6 +274,7 @@ def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
     state = process_state()
     corpora = [open_corpus(c, cfg.data_dir) for c in cfg.corpora]
     model, tokenizer = load_teacher(cfg.teacher, state.device, cfg.trust_remote_code)
+    check_layer(cfg, model)
     outputs = []
     for corpus in corpora:
         outputs.append(_build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress))
@@ -275,18 +286,24 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
     fs, root = fsspec.core.url_to_fs(url)
     identity = _identity(cfg, corpus, model, tokenizer)
     started = time.time()
-    lock = CacheLock(fs, root, url)
+    lock = Lock(fs, root, url, "mmkd cache-teacher", CacheError)
     if state.is_main_process:
         if fs.exists(root) and not fs.isdir(root):
             raise CacheError(f"{url} is a file, not a folder; choose another --out")
         entries = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)} if fs.exists(root) else set()
         if entries - {"lock"} and "build.json" not in entries:
             raise CacheError(f"{url} exists and is not an mmkd cache; choose another --out")
-        if entries - CACHE_ENTRIES:
-            raise CacheError(f"{url} holds files mmkd did not write ({', '.join(sorted(entries - CACHE_ENTRIES)[:5])}); "
-                             "move them away first")
+        if overwrite and "build.json" in entries:
+            from mmkd.run_folder import check_deletable
+
+            foreign = foreign_files(fs, root)
+            if foreign:
+                raise CacheError(f"{url} holds files mmkd did not write ({', '.join(foreign[:5])}); --overwrite deletes "
+                                 "nothing there: move them away first")
+            if "://" not in url or url.startswith("file://"):
+                check_deletable(Path(root), entries, "teacher cache", [cfg.data_dir], CACHE_ENTRIES)
         fs.makedirs(root, exist_ok=True)
-        lock.acquire(say=print if progress else (lambda _: None))
+        lock.acquire()
     try:
         _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state, resume, overwrite, progress,
                       started)
@@ -300,7 +317,7 @@ def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state,
                   started) -> None:
     if state.is_main_process:
         if fs.exists(f"{root}/build.json"):
-            if overwrite:
+            if overwrite:     # checked above: only mmkd's own files are there
                 for entry in CACHE_ENTRIES - {"lock"}:
                     if fs.exists(f"{root}/{entry}"):
                         fs.rm(f"{root}/{entry}", recursive=True)

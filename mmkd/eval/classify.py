@@ -13,7 +13,8 @@ import torch
 
 from mmkd.eval.data import (PAWSX, XNLI, EvalDataError, PairExample, PairTask, check_languages, load_pair_split,
                             load_pair_train)
-from mmkd.eval.finetune import EvalConfig, autocast, check_max_length, device, fine_tune
+from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune
+from mmkd.eval.settings import EvalConfig
 from mmkd.eval.metrics import accuracy
 
 TASKS = {"xnli": XNLI, "pawsx": PAWSX}
@@ -50,7 +51,7 @@ def predict(model, tokenizer, examples: list[PairExample], max_length: int, batc
 def run_seed(cfg: EvalConfig, seed: int) -> dict:
     from transformers import AutoModelForSequenceClassification
 
-    from mmkd.models import load, load_tokenizer
+    from mmkd.hf import load, load_tokenizer
 
     from mmkd.eval.finetune import seed_everything
 
@@ -66,10 +67,13 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     else:
         dev_en = load_pair_split(task, "en", "dev", cfg.data_dir, cfg.max_eval_examples)
     upto = cfg.test_offset + cfg.max_eval_examples if cfg.max_eval_examples else None
-    tests = {lang: load_pair_split(task, lang, "test", cfg.data_dir, upto)[cfg.test_offset:] for lang in languages}
+    if cfg.test_split not in ("test", "dev"):
+        raise EvalDataError(f"--test-split {cfg.test_split!r}: choose test or dev")
+    tests = {lang: load_pair_split(task, lang, cfg.test_split, cfg.data_dir, upto)[cfg.test_offset:] for lang in languages}
     empty = [lang for lang, ex in tests.items() if not ex]
     if empty:
-        raise EvalDataError(f"--test-offset {cfg.test_offset}: no {task.name} test examples left for {', '.join(empty)}")
+        raise EvalDataError(f"--test-offset {cfg.test_offset}: no {task.name} {cfg.test_split} examples left for "
+                            f"{', '.join(empty)}")
     oracle_devs = ({lang: load_pair_split(task, lang, "dev", cfg.data_dir, cfg.max_eval_examples)
                     for lang in languages if lang != "en"} if cfg.oracle else {})
 

@@ -4,38 +4,12 @@ Optionally also the per-language best epoch on the target dev sets (the "oracle"
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-
-@dataclass
-class EvalConfig:
-    task: str
-    model: str
-    out: str | None = None
-    data_dir: str | None = None
-    train_file: str | None = None
-    dev_file: str | None = None
-    languages: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [1])
-    epochs: float | None = None          # task default
-    lr: float | None = None
-    batch_size: int = 32
-    max_length: int | None = None
-    weight_decay: float | None = None
-    warmup_ratio: float | None = None
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-    test_offset: int = 0                 # XNLI/PAWS-X: test rows start here (rows kept apart from a choice)
-    oracle: bool = False
-    doc_stride: int = 128
-    max_question_length: int = 64         # XQuAD: question tokens kept (BERT's SQuAD recipe)
-    max_answer_length: int = 30
-    n_best: int = 20
-    trust_remote_code: bool = False
+from mmkd.eval.settings import EvalConfig  # noqa: F401 (re-exported: the settings of this loop)
 
 
 def device() -> torch.device:
@@ -60,8 +34,9 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
     total = max(1, int(round(n_steps_per_epoch * epochs)))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    from mmkd.optim import adamw
+
+    opt = adamw([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
     best: dict[str, tuple[float, dict]] = {}
     history = []

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mmkd.eval.data import XQUAD_ALL, XQUAD_LANGUAGES, EvalDataError, QAExample, check_languages, load_qa
-from mmkd.eval.finetune import EvalConfig, autocast, check_max_length, device, fine_tune
+from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune
+from mmkd.eval.settings import EvalConfig
 from mmkd.eval.metrics import squad_scores
 
 DEFAULTS = {"epochs": 3.0, "lr": 3e-5, "max_length": 384, "weight_decay": 1e-4, "warmup_ratio": 0.1}
@@ -112,7 +113,7 @@ def _answers(examples: list[QAExample]) -> dict[str, list[str]]:
 def run_seed(cfg: EvalConfig, seed: int) -> dict:
     from transformers import AutoModelForQuestionAnswering
 
-    from mmkd.models import load, load_tokenizer
+    from mmkd.hf import load, load_tokenizer
 
     from mmkd.eval.finetune import seed_everything
 

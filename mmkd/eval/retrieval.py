@@ -59,19 +59,23 @@ def read_parallel(spec: str, limit: int | None = None) -> ParallelSet:
 
 @torch.no_grad()
 def embed(model, tokenizer, sentences: list[str], batch_size: int = 64, max_length: int = 128) -> dict[str, torch.Tensor]:
-    """{"cls": [N, H], "mean": [N, H]} from the last hidden layer, L2-normalised."""
+    """{"cls": [N, H], "mean": [N, H]} from the last hidden layer, L2-normalised. Sentences are
+    batched by length (little padding) and returned in their input order."""
     dev = device()
+    lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
     cls, mean = [], []
     for i in range(0, len(sentences), batch_size):
-        enc = tokenizer(sentences[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt").to(dev)
+        enc = tokenizer([sentences[j] for j in order[i:i + batch_size]], truncation=True, max_length=max_length,
+                        padding=True, return_tensors="pt").to(dev)
         with autocast(dev):
             h = model(**enc).last_hidden_state.float()
         m = enc["attention_mask"].unsqueeze(-1).float()
         cls.append(h[:, 0])
         mean.append((h * m).sum(1) / m.sum(1))
+    inverse = torch.from_numpy(np.argsort(order, kind="stable"))
     norm = torch.nn.functional.normalize
-    return {"cls": norm(torch.cat(cls), dim=-1).cpu(), "mean": norm(torch.cat(mean), dim=-1).cpu()}
+    return {"cls": norm(torch.cat(cls)[inverse], dim=-1).cpu(), "mean": norm(torch.cat(mean)[inverse], dim=-1).cpu()}
 
 
 def retrieval_scores(model, tokenizer, data: ParallelSet) -> dict[str, float]:
@@ -88,7 +92,7 @@ def retrieval_scores(model, tokenizer, data: ParallelSet) -> dict[str, float]:
 def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, trust_remote_code: bool = False) -> dict:
     from transformers import AutoModel
 
-    from mmkd.models import load, load_tokenizer
+    from mmkd.hf import load, load_tokenizer
 
     if not specs:
         raise EvalDataError("give at least one --pairs NAME=EN_FILE,X_FILE or --pairs FILE.tsv")

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from mmkd import __version__
-from mmkd.eval.finetune import EvalConfig
+from mmkd.eval.settings import EvalConfig
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -26,6 +26,9 @@ def default_out(model: str, task: str) -> Path:
 
 
 def run_task(cfg: EvalConfig) -> dict:
+    from mmkd import settings
+
+    settings.validate(cfg)
     if cfg.task in ("xnli", "pawsx"):
         from mmkd.eval.classify import run_seed
         metric = "accuracy"

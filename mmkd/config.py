@@ -1,0 +1,140 @@
+"""The settings of a training run (`mmkd train`, each run of `mmkd ablate`, the demo's training).
+
+Every default is written here once, as a field with its meaning and range (mmkd/settings.py
+derives the command-line options, the checks and `mmkd settings` from these declarations). The
+defaults are the paper's settings (section 4.1) where the paper gives them; where it does not, the
+reason for each is in docs/method.md ("Defaults the paper leaves open"). Named presets in
+mmkd/presets/ hold whole scenarios (`--config paper`, `--config demo`). Each objective's own
+settings are declared in its module and sit here under its name (`cfg.xwcl.temperature`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from mmkd import settings as st
+from mmkd.errors import TrainingError
+from mmkd.objectives import names as objective_names
+from mmkd.objectives import TEACHER_HEAD_MODES
+from mmkd.objectives.senta import SentASettings
+from mmkd.objectives.struca import StrucASettings
+from mmkd.objectives.xwcl import XWCLSettings
+from mmkd.paths import default_data_dir
+from mmkd.settings import setting
+
+
+@dataclass
+class TrainConfig:
+    # ------------------------------------------------------------------ what is read and written
+    cache: list[str] = setting(help="Teacher caches or URLs, or folders holding several (`--cache`).",
+                               factory=list, cli=False)
+    corpora: list[str] = setting(help="Prepared corpora, with an online teacher only (`--corpus`).",
+                                 factory=list, cli=False)
+    online_teacher: str | None = setting(None, "Run this teacher on the fly instead of reading a cache.", cli=False)
+    student: str = setting("bert-base-multilingual-cased", "Student with an MLM head (AutoModelForMaskedLM): "
+                           "hub id or folder.", cli=False)
+    out: str = setting("runs/mmkd", "Run folder (checkpoints, logs, student/).", cli=False)
+    data_dir: str = setting(help="Where prepared corpora are (online teacher).", factory=default_data_dir, cli=False)
+    # ------------------------------------------------------------------ optimisation (paper 4.1)
+    epochs: float = setting(15.0, "Epochs (paper 4.1: 15).", above=0)
+    max_steps: int | None = setting(None, "Stop after this many steps (overrides --epochs).", min=1)
+    batch_size: int = setting(256, "Global batch (all processes and accumulation steps), language-balanced "
+                                   "(paper 4.1: 256).", min=1)
+    grad_accum: int = setting(1, "Micro-batches per step and process, for when the batch does not fit.", min=1)
+    lr: float = setting(2e-5, "Peak learning rate of AdamW (paper 4.1: 2e-5).", above=0, max=1.0)
+    weight_decay: float = setting(0.01, "AdamW weight decay (paper 4.1: 0.01).", min=0, max=1.0)
+    warmup_ratio: float = setting(0.1, "Fraction of the steps of linear warm-up (paper 4.1: 10%).", min=0, max=1.0)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm (0 = off; BERT's practice, the paper does not say).",
+                                   min=0)
+    head_warmup_steps: int = setting(0, "Train only the freshly initialised heads (encoder lr 0) for the first N "
+                                        "steps; 0 = the paper.", min=0)
+    # ------------------------------------------------------------------ the objectives (paper 3, eq. 6)
+    without: list[str] = setting(help="Remove an objective (repeatable); its forward pass is skipped.",
+                                 factory=list, choices=objective_names)
+    max_length: int = setting(128, "Student input length in tokens (paper 4.1: 128).", min=8)
+    mlm_probability: float = setting(0.15, "Fraction of tokens (TLM) and of English words (XWCL) masked.",
+                                     above=0, max=1.0)
+    xwcl: XWCLSettings = dataclasses.field(default_factory=XWCLSettings)
+    senta: SentASettings = dataclasses.field(default_factory=SentASettings)
+    struca: StrucASettings = dataclasses.field(default_factory=StrucASettings)
+    head_hidden: int = setting(768, "Hidden units of the projector/predictor MLPs (paper 4.1: 768).", min=1)
+    head_out: int = setting(128, "Output size of the projector/predictor MLPs (paper 4.1: 128).", min=1)
+    head_norm: str = setting("none", "Normalisation inside the head MLPs (the paper: none).",
+                             choices=("none", "batch", "layer"))
+    teacher_heads: str = setting("structure", "How the teacher projectors learn: frozen (random, never trained); "
+                                 "train (by SentA/StrucA alone, the paper; both sides can agree on a constant); "
+                                 "structure (mmkd's own: by a loss that keeps the teacher's batch similarity "
+                                 "structure, SentA/StrucA gradients stopped); guard (mmkd's own: SentA/StrucA plus "
+                                 "a variance/covariance guard). docs/method.md, \"Teacher heads\".",
+                                 choices=tuple(TEACHER_HEAD_MODES))
+    teacher_head_weight: float = setting(1.0, "Weight of the teacher heads' own loss (modes structure, guard).", min=0)
+    # ------------------------------------------------------------------ an online teacher (no cache)
+    teacher_layer: int = setting(-1, "Online teacher: hidden_states index (-1 = last layer).")
+    teacher_max_length: int = setting(128, "Online teacher: input length in tokens.", min=3)
+    # ------------------------------------------------------------------ running
+    seed: int = setting(0, "Seed of the data order, the masks and the heads.", min=0)
+    mixed_precision: str = setting("auto", "auto = bf16 on GPUs, fp32 on CPU.", choices=("auto", "no", "bf16", "fp16"))
+    checkpoint_every: int = setting(500, "Steps between checkpoints.", min=1)
+    keep_checkpoints: int = setting(3, "Checkpoints kept.", min=1)
+    num_workers: int = setting(2, "Data-loader workers per process (they read the cache and build inputs).",
+                               min=0, max=64)
+    log_with: str = setting("auto", "Tracker besides metrics.csv (auto = tensorboard when installed).",
+                            choices=("auto", "tensorboard", "none"))
+    trust_remote_code: bool = setting(False, "Allow custom model code from the hub (off by default).", cli=False)
+    verify_cache: bool = setting(True, "Check every cache shard's checksums before its first use (remembered in "
+                                       "CACHE/verified/).", flag="--verify")
+    assign: str = setting("length", "How a global batch's pairs go to processes: by length (little padding) or by "
+                                    "position; the losses are the same.", choices=("length", "stride"))
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The names of the objectives trained, in the fixed order of mmkd.objectives.OBJECTIVES."""
+        from mmkd.objectives import chosen
+        return tuple(o.name for o in chosen(self.without))
+
+
+# Settings a resumed run may change without changing its results. `out` too: a run folder identifies
+# itself by its checkpoints, so a moved folder or another spelling of its path resumes.
+RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora",
+             "out", "verify_cache"}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every setting within its range (one line naming the option), and the combinations that make a run."""
+    st.validate(cfg)
+    if len(set(cfg.without)) == len(objective_names()):
+        raise TrainingError("every objective was removed with --without; nothing to train")
+    if cfg.batch_size % cfg.grad_accum:
+        raise TrainingError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum {cfg.grad_accum}")
+    if bool(cfg.cache) == bool(cfg.online_teacher):
+        raise TrainingError("give either --cache (the teacher cache) or --online-teacher NAME (with --corpus)")
+
+
+def from_saved(saved: dict, where: str) -> TrainConfig:
+    """The TrainConfig a run folder recorded (its config.json "config"), older flat keys included."""
+    return st.from_mapping(TrainConfig, saved, where)
+
+
+def differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """The settings (other than those a resume may change) in which `cfg` differs from a run's,
+    by option name: `--head-out: run has 16, now 32`."""
+    now = st.flat(cfg)
+    out = []
+    for f in st.fields(TrainConfig):
+        if f.path[0] in RESUMABLE:
+            continue
+        a, b = st.get(saved, f.path), now[f.key]
+        if a != b and not _same_folder(a, b):
+            label = f.flag if f.meta.get("cli", True) else {"student": "--student", "online_teacher": "--online-teacher",
+                                                           "trust_remote_code": "--trust-remote-code"}.get(f.key, f.key)
+            out.append(f"{label}: run has {a!r}, now {b!r}")
+    return out
+
+
+def _same_folder(a, b) -> bool:
+    """One local folder spelled two ways (relative and absolute, a trailing slash)."""
+    import os
+
+    return (isinstance(a, str) and isinstance(b, str) and os.path.exists(a) and os.path.exists(b)
+            and os.path.realpath(a) == os.path.realpath(b))

@@ -1,0 +1,45 @@
+"""The settings of a zero-shot evaluation (`mmkd eval xnli|pawsx|xquad`, the sweep's and the demo's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmkd.settings import setting
+
+
+@dataclass
+class EvalConfig:
+    task: str = setting("xnli", "xnli, pawsx or xquad.", choices=("xnli", "pawsx", "xquad"), cli=False)
+    model: str = setting("", "Encoder to evaluate: hub id or folder.", cli=False)
+    out: str | None = setting(None, "Where results.json/results.md go.", cli=False)
+    data_dir: str | None = setting(None, "Local evaluation data in XTREME's layout (DIR/xnli, DIR/pawsx, DIR/xquad, "
+                                         "DIR/squad); default: the hub's datasets.", flag="--eval-data-dir")
+    train_file: str | None = setting(None, "English training data (XTREME TSV / SQuAD JSON); default: the hub's "
+                                           "English train.")
+    dev_file: str | None = setting(None, "English dev for checkpoint selection (default: DIR/task/dev-en.tsv; for "
+                                         "XQuAD the last 10% of the training questions).")
+    languages: list[str] = setting(help="Target languages (comma-separated); default: the task's.", factory=list)
+    seeds: list[int] = setting(help="Fine-tuning seeds (comma-separated); reports mean ± std.",
+                               factory=lambda: [1], min=0)
+    epochs: float | None = setting(None, "Fine-tuning epochs. Default: 5 (XNLI, PAWS-X), 3 (XQuAD).", above=0)
+    lr: float | None = setting(None, "Fine-tuning learning rate. Default: 2e-5 (XNLI, PAWS-X), 3e-5 (XQuAD).",
+                               above=0, max=1.0)
+    batch_size: int = setting(32, "Fine-tuning batch size.", min=1)
+    max_length: int | None = setting(None, "Default: 128 (XNLI, PAWS-X), 384 (XQuAD).", min=8)
+    weight_decay: float | None = setting(None, "Default: 0 (XNLI, PAWS-X), 1e-4 (XQuAD).", min=0, max=1.0)
+    warmup_ratio: float | None = setting(None, "Default: 0 (XNLI, PAWS-X), 0.1 (XQuAD).", min=0, max=1.0)
+    max_train_examples: int | None = setting(None, "Cap the training set (smoke runs).", min=1)
+    max_eval_examples: int | None = setting(None, "Cap every dev/test set (smoke runs).", min=1)
+    test_offset: int = setting(0, "XNLI, PAWS-X: skip the first N test examples of each language (with "
+                                  "--max-eval-examples: report on rows kept apart from those a choice was made on).",
+                               min=0)
+    test_split: str = setting("test", "XNLI, PAWS-X: score the target languages' test rows, or their dev rows (to "
+                                      "choose settings on data that is not reported).", choices=("test", "dev"))
+    oracle: bool = setting(False, "Also report target-dev (oracle) checkpoint selection.")
+    doc_stride: int = setting(128, "XQuAD: overlap of the strided context windows, in tokens.", min=1)
+    max_question_length: int = setting(64, "XQuAD: questions longer than this many tokens keep their first ones "
+                                           "(BERT's SQuAD recipe); always fewer than --max-length minus "
+                                           "--doc-stride.", min=1)
+    max_answer_length: int = setting(30, "XQuAD: longest answer span, in tokens.", min=1)
+    n_best: int = setting(20, "XQuAD: start and end candidates considered.", min=1)
+    trust_remote_code: bool = setting(False, "Allow custom model code (off by default).", cli=False)

@@ -1,0 +1,145 @@
+"""The student inputs of a pair (s, t) (paper 3.1–3.4) and what they carry of the teacher.
+
+An input is built once per micro-batch for every objective that reads it (SentA and StrucA share
+the sentence input). Each builder returns the tensors of its input, the teacher features the
+objectives on it compare with included, so the teacher's features reach the losses by one route:
+input -> model forward -> objective forward -> loss.
+
+- `masked_pair` (TLM):       `[CLS] s [SEP] t [SEP]`, 15% of the tokens of both sides masked (80/10/10);
+- `word_masked_pair` (XWCL): `[CLS] s' [SEP] t [SEP]`, 15% of the English *words* whole-word masked,
+                             source side only; `word_pos[b, i]` is the position of the first sub-token of
+                             English word i (0 if the student's max length cut it off), `masked_words[b, i]`
+                             the anchors of eq. (1), with the teacher's word states and word mask;
+- `sentence` (SentA, StrucA): `[CLS] t [SEP]` alone, with the teacher's [CLS] of s.
+
+Token types and positions of the pair inputs: segment 0 for `[CLS] s [SEP]`, segment 1 for
+`t [SEP]`, positions 0..L-1 across both, exactly how mBERT saw sentence pairs in pre-training
+(NSP); other families follow their tokenizer's conventions. English is given to the tokenizer as
+the cached word list (`is_split_into_words=True`), so word i is the cache's word i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+
+from mmkd.masking import example_rng, mask_tokens, mask_words
+from mmkd.words import first_subtoken_positions
+
+_MASKED_PAIR, _WORD_MASKED_PAIR = 1, 2   # purposes for example_rng (the masks of the two pair inputs)
+
+
+@dataclass
+class MaskingConfig:
+    max_length: int = 128
+    mlm_probability: float = 0.15
+    seed: int = 0
+    segments: bool = True      # segment ids (BERT: type_vocab_size 2); False for XLM-R, DistilBERT, DeBERTa-v3
+
+
+def special_ids(tokenizer) -> np.ndarray:
+    return np.array(sorted(set(tokenizer.all_special_ids)))
+
+
+def random_token_ids(tokenizer) -> np.ndarray:
+    """Ids a 10%-random replacement may draw: the vocabulary without special tokens."""
+    ids = np.arange(len(tokenizer))
+    return ids[~np.isin(ids, special_ids(tokenizer))]
+
+
+def pad(rows: list[np.ndarray], value: int):
+    """Rows right-padded into one int64 tensor [B, max length]."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return torch.from_numpy(out)
+
+
+class Pairs:
+    """What the inputs of one micro-batch are built from: its pairs' keys, the cached English word
+    lists, the target texts, the teacher features, and the tokenizer. The pair encoding (shared by
+    both pair inputs) is made once, when first needed."""
+
+    def __init__(self, tokenizer, keys, words, targets, teacher, cfg: MaskingConfig, random_ids: np.ndarray):
+        self.tokenizer, self.keys, self.words, self.targets = tokenizer, keys, words, targets
+        self.teacher, self.cfg, self.random_ids = teacher, cfg, random_ids
+
+    @cached_property
+    def encoding(self):
+        return self.tokenizer(self.words, [t.split() for t in self.targets], is_split_into_words=True,
+                              truncation="longest_first", max_length=self.cfg.max_length,
+                              return_token_type_ids=self.cfg.segments)
+
+    @cached_property
+    def rows(self) -> list[np.ndarray]:
+        return [np.array(ids, dtype=np.int64) for ids in self.encoding["input_ids"]]
+
+    def common(self, ids: list[np.ndarray]) -> dict:
+        enc = self.encoding
+        out = {"input_ids": pad(ids, self.tokenizer.pad_token_id),
+               "attention_mask": pad([np.ones(len(r), np.int64) for r in self.rows], 0)}
+        if "token_type_ids" in enc:
+            out["token_type_ids"] = pad([np.array(t, dtype=np.int64) for t in enc["token_type_ids"]], 0)
+        return out
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    source: str                           # "pairs" (the pair inputs' pairs) or "sentences"
+    build: Callable[[Pairs], dict]
+
+
+def _masked_pair(p: Pairs) -> dict:
+    special = set(special_ids(p.tokenizer).tolist())
+    ids_out, labels_out = [], []
+    for b, ids in enumerate(p.rows):
+        rng = example_rng(p.cfg.seed, p.keys[b][0], p.keys[b][1], _MASKED_PAIR)
+        cand = np.array([i not in special for i in ids.tolist()])
+        new, labels = mask_tokens(ids, cand, rng, p.tokenizer.mask_token_id, p.random_ids, p.cfg.mlm_probability)
+        ids_out.append(new)
+        labels_out.append(labels)
+    return {**p.common(ids_out), "labels": pad(labels_out, -100)}
+
+
+def _word_masked_pair(p: Pairs) -> dict:
+    import torch
+
+    width = p.teacher.word_mask.shape[1]
+    ids_out = []
+    word_pos = np.zeros((len(p.rows), width), dtype=np.int64)
+    masked = np.zeros((len(p.rows), width), dtype=bool)
+    for b, ids in enumerate(p.rows):
+        n_words = len(p.words[b])
+        wid, sid = p.encoding.word_ids(b), p.encoding.sequence_ids(b)
+        token_word = np.array([w if (w is not None and s == 0) else -1 for w, s in zip(wid, sid)])
+        rng = example_rng(p.cfg.seed, p.keys[b][0], p.keys[b][1], _WORD_MASKED_PAIR)
+        new, m = mask_words(ids, token_word, n_words, rng, p.tokenizer.mask_token_id, p.random_ids,
+                            p.cfg.mlm_probability)
+        pos = first_subtoken_positions(wid, n_words, sid, 0)
+        present = pos >= 0
+        word_pos[b, :n_words] = np.where(present, pos, 0)
+        masked[b, :n_words] = m & present
+        ids_out.append(new)
+    return {**p.common(ids_out), "word_pos": torch.from_numpy(word_pos), "masked_words": torch.from_numpy(masked),
+            "teacher_words": p.teacher.word_states, "teacher_word_mask": p.teacher.word_mask}
+
+
+def _sentence(p: Pairs) -> dict:
+    enc = p.tokenizer(p.targets, truncation=True, max_length=p.cfg.max_length, padding=True, return_tensors="pt",
+                      return_token_type_ids=p.cfg.segments)
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "teacher_cls": p.teacher.cls}
+    if enc.get("token_type_ids") is not None:
+        out["token_type_ids"] = enc["token_type_ids"]
+    return out
+
+
+MASKED_PAIR = InputSpec("masked_pair", "pairs", _masked_pair)
+WORD_MASKED_PAIR = InputSpec("word_masked_pair", "pairs", _word_masked_pair)
+SENTENCE = InputSpec("sentence", "sentences", _sentence)

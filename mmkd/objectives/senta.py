@@ -1,0 +1,36 @@
+"""SentA, sentence alignment (paper 3.3, eq. 2): the student's predicted projection of t's [CLS]
+matches the teacher's projection of s's [CLS], both L2-normalised.
+
+Setting: `center` (not the paper): subtract each side's batch mean first, over the micro-batch
+gathered from every process, so that one output for every input cannot lower the loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmkd.objectives.sentence import SentenceObjective
+from mmkd.settings import setting
+
+
+@dataclass
+class SentASettings:
+    center: bool = setting(False, "SentA on batch-centred vectors (not the paper): one output for every input can "
+                                  "no longer lower the loss (docs/method.md).")
+
+
+class _SentA(SentenceObjective):
+    name, title, equation = "senta", "SentA", "(2)"
+    table5_row = 3
+
+    def spans_batch(self, cfg):
+        return cfg.senta.center
+
+    def loss(self, out, cfg, gather):
+        from mmkd.losses import senta_loss
+        student, teacher = out[self.name]["student"], self.teacher_side(out, cfg)
+        if cfg.senta.center:   # the batch mean must be the global batch's: over the gathered micro-batch
+            return senta_loss(gather(student), gather(teacher), center=True)
+        return senta_loss(student, teacher)
+
+
+SENTA = _SentA()

@@ -1,0 +1,54 @@
+"""What SentA and StrucA share: the sentence input `[CLS] t [SEP]`, its [CLS] state, a student
+projector and predictor each, and a teacher projector each fed by the teacher's [CLS] of s (paper
+3.3–3.4, 4.1: 2-layer MLPs, 768 hidden units, 128 outputs; `--head-hidden/--head-out/--head-norm`)."""
+
+from __future__ import annotations
+
+from mmkd.objectives.base import Objective
+from mmkd.objectives.inputs import SENTENCE
+
+
+def projection_std(x) -> float:
+    from mmkd.losses import projection_std as std
+    return std(x).item()
+
+
+class SentenceObjective(Objective):
+    input = SENTENCE
+    averages_over = "sentences"
+    has_teacher_heads = True
+
+    def student_heads(self, student_hidden, teacher_hidden, cfg):
+        from mmkd.heads import mlp
+        return {f"{self.name}_projector": mlp(student_hidden, cfg.head_hidden, cfg.head_out, cfg.head_norm),
+                f"{self.name}_predictor": mlp(cfg.head_out, cfg.head_hidden, cfg.head_out, cfg.head_norm)}
+
+    def teacher_heads(self, teacher_hidden, cfg):
+        from mmkd.heads import mlp
+        return {f"teacher_{self.name}_projector": mlp(teacher_hidden, cfg.head_hidden, cfg.head_out, cfg.head_norm)}
+
+    def forward(self, model, encoded, batch):
+        cls = encoded.hidden("sentence")[:, 0]
+        teacher_cls = batch.inputs["sentence"]["teacher_cls"].to(cls.dtype)
+        return {"student": getattr(model, f"{self.name}_predictor")(getattr(model, f"{self.name}_projector")(cls)),
+                "teacher": getattr(model, f"teacher_{self.name}_projector")(teacher_cls),
+                "teacher_cls": teacher_cls}
+
+    def count(self, batch):
+        return len(batch.keys["sentence"]) if "sentence" in batch.inputs else 0
+
+    def teacher_side(self, out, cfg):
+        """The teacher projection as this loss sees it: a teacher-head mode that trains the heads by a
+        loss of its own stops this objective's gradient there."""
+        from mmkd.objectives.teacher_heads import TEACHER_HEAD_MODES
+
+        teacher = out[self.name]["teacher"]
+        return teacher.detach() if TEACHER_HEAD_MODES[cfg.teacher_heads].stop_gradient else teacher
+
+    @property
+    def indicator_names(self):
+        return (f"std_student_{self.name}", f"std_teacher_{self.name}")
+
+    def indicators(self, mine):
+        return {f"std_student_{self.name}": projection_std(mine["student"]),
+                f"std_teacher_{self.name}": projection_std(mine["teacher"])}

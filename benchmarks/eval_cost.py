@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +26,9 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=200)
     args = ap.parse_args()
     shared = Path(args.shared_data)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny import make_tiny_bert
+    from mmkd.tiny import make_tiny_bert
 
-    from mmkd.eval.finetune import EvalConfig
+    from mmkd.eval.settings import EvalConfig
     from mmkd.eval.retrieval import run_retrieval
     from mmkd.eval.runner import run_task
 

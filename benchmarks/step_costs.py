@@ -22,7 +22,6 @@ Step times are only meaningful on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -32,34 +31,27 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 TATOEBA = (("en-fr", "eng-fra.tsv"), ("en-de", "eng-deu.tsv"), ("en-es", "eng-spa.tsv"))
 
 
-def medians(run: Path) -> dict:
-    """Median step time and median wait for the batch (with 0 workers: the time to read and build it)."""
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))[2:]
-    return {"median_step_seconds": round(statistics.median(float(r["step_seconds"]) for r in rows), 4),
-            "median_data_wait": round(statistics.median(float(r["data_wait"]) for r in rows), 4)}
-
-
 def child(args) -> None:
     """One training run (in a child process); prints its median step time."""
-    import mmkd.train as T
-    from mmkd.features import open_features
+    import mmkd.features as F
+    from mmkd.config import TrainConfig
+    from mmkd.measure import FreeTeacher, step_medians
+    from mmkd.train import train
 
-    cfg = T.TrainConfig(student=args.student, out=args.run, cache=[args.cache], data_dir=args.data,
-                        batch_size=args.batch_size, max_steps=args.steps, num_workers=args.num_workers,
-                        log_with="none", checkpoint_every=10**9, assign=args.assign, verify_cache=False)
+    cfg = TrainConfig(student=args.student, out=args.run, cache=[args.cache], data_dir=args.data,
+                      batch_size=args.batch_size, max_steps=args.steps, num_workers=args.num_workers,
+                      log_with="none", checkpoint_every=10**9, assign=args.assign, verify_cache=False)
     if args.zero:
-        from train_step import ZeroTeacher
-        T.open_features = lambda c, device="cpu": ZeroTeacher(open_features(c, device))
-    run = T.train(cfg, overwrite=True, progress=False)
+        real = F.open_features
+        F.open_features = lambda c, device="cpu": FreeTeacher(real(c, device))
+    run = train(cfg, overwrite=True, progress=False)
     from accelerate import PartialState
     if PartialState().is_main_process:
-        print(json.dumps(medians(run)))
+        print(json.dumps(step_medians(run)))
 
 
 def launch(work: Path, name: str, cache: Path, data: Path, student: str, steps: int, batch: int, workers: int,
@@ -140,23 +132,15 @@ def assign(work: Path, shared: Path, student: str, steps: int, batch: int) -> di
 
 
 def width(work: Path, shared: Path, student: str, steps: int, batch: int) -> dict:
-    from wide import english_sample
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from tiny import make_tiny_bert
-    from transformers import AutoModel
-
     from mmkd.corpus import list_corpora
+    from mmkd.measure import english_sample, random_bert
     data = work / "data"
     if not list_corpora(str(data)):
         tatoeba(shared, data)
     texts = english_sample(shared, 5000)
     report = {}
     for hidden in (384, 1024):
-        teacher = make_tiny_bert(texts, work / f"teacher-{hidden}", 3000, seed=0, hidden=hidden)
-        m = AutoModel.from_pretrained(teacher)
-        m.encoder.layer = m.encoder.layer[:1]
-        m.config.num_hidden_layers = 1
-        m.save_pretrained(teacher)
+        teacher = random_bert(texts, work / f"teacher-{hidden}", hidden)
         c = cache(str(teacher), data, work / f"cache-{hidden}", [p for p, _ in TATOEBA])
         pairs = sum(json.loads((c / p / "manifest.json").read_text())["n_sentences"] for p, _ in TATOEBA)
         size = sum(folder_bytes(c / p) for p, _ in TATOEBA)
@@ -180,8 +164,8 @@ def main() -> None:
         ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.student is None:
-        from train_step import minilm_path
-        args.student = minilm_path()
+        from mmkd.supply import model_folder
+        args.student = str(model_folder("all-MiniLM-L6-v2"))
     if args.child:
         args.num_workers = int(args.num_workers)
         child(args)

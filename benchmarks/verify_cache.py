@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +28,13 @@ from mmkd.corpus import CorpusConfig, prepare_corpus
 
 
 def build(work: Path, shared: Path, n: int) -> TeacherCache:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from wide import english_sample, wide_teacher
+    from mmkd.measure import english_sample, random_bert
 
     texts = english_sample(shared, n, tico=False)
     (work / "all.tsv").write_text("".join(f"{t}\t{t}\n" for t in texts))
     prepare_corpus(CorpusConfig(pair="en-xx", data_dir=str(work / "data"), tsv=str(work / "all.tsv"), min_tokens=1),
                    progress=False)
-    wide = wide_teacher(texts, work / "wide")
+    wide = random_bert(texts, work / "wide", 768)
     build_cache(CacheConfig(corpora=["en-xx"], teacher=str(wide), out=str(work / "cache"), data_dir=str(work / "data"),
                             dtype="fp16", batch_size=128, shard_size=1024), progress=False)
     return TeacherCache(str(work / "cache" / "en-xx"))

@@ -99,8 +99,8 @@ def _check_same_sweep(cfg: AblationConfig, out: Path) -> None:
             have = json.loads(path.read_text())
         except (OSError, ValueError):
             raise MMKDError(f"{path}: unreadable; it records this sweep's settings: move the folder away") from None
-        diffs = [f"{k}: sweep has {have.get(k)!r}, now {v!r}" for k, v in _flatten(want).items()
-                 if _flatten(have).get(k) != v]
+        old = _flatten(have) if isinstance(have, dict) else {}
+        diffs = [f"{k}: sweep has {old.get(k)!r}, now {v!r}" for k, v in _flatten(want).items() if old.get(k) != v]
         if diffs:
             raise MMKDError(f"{out} holds a sweep made with other settings; one table does not mix them: give "
                             "another --out, or repeat the sweep's settings:\n  " + "\n  ".join(diffs[:12]))

@@ -202,7 +202,8 @@ def read_opus_zip(path: str, ref: OpusRef, max_chars: int) -> Iterator[Pair]:
         yield from read_moses_streams(opener(en_name), opener(x_name), f"{path}:{en_name}",
                                       f"{path}:{x_name}", max_chars)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise CorpusError(f"{path}: corrupt or truncated zip data ({e})") from None
+        raise CorpusError(f"{path}: corrupt or truncated zip data ({e}); delete {path} and run the command again "
+                          "(a download is fetched anew)") from None
 
 
 def _guard_gzip(pairs: Iterator[Pair], *paths: str) -> Iterator[Pair]:
@@ -218,8 +219,11 @@ def _check_zip(url: str):
 
         try:
             with zipfile.ZipFile(path) as zf:
-                zf.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
+                bad = zf.testzip()          # every member read through: its CRC, not just the directory
+            if bad is not None:
+                raise DownloadError(f"{url}: member {bad} of the downloaded zip fails its CRC (a corrupt or "
+                                    "mixed download); it was deleted: run the command again")
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
             with open(path, "rb") as f:
                 head = f.read(64)
             what = "an HTML page" if head.lstrip().lower().startswith((b"<!doctype", b"<html")) else "not a zip file"
@@ -265,6 +269,10 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
     `translation: {"en": ..., lang: ...}` (the layout of opus_books, wmt*, europarl_bilingual, ...)."""
     import datasets
 
+    from mmkd.console import is_verbose
+
+    if not is_verbose():
+        datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except FileNotFoundError as e:
@@ -275,7 +283,8 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
                           f"'translation' column that `datasets` can load ({type(e).__name__}: {first}); for "
                           "TSV files use --tsv") from None
     if "translation" not in ds.column_names:
-        raise CorpusError(f"dataset {name!r}: no 'translation' column (columns: {ds.column_names})")
+        raise CorpusError(f"--hf-dataset {name!r}: no 'translation' column (columns: {ds.column_names[:4]}); a dataset "
+                          "with rows {'translation': {'en': ..., 'xx': ...}} is needed; for TSV files use --tsv")
     for i, row in enumerate(ds, start=1):
         tr = row["translation"]
         if "en" not in tr or lang not in tr:

@@ -2,10 +2,14 @@
 
 `download(url, dest)` streams into `dest + ".part"` with a progress bar (bytes, rate, ETA). A
 dropped connection is retried with exponential backoff and *resumed* where it stopped (an HTTP
-`Range` request; a server that ignores ranges is read again from the start). The size is checked
-against what the server announced, `check` (e.g. "is this a zip?") runs on the finished `.part`,
-and only then is it renamed to `dest`: a file at `dest` is always complete, so a finished
-download is reused and an interrupted one is never mistaken for a finished one.
+`Range` request; a server that ignores ranges is read again from the start). A `.part` is tied to
+what it is a part of: `dest.part.json` records the URL, the size the server announced and its
+validator (ETag or Last-Modified), a resume sends that validator as `If-Range` (a changed file
+comes back whole), and a `.part` whose record names another URL or size is discarded, never
+continued. The size is checked against what the server announced, `check` (e.g. every member of a
+zip read through) runs on the finished `.part`, and only then is it renamed to `dest`: a file at
+`dest` is always complete, so a finished download is reused and an interrupted one is never
+mistaken for a finished one.
 
 Plain `urllib` (the standard library) is all it needs, so the default path works after
 `pip install mmkd` with nothing else to install.
@@ -14,6 +18,7 @@ Plain `urllib` (the standard library) is all it needs, so the default path works
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import time
@@ -47,12 +52,33 @@ def _total_from(response, offset: int) -> int | None:
     return int(length) + (offset if response.status == 206 else 0)
 
 
+def _record(part: str) -> dict:
+    try:
+        with open(part + ".json") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _discard(part: str) -> None:
+    for path in (part, part + ".json"):
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def _fetch_once(url: str, part: str, timeout: float, bar) -> None:
     """One attempt: continue `part` from its current size. Raises _Transient on what a retry may fix."""
+    record = _record(part)
+    if os.path.exists(part) and record.get("url") != url:      # a part of something else, or of unknown origin
+        _discard(part)
+        record = {}
     offset = os.path.getsize(part) if os.path.exists(part) else 0
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+        if record.get("validator"):
+            request.add_header("If-Range", record["validator"])
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -67,9 +93,17 @@ def _fetch_once(url: str, part: str, timeout: float, bar) -> None:
         reason = getattr(e, "reason", e)
         raise _Transient(f"{reason}") from None
     with response:
-        if offset and response.status != 206:   # the server ignored the range: from the start
+        if offset and response.status != 206:   # the server ignored the range, or the file changed: from the start
             offset = 0
         total = _total_from(response, offset)
+        if offset and record.get("total") is not None and total is not None and total != record["total"]:
+            offset = 0                          # another file than the one the part began: start again
+            response.close()
+            _discard(part)
+            raise _Transient(f"the file changed upstream ({record['total']} bytes, now {total})")
+        validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+        with open(part + ".json", "w") as f:
+            json.dump({"url": url, "total": total, "validator": validator}, f)
         if bar is not None:
             bar.reset(total=total)
             bar.update(offset)
@@ -130,7 +164,9 @@ def download(url: str, dest: str, *, retries: int = 6, backoff: float = 1.0, tim
         try:
             check(part)
         except DownloadError:
-            os.remove(part)
+            _discard(part)
             raise
     os.replace(part, dest)
+    if os.path.exists(part + ".json"):
+        os.remove(part + ".json")
     return dest

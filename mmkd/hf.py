@@ -83,16 +83,42 @@ def _explain(role: str, name: str, model, info: dict) -> list[tuple[bool, str]]:
     return out
 
 
-def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, **kwargs):
-    """`auto_cls.from_pretrained(name)` without transformers' report; differences said by mmkd."""
+def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokenizer=None, **kwargs):
+    """`auto_cls.from_pretrained(name)` without transformers' report; differences said by mmkd. Given
+    the `tokenizer` it will be used with, the two are checked to belong together first."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    if tokenizer is not None:
+        from transformers import AutoConfig
+
+        with quiet_transformers(), _named(name, role):
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        check_vocabulary(tokenizer, config, f"{role} {_short(name)}")
     with quiet_transformers(), _named(name, role):
         model, info = auto_cls.from_pretrained(name, trust_remote_code=trust_remote_code,
                                                output_loading_info=True, **kwargs)
     for warning, message in _explain(role, name, model, info):
         say(("warning: " if warning else "") + message, once=True)
     return model
+
+
+def check_vocabulary(tokenizer, model, name: str) -> None:
+    """A tokenizer that does not belong to the model is refused: one whose ids run past the model's
+    embedding rows, or one far smaller than the model's vocabulary (transformers builds a 5-piece
+    tokenizer for a folder without tokenizer files, and every word becomes [UNK])."""
+    from mmkd.errors import MMKDError
+
+    rows = getattr(getattr(model, "config", model), "vocab_size", None)
+    pieces = len(tokenizer)
+    if rows is None:
+        return
+    if pieces > rows:
+        raise MMKDError(f"{name}: its tokenizer has {pieces} pieces but the model only {rows} embedding rows; they do "
+                        "not belong together (give the folder of one model, with its own tokenizer files)")
+    if pieces < min(1000, rows // 2):
+        raise MMKDError(f"{name}: its tokenizer has only {pieces} pieces for a vocabulary of {rows}: the folder lacks "
+                        "the model's tokenizer files (tokenizer.json, or vocab.txt / sentencepiece.bpe.model); copy "
+                        "them there")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, what: str = "tokenizer"):
@@ -109,16 +135,19 @@ def _named(name: str, what: str):
 
     try:
         yield
-    except (OSError, ValueError) as e:
+    except MMKDError:
+        raise
+    except Exception as e:   # OSError, ValueError, safetensors' SafetensorError (a truncated file), ...
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         if os.path.exists(name) and not os.path.isdir(name):
             why = "is a file; give the folder that holds config.json"
         elif os.path.isdir(name):
-            why = f"is a folder without a loadable model ({str(e).splitlines()[0][:200]})"
+            why = f"is a folder without a loadable model ({type(e).__name__}: {first}); a weights file may be " \
+                  "truncated or missing: copy the model folder again"
         elif name.startswith((".", "/", "~")) or name.count("/") > 1:   # a path (a hub id has one '/')
             why = "does not exist"
         else:
-            why = ("is neither a local folder nor a model in the hub cache, and the hub was not reached "
-                   f"({str(e).splitlines()[0][:160]})")
+            why = f"is neither a local folder nor a model in the hub cache, and the hub was not reached ({first})"
         raise MMKDError(f"{what} {name!r} {why}") from None
 
 

@@ -28,7 +28,7 @@ def load_teacher(name_or_path: str, device: torch.device | str = "cpu",
 
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     require_fast(tokenizer)
-    model = load(AutoModel, name_or_path, "teacher", trust_remote_code)
+    model = load(AutoModel, name_or_path, "teacher", trust_remote_code, tokenizer=tokenizer)
     model.requires_grad_(False).eval().to(device)
     return model, tokenizer
 

@@ -51,12 +51,18 @@ def train_tokenizer(texts: list[str], vocab_size: int, out: Path) -> PreTrainedT
 
 
 def wordpiece_tokenizer(texts: list[str], vocab_size: int, out: Path, pair: str,
-                        model_input_names: list[str] | None = None) -> PreTrainedTokenizerFast:
+                        model_input_names: list[str] | None = None, pad_to: int | None = None) -> PreTrainedTokenizerFast:
+    """A cased WordPiece tokenizer of about `vocab_size` pieces from `texts`; with `pad_to`, filled up
+    with `[unused<i>]` pieces (as mBERT's vocabulary has them) to exactly that many, so it matches a
+    model of a real vocabulary size."""
     normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                             strip_accents=False, lowercase=False)
     pre = pre_tokenizers.BertPreTokenizer()
     pieces = piece_vocab(word_counts(texts, normalizer, pre), vocab_size - len(SPECIAL), "##")
-    vocab = {t: i for i, t in enumerate(SPECIAL + [p for p, _ in pieces])}
+    names = SPECIAL + [p for p, _ in pieces]
+    if pad_to is not None:
+        names += [f"[unused{i}]" for i in range(max(0, pad_to - len(names)))]
+    vocab = {t: i for i, t in enumerate(names)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer = normalizer, pre
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

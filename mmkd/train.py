@@ -79,7 +79,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         tokenizer = load_tokenizer(cfg.student, cfg.trust_remote_code)
         require_fast(tokenizer)
         torch.manual_seed(cfg.seed)
-        student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code)
+        student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code, tokenizer=tokenizer)
         for o in chosen:
             o.check(student, features.hidden_size, cfg)
         model = build_model(student, features.hidden_size, cfg)

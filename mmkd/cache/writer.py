@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from mmkd import __version__
 from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
                                sha256_file, shard_name, zarr_location)
-from mmkd.cache.settings import DEFAULT_TEACHER, CacheConfig  # noqa: F401 (the settings of this stage)
+from mmkd.cache.settings import CacheConfig
 from mmkd.lock import Lock
 from mmkd.supply import describe
 from mmkd.corpus import PreparedCorpus, open_corpus
@@ -182,26 +182,38 @@ def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) ->
 
 
 def _write_shards(fs, root: str, todo: list[int], corpus: PreparedCorpus, cfg: CacheConfig, model,
-                  tokenizer, bar) -> None:
+                  tokenizer, bar) -> dict:
     """A three-stage pipeline, so the teacher never waits for the CPU work around it: while the
     teacher runs on shard k, one thread tokenizes shard k+1 and another stores shard k-1. At most
     one shard waits on each side. An error in any stage is raised here; a shard being stored when
-    the main thread fails is still finished (the pool waits for it) or left as `.tmp`."""
+    the main thread fails is still finished (the pool waits for it) or left as `.tmp`. Returns the
+    seconds the teacher ran and the seconds it waited for the tokenizer and for the writer."""
     hidden = model.config.hidden_size
+    timing = {"teacher_seconds": 0.0, "waited_for_tokenizer_seconds": 0.0, "waited_for_writer_seconds": 0.0}
+
+    def waited(key, future):
+        t = time.perf_counter()
+        out = future.result()
+        timing[key] += time.perf_counter() - t
+        return out
+
     with ThreadPoolExecutor(1, thread_name_prefix="mmkd-prepare") as prep, \
             ThreadPoolExecutor(1, thread_name_prefix="mmkd-store") as store:
         following = prep.submit(_prepare_shard, todo[0], corpus, cfg, tokenizer) if todo else None
         stored = None
         for n, k in enumerate(todo):
-            shard = following.result()
+            shard = waited("waited_for_tokenizer_seconds", following)
             following = (prep.submit(_prepare_shard, todo[n + 1], corpus, cfg, tokenizer)
                          if n + 1 < len(todo) else None)
+            t = time.perf_counter()
             _encode_shard(shard, cfg, model, bar)
+            timing["teacher_seconds"] += time.perf_counter() - t
             if stored is not None:
-                stored.result()
+                waited("waited_for_writer_seconds", stored)
             stored = store.submit(_store_shard, fs, root, shard, cfg, hidden)
         if stored is not None:
-            stored.result()
+            waited("waited_for_writer_seconds", stored)
+    return {k: round(v, 4) for k, v in timing.items()}
 
 
 def _shard_complete(fs, root: str, k: int, checksums: bool = False) -> bool:
@@ -247,24 +259,36 @@ _MARKER = re.compile(r"(\d{5}\.json(\.tmp\d+)?|\.probe-\d+)")
 
 
 def foreign_files(fs, root: str) -> list[str]:
-    """Files in a cache folder that mmkd did not write: anything but its own entries, shard folders
-    holding anything but a shard's files, markers that are not markers."""
+    """Files in a cache folder that mmkd did not write: anything but its own entries, a complete
+    shard's files other than those its shard.json lists, markers that are not markers."""
     from mmkd.cache.manifest import _MEMBER
 
+    base = root.rstrip("/")
+    listed: dict[str, set] = {}
     out = []
-    for path in fs.find(root, withdirs=True):
-        rel = path[len(root.rstrip("/")) + 1:]
+    for path in sorted(fs.find(base, withdirs=False)):
+        rel = path[len(base) + 1:] if path.startswith(base + "/") else path
         parts = rel.split("/")
-        if parts[0] not in CACHE_ENTRIES:
+        if parts[0] not in CACHE_ENTRIES or (parts[0] != "shards" and parts[0] != "verified" and len(parts) > 1):
             out.append(rel)
-        elif parts[0] in ("build.json", "manifest.json", "summary.json", "lock") and len(parts) > 1:
+        elif parts[0] == "shards":
+            if len(parts) < 3 or not _SHARD.fullmatch(parts[1]):
+                out.append(rel)
+            elif parts[1].endswith(".tmp"):          # a shard being written: zarr's and mmkd's names only
+                if not _MEMBER.fullmatch("/".join(parts[2:])):
+                    out.append(rel)
+            else:
+                if parts[1] not in listed:
+                    try:
+                        with fs.open(f"{base}/shards/{parts[1]}/shard.json", "r") as f:
+                            listed[parts[1]] = set(json.load(f)["sha256"]) | {"shard.json"}
+                    except (OSError, ValueError, KeyError, TypeError):
+                        listed[parts[1]] = set()
+                if "/".join(parts[2:]) not in listed[parts[1]]:
+                    out.append(rel)
+        elif parts[0] == "verified" and (len(parts) != 2 or not _MARKER.fullmatch(parts[1])):
             out.append(rel)
-        elif parts[0] == "shards" and len(parts) > 1 and (not _SHARD.fullmatch(parts[1])
-                                                          or (len(parts) > 2 and not _MEMBER.fullmatch("/".join(parts[2:])))):
-            out.append(rel)
-        elif parts[0] == "verified" and len(parts) > 1 and (len(parts) > 2 or not _MARKER.fullmatch(parts[1])):
-            out.append(rel)
-    return sorted(out)
+    return out
 
 
 def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
@@ -342,7 +366,7 @@ def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state,
     n_todo = sum(min(len(corpus), (k + 1) * cfg.shard_size) - k * cfg.shard_size for k in todo)
     with tqdm(total=n_todo, unit=" sent", desc=f"cache {corpus.name}", disable=not progress,
               position=state.process_index, dynamic_ncols=True) as bar:
-        _write_shards(fs, root, todo, corpus, cfg, model, tokenizer, bar)
+        timing = _write_shards(fs, root, todo, corpus, cfg, model, tokenizer, bar)
     state.wait_for_everyone()
 
     if state.is_main_process:
@@ -368,7 +392,7 @@ def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state,
         summary = {"seconds": round(elapsed, 3), "sentences_written_this_run": n_todo,
                    "sentences_per_second": round(n_todo / elapsed, 2) if elapsed else None,
                    "n_sentences": manifest["n_sentences"], "n_words": manifest["n_words"],
-                   "bytes": nbytes, "processes": state.num_processes}
+                   "bytes": nbytes, "processes": state.num_processes, **timing}
         with fs.open(f"{root}/summary.json", "w") as f:
             f.write(dumps(summary))
         if progress:

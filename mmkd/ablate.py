@@ -20,7 +20,7 @@ from mmkd import objectives as objs
 from mmkd.config import TrainConfig
 from mmkd.errors import MMKDError
 from mmkd.eval.settings import EvalConfig
-from mmkd.settings import setting
+from mmkd.settings import dotted, setting
 
 SWEEP_FILE = "sweep.json"
 
@@ -99,8 +99,8 @@ def _check_same_sweep(cfg: AblationConfig, out: Path) -> None:
             have = json.loads(path.read_text())
         except (OSError, ValueError):
             raise MMKDError(f"{path}: unreadable; it records this sweep's settings: move the folder away") from None
-        old = _flatten(have) if isinstance(have, dict) else {}
-        diffs = [f"{k}: sweep has {old.get(k)!r}, now {v!r}" for k, v in _flatten(want).items() if old.get(k) != v]
+        old = dotted(have) if isinstance(have, dict) else {}
+        diffs = [f"{k}: sweep has {old.get(k)!r}, now {v!r}" for k, v in dotted(want).items() if old.get(k) != v]
         if diffs:
             raise MMKDError(f"{out} holds a sweep made with other settings; one table does not mix them: give "
                             "another --out, or repeat the sweep's settings:\n  " + "\n  ".join(diffs[:12]))
@@ -109,16 +109,6 @@ def _check_same_sweep(cfg: AblationConfig, out: Path) -> None:
         raise MMKDError(f"{out} exists and holds no {SWEEP_FILE} (not a sweep of this mmkd): give another --out")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:

@@ -36,7 +36,7 @@ class TeacherFeatures(Protocol):
     hidden_size: int             # the teacher's width
     runs_in_workers: bool        # True: safe to call from data-loader worker processes
     identities: list[dict]       # recorded in the run and its checkpoints; a resume must match
-    manifests: dict[str, dict]   # cache manifests as read (empty online), saved next to the student
+    manifests: dict              # {corpus: Manifest} of the caches read (empty online), saved with the student
     teacher_source: str          # the teacher as a reader can look it up (model card)
 
     def text(self, keys) -> tuple[list[list[str]], list[str]]: ...   # English word lists, target sentences
@@ -59,7 +59,7 @@ class CachedFeatures:
         self.caches = caches
         self.hidden_size = caches[0].manifest.hidden_size
         self.sizes = [len(c) for c in caches]
-        self.manifests = {c.manifest.corpus_name: c.manifest.raw for c in caches}
+        self.manifests = {c.manifest.corpus_name: c.manifest for c in caches}
         self.identities = [c.manifest.identity for c in caches]
         self.teacher_source = caches[0].manifest.teacher_source
 
@@ -92,7 +92,7 @@ class OnlineFeatures:
         self.layer, self.max_length, self.batch_size = layer, max_length, batch_size
         self.hidden_size = model.config.hidden_size
         self.sizes = [len(c) for c in corpora]
-        self.manifests: dict[str, dict] = {}
+        self.manifests: dict = {}
         self.teacher_source = source
         self.identities = [{"corpus": c.name, "fingerprint": c.fingerprint, "teacher_hash": teacher_hash,
                             "layer": layer, "max_length": max_length, "source": "online"} for c in corpora]

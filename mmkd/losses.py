@@ -82,7 +82,7 @@ def struca_loss(student_pred: Tensor, teacher_proj: Tensor, temperature: float) 
 
 
 def structure_loss(proj: Tensor, teacher_cls: Tensor, temperature: float) -> Tensor:
-    """The teacher heads' own loss in mode `structure` (docs/method.md, eq. 7): the similarity
+    """The teacher heads' own loss in mode `structure`, mmkd's addition (docs/method.md, L_structure): the similarity
     structure of the batch's teacher [CLS] vectors, centred by the batch mean, kept by their
     projections. With c̄_i = c_i − mean_b c_b, P = row-softmax(cos(c̄_i, c̄_j)/τ) and
     Q = row-softmax(cos(z_i, z_j)/τ) for z = ḡ_t(c): mean over rows of KL(P_i ‖ Q_i).
@@ -93,7 +93,7 @@ def structure_loss(proj: Tensor, teacher_cls: Tensor, temperature: float) -> Ten
 
 
 def variance_covariance(proj: Tensor, gamma: float = 1.0, cov_weight: float = 0.04, eps: float = 1e-4) -> Tensor:
-    """The guard of mode `guard` (docs/method.md, eq. 8; VICReg's variance and covariance terms, at
+    """The guard of mode `guard`, mmkd's addition (docs/method.md, L_guard; VICReg's variance and covariance terms, at
     VICReg's 25:1 ratio) on what SentA/StrucA compare: the L2-normalised projections, scaled by √D so
     that well-spread vectors have unit variance per dimension. u = √D·z/‖z‖ over the batch:
     mean_d max(0, γ − sqrt(Var_b(u_d) + ε)) + cov_weight · Σ_{d≠e} Cov(u)²_de / D.

@@ -48,20 +48,20 @@ def starting_license(name: str) -> str | None:
     return m.group(1).strip("'\"") if m else None
 
 
-def _languages(run: dict, manifests: dict[str, dict]) -> list[str]:
-    pairs = [m["corpus"]["pair"] for m in manifests.values()] or [i["corpus"] for i in run.get("caches", [])]
+def _languages(run: dict, manifests: dict) -> list[str]:
+    pairs = [m.corpus_pair for m in manifests.values()] or [i["corpus"] for i in run.get("caches", [])]
     langs = ["en"] + sorted({p.split("-", 1)[1] for p in pairs if "-" in p})
     return langs
 
 
-def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | None = None,
+def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
               teacher_source: str | None = None) -> str:
+    """The card of a run (`run`: its config.json) that read these caches (`{corpus: Manifest}`)."""
     from mmkd.config import from_saved
     from mmkd.supply import describe
 
-    cfg = run["config"]
-    settings = from_saved(cfg, RUN_FILE)
-    start = cfg["student"]
+    settings = from_saved(run["config"], RUN_FILE)
+    start = settings.student
     start_name = describe(start)
     license_ = starting_license(start)
     meta = ["---"]
@@ -73,7 +73,7 @@ def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | No
         meta.append(f"license: {license_}")
     meta += ["library_name: transformers", "pipeline_tag: fill-mask",
              "tags:", "- mmkd", "- knowledge-distillation", "- multilingual", "- cross-lingual", "---", ""]
-    teacher = next(iter(manifests.values()), {}).get("teacher", {})
+    teacher = next(iter(manifests.values()), None)
     from mmkd.objectives import chosen
 
     objectives = chosen(settings.without)
@@ -89,29 +89,28 @@ def card_text(run: dict, manifests: dict[str, dict], evals: dict[str, dict] | No
         "| | |", "|---|---|",
         f"| starting model | {start_name} |",
     ]
-    if teacher:
-        source = teacher_source or describe(teacher.get("source") or teacher.get("name_or_path", ""))
-        lines.append(f"| teacher | {source} (weights sha256 {teacher.get('hash', '')[:16]}, "
-                     f"layer {next(iter(manifests.values()))['layer']}) |")
-    elif cfg.get("online_teacher"):
-        lines.append(f"| teacher | {teacher_source or describe(cfg['online_teacher'])} (run online, no cache) |")
+    if teacher is not None:
+        source = teacher_source or describe(teacher.teacher_source)
+        lines.append(f"| teacher | {source} (weights sha256 {teacher.teacher_hash[:16]}, layer {teacher.layer}) |")
+    elif settings.online_teacher:
+        lines.append(f"| teacher | {teacher_source or describe(settings.online_teacher)} (run online, no cache) |")
     described = "; ".join(f"{o.title}: {o.describe(settings)}" for o in objectives if o.describe(settings)) or "none"
     lines += [
         f"| objectives | {' + '.join(o.title for o in objectives)} "
         f"(weights: {', '.join(f'{o.name} {o.weight(settings):g}' for o in objectives)}) |",
         f"| objective settings | {described} |",
-        f"| steps | {run.get('total_steps')} of global batch {cfg.get('batch_size')} on {run.get('processes')} "
+        f"| steps | {run.get('total_steps')} of global batch {settings.batch_size} on {run.get('processes')} "
         f"process(es) ({run.get('steps_per_epoch')} steps per epoch) |",
-        f"| optimiser | AdamW, peak lr {cfg.get('lr')}, weight decay {cfg.get('weight_decay')}, warm-up "
-        f"{cfg.get('warmup_ratio')}, max length {cfg.get('max_length')} |",
-        f"| teacher heads | {cfg.get('teacher_heads')} |",
-        f"| seed | {cfg.get('seed')} |", "",
+        f"| optimiser | AdamW, peak lr {settings.lr}, weight decay {settings.weight_decay}, warm-up "
+        f"{settings.warmup_ratio}, max length {settings.max_length} |",
+        f"| teacher heads | {settings.teacher_heads} |",
+        f"| seed | {settings.seed} |", "",
         "### Corpora and teacher cache", "",
         "| corpus | pair | pairs | fingerprint (sha256) | cache |", "|---|---|---|---|---|",
     ]
     for ident in run.get("caches", []):
-        m = manifests.get(ident["corpus"], {})
-        lines.append(f"| {ident['corpus']} | {m.get('corpus', {}).get('pair', '')} | {m.get('n_sentences', '')} | "
+        m = manifests.get(ident["corpus"])
+        lines.append(f"| {ident['corpus']} | {m.corpus_pair if m else ''} | {m.n_sentences if m else ''} | "
                      f"{ident['fingerprint'][:16]} | {ident.get('source', '')} |")
     lines += ["", "Every setting of the run is in `mmkd_run.json`; the cache manifests it read are the "
               "`cache-manifest-*.json` files.", "", "## Evaluation", "", _EVAL_START, eval_section(evals or {}),

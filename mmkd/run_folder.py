@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from mmkd.config import TrainConfig, TrainingError, differences, from_saved
-from mmkd.errors import MMKDError
+from mmkd.paths import check_deletable
 
 # What `mmkd train` writes into its run folder (accelerate's tracker writes `mmkd/`).
 RUN_ENTRIES = {"config.json", "metrics.csv", "checkpoints", "student", "student.tmp", "student.old",
@@ -34,26 +34,6 @@ def is_run(folder: Path) -> bool:
         return isinstance(data, dict) and "mmkd_version" in data and isinstance(data.get("config"), dict)
     except (OSError, ValueError):
         return False
-
-
-def check_deletable(folder: Path, entries: set[str], kind: str, protected: list[str], allowed: set[str]) -> None:
-    """Refuse to delete `folder` unless it holds only `allowed` entries and is none of `protected`
-    (nor a folder holding one of them) and not the current directory."""
-    here = Path(folder).resolve()
-    if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents or here == Path(here.anchor) \
-            or here == Path.home().resolve():
-        raise MMKDError(f"{folder}: --overwrite never deletes the current directory, a folder holding it, the home "
-                        "folder or the root; give the run its own folder")
-    for p in protected:
-        if "://" in p and not p.startswith("file://"):
-            continue
-        target = Path(p.removeprefix("file://")).resolve()
-        if target == here or here in target.parents:
-            raise MMKDError(f"{folder}: --overwrite would delete {p}, which this run reads; choose another --out")
-    foreign = sorted(entries - allowed)
-    if foreign:
-        raise MMKDError(f"{folder} holds files mmkd did not write ({', '.join(foreign[:5])}); it is not only a {kind}, "
-                        "so --overwrite deletes nothing there: move them away or choose another folder")
 
 
 class RunFolder:
@@ -124,4 +104,4 @@ class RunFolder:
             self.lock = None
 
 
-__all__ = ["RunFolder", "RUN_ENTRIES", "is_run", "check_deletable"]
+__all__ = ["RunFolder", "RUN_ENTRIES", "is_run"]

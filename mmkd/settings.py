@@ -171,8 +171,15 @@ def get(obj, path: tuple[str, ...]):
     return obj
 
 
-def to_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
+def dotted(d: dict, prefix: str = "") -> dict:
+    """A nested mapping flattened to dotted keys: {"xwcl": {"temperature": 1}} -> {"xwcl.temperature": 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def flat(obj) -> dict[str, Any]:

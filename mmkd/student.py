@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 
-def save_student(out: Path, model, tokenizer, run_meta: dict, manifests: dict[str, dict], teacher_source: str,
+def save_student(out: Path, model, tokenizer, run_meta: dict, manifests: dict, teacher_source: str,
                  start: str, trust_remote_code: bool = False) -> Path:
     from safetensors.torch import save_model
 
@@ -34,7 +34,7 @@ def save_student(out: Path, model, tokenizer, run_meta: dict, manifests: dict[st
         tokenizer.save_pretrained(tmp)
     (tmp / RUN_FILE).write_text(json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
     for name, manifest in manifests.items():
-        (tmp / f"cache-manifest-{name}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (tmp / f"cache-manifest-{name}.json").write_text(json.dumps(manifest.raw, indent=2, sort_keys=True) + "\n")
     (tmp / CARD).write_text(card_text(run_meta, manifests, teacher_source=teacher_source), encoding="utf-8")
     heads = torch.nn.ModuleDict(model.head_modules())
     save_model(heads, str(out / "heads.safetensors"))

@@ -105,7 +105,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             (out / "config.json").write_text(json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
             trim_metrics(out / "metrics.csv", start)
         if log_with != "none":
-            accelerator.init_trackers("mmkd", config=_flat(dataclasses.asdict(cfg)))
+            from mmkd.settings import dotted
+            accelerator.init_trackers("mmkd", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                                                      for k, v in dotted(dataclasses.asdict(cfg)).items()})
 
         # Segment ids only for students that have more than one (BERT); XLM-R, DistilBERT, DeBERTa-v3 none.
         segments = getattr(accelerator.unwrap_model(model).student.config, "type_vocab_size", 0) > 1
@@ -252,13 +254,3 @@ def _nan_message(step, micro, objective: Objective, value, part: StudentBatch) -
     return (f"step {step + 1}, micro-batch {micro}: the {objective.name} loss is {value.item()} "
             f"(non-finite on this or another process); first (corpus, pair_id) of the batch: "
             f"{part.first_keys(objective.input.name)}. Stopped before the update; the last checkpoint is intact.")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-    return out

@@ -120,3 +120,46 @@ def mpnet(real_models) -> str:
     from mmkd.supply import model_folder
 
     return str(model_folder("all-mpnet-base-v2", progress=False))
+
+
+@pytest.fixture(scope="module")
+def clean_cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
+    """A small fp32 en-fr cache of 5 shards, for tests that damage a copy of it (`copy_cache`)."""
+    from mmkd.cache import CacheConfig, build_cache
+
+    out = tmp_path_factory.mktemp("clean") / "cache"
+    build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir),
+                            dtype="fp32", shard_size=64, batch_size=16), progress=False)
+    return out
+
+
+def copy_cache(clean: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dest = tmp_path / "cache"
+    shutil.copytree(clean, dest, ignore=shutil.ignore_patterns("verified"))
+    return dest
+
+
+def make_format_1(cache: Path) -> None:
+    """What mmkd 0.1 wrote: no text in meta.arrow, the corpus path in the manifest."""
+    import json
+
+    import fsspec
+    import pyarrow as pa
+
+    from mmkd.cache.format import dumps, sha256_file
+
+    fs = fsspec.filesystem("file")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    for record in manifest["shards"]:
+        meta = cache / "shards" / record["name"] / "meta.arrow"
+        table = pa.ipc.open_file(pa.BufferReader(meta.read_bytes())).read_all().drop_columns(["en", "x"])
+        with pa.OSFile(str(meta), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
+        record["sha256"]["meta.arrow"] = sha256_file(fs, str(meta))
+        record["bytes"]["meta.arrow"] = meta.stat().st_size
+        (meta.parent / "shard.json").write_text(dumps(record))
+    manifest["format_version"] = 1
+    manifest["corpus"]["path"] = f"/where/it/was/corpora/{manifest['corpus']['name']}"
+    (cache / "manifest.json").write_text(dumps(manifest))

@@ -1,4 +1,4 @@
-"""Issue #12, section 1: the cache is the one artifact between the stages. A cached run needs the
+"""The cache is the one artifact between the stages. A cached run needs the
 cache and the student, nothing else; the reader side imports none of stage one."""
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ import sys
 from pathlib import Path
 
 import fsspec
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from mmkd.cache import CacheConfig, build_cache
-from mmkd.cache.format import dumps, sha256_file
 from mmkd.cli import main
 from mmkd.corpus import CorpusConfig, prepare_corpus
 from mmkd.errors import CacheError
 from mmkd.features import SourceError
 from mmkd.train import TrainConfig, train
+
+from conftest import make_format_1
 
 
 def losses(run: Path) -> list[tuple[str, ...]]:
@@ -80,28 +80,11 @@ def test_corpus_options_with_a_cache_are_refused(tmp_path, own_cache, tiny_stude
         train(dataclasses.replace(cfg(tmp_path, cache, tiny_student, "r"), corpora=["en-es"]), progress=False)
 
 
-def _make_format_1(cache: Path) -> None:
-    """What mmkd 0.1 wrote: no text in meta.arrow, the corpus path in the manifest."""
-    fs = fsspec.filesystem("file")
-    manifest = json.loads((cache / "manifest.json").read_text())
-    for record in manifest["shards"]:
-        meta = cache / "shards" / record["name"] / "meta.arrow"
-        table = pa.ipc.open_file(pa.BufferReader(meta.read_bytes())).read_all().drop_columns(["en", "x"])
-        with pa.OSFile(str(meta), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
-            w.write_table(table)
-        record["sha256"]["meta.arrow"] = sha256_file(fs, str(meta))
-        record["bytes"]["meta.arrow"] = meta.stat().st_size
-        (meta.parent / "shard.json").write_text(dumps(record))
-    manifest["format_version"] = 1
-    manifest["corpus"]["path"] = "/where/it/was/corpora/en-es"
-    (cache / "manifest.json").write_text(dumps(manifest))
-
-
 def test_a_format_1_cache_is_refused_then_upgraded(tmp_path, own_cache, tiny_student, shared):
     cache, data = own_cache
     want = losses(train(cfg(tmp_path, cache, tiny_student, "v2"), progress=False))
     shutil.rmtree(cache / "en-es" / "verified")
-    _make_format_1(cache / "en-es")
+    make_format_1(cache / "en-es")
     with pytest.raises(CacheError, match=r"cache format version 1 holds no text.*mmkd cache upgrade .*--data-dir DIR"):
         train(cfg(tmp_path, cache, tiny_student, "v1"), progress=False)
     # The corpus must be the one the cache was made from.

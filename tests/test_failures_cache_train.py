@@ -1,4 +1,4 @@
-"""Issue #15 for `cache-teacher`, `cache verify` and `train`: one writer per cache, shards complete
+"""`cache-teacher`, `cache verify` and `train` under failure: one writer per cache, shards complete
 or redone, finite-or-nothing updates and checkpoints, verified reads, paths kept inside the cache,
 resume by folder, and one clear line for every bad input."""
 
@@ -23,6 +23,8 @@ from mmkd.cache.verify import verify_cache
 from mmkd.cli import main
 from mmkd.train import TrainConfig, TrainingError, train
 
+from conftest import copy_cache
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -38,20 +40,6 @@ def snapshot(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "summary.json"}
 
 
-@pytest.fixture(scope="module")
-def clean_cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
-    out = tmp_path_factory.mktemp("clean") / "cache"
-    build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir),
-                            dtype="fp32", shard_size=64, batch_size=16), progress=False)
-    return out
-
-
-def copy_cache(clean: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "cache"
-    shutil.copytree(clean, dest, ignore=shutil.ignore_patterns("verified"))
-    return dest
-
-
 def cfg(tmp_path, cache, student, data_dir, **kw) -> TrainConfig:
     base = dict(cache=[str(cache)], student=student, out=str(tmp_path / "run"), data_dir=str(data_dir), batch_size=8,
                 max_steps=2, lr=1e-3, warmup_ratio=0.0, checkpoint_every=1, num_workers=0, log_with="none",
@@ -65,7 +53,7 @@ def _cache_cli(out: Path, teacher: str, data_dir: Path, *extra: str) -> list[str
             "--data-dir", str(data_dir), "--shard-size", "10", "--batch-size", "1", "--quiet", *extra]
 
 
-# ------------------------------------------------------------------ 2. one writer per cache
+# ------------------------------------------------------------------ one writer per cache
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, tiny_teacher, data_dir):
     first = subprocess.Popen(_cache_cli(tmp_path / "c", tiny_teacher, data_dir), env=ENV)
     lock = tmp_path / "c" / "en-fr" / "lock"
@@ -139,7 +127,7 @@ def test_missing_teacher_and_a_file_as_out(tmp_path, tiny_teacher, data_dir):
     _one_line_error(r, str(tmp_path / "file"))
 
 
-# ------------------------------------------------------------------ 5. verify stays inside the cache
+# ------------------------------------------------------------------ verify stays inside the cache
 @pytest.mark.parametrize("name", ["../../../../../../etc/passwd", "/dev/zero", "words/../../00001/cls/c/0/0"])
 def test_verify_never_reads_outside_the_cache(tmp_path, clean_cache, name):
     cache = copy_cache(clean_cache, tmp_path) / "en-fr"
@@ -162,7 +150,7 @@ def test_verify_refuses_a_link_or_device_inside_a_shard(tmp_path, clean_cache):
     assert any("offsets/c/0" in p and ("outside the shard" in p or "not a regular file" in p) for p in report.problems)
 
 
-# ------------------------------------------------------------------ 4. training verifies what it reads
+# ------------------------------------------------------------------ training verifies what it reads
 @pytest.mark.parametrize("target", ["words/c/0/0", "cls/c/0/0", "offsets/c/0", "meta.arrow"])
 def test_training_refuses_a_corrupt_shard_naming_it(tmp_path, clean_cache, tiny_student, data_dir, target):
     cache = copy_cache(clean_cache, tmp_path)
@@ -216,7 +204,7 @@ def test_a_truncated_arrow_file_is_one_line(tmp_path, clean_cache, tiny_student,
     _one_line_error(r, "meta.arrow: unreadable", "shard 00000 is corrupt")
 
 
-# ------------------------------------------------------------------ 3. finite or nothing
+# ------------------------------------------------------------------ finite or nothing
 def test_a_huge_cache_value_stops_before_the_update_and_keeps_the_checkpoint(tmp_path, clean_cache, tiny_student,
                                                                              data_dir):
     """One dimension of the word vectors of step 3's pairs at 3e36: the XWCL loss stays finite, the
@@ -281,7 +269,7 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_fix(tmp_path, clean_cache
     _one_line_error(r, "step-0000002 is damaged", "checkpoints/latest")
 
 
-# ------------------------------------------------------------------ 6. a run folder identifies itself
+# ------------------------------------------------------------------ a run folder identifies itself
 def test_resume_accepts_any_spelling_of_the_run_folder_and_a_moved_one(tmp_path, clean_cache, tiny_student,
                                                                        data_dir, monkeypatch):
     import dataclasses
@@ -307,7 +295,7 @@ def test_impossible_training_counts(tmp_path, clean_cache, tiny_student, data_di
         _one_line_error(r, f"{option[0]} 0: must be at least 1")
 
 
-# ------------------------------------------------------------------ 8. the student folder is atomic
+# ------------------------------------------------------------------ the student folder is atomic
 def test_a_kill_during_the_final_save_leaves_no_student_folder(tmp_path, clean_cache, tiny_student, data_dir):
     """SIGKILL while the student is being written: `student/` never appears half-written."""
     cache = copy_cache(clean_cache, tmp_path)

@@ -1,4 +1,4 @@
-"""Issue #15 for `corpus prepare`: nothing of the user's is deleted, nothing half-made is left
+"""`corpus prepare` under failure: nothing of the user's is deleted, nothing half-made is left
 looking finished, and every bad input is one clear line with exit 2."""
 
 from __future__ import annotations

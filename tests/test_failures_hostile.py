@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mmkd.cache import CacheConfig, build_cache
-from mmkd.cache.verify import verify_cache
 from mmkd.cli import main
+
+from conftest import copy_cache, make_format_1
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -31,17 +31,12 @@ def one_line(r, *fragments):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
-    out = tmp_path_factory.mktemp("hostile") / "cache"
-    build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir),
-                            dtype="fp32", shard_size=64, batch_size=16), progress=False)
-    return out
+def cache(clean_cache) -> Path:
+    return clean_cache
 
 
 def fresh(cache: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "cache"
-    shutil.copytree(cache, dest, ignore=shutil.ignore_patterns("verified"))
-    return dest
+    return copy_cache(cache, tmp_path)
 
 
 def train_args(cache, student, out, data_dir, *extra):
@@ -50,7 +45,7 @@ def train_args(cache, student, out, data_dir, *extra):
             "--log-with", "none", "--checkpoint-every", "1", "--quiet", *extra]
 
 
-# ------------------------------------------------------------------ 1-3. delete only what mmkd made
+# ------------------------------------------------------------------ delete only what mmkd made
 def test_train_overwrite_never_deletes_a_users_folder(tmp_path, cache, tiny_student, data_dir):
     mine = tmp_path / "mydocs"
     mine.mkdir()
@@ -135,7 +130,7 @@ def test_corpus_prepare_overwrite_never_deletes_a_folder_named_like_its_files(tm
     assert (folder / "pairs.arrow" / "mine.txt").read_text() == "mine"
 
 
-# ------------------------------------------------------------------ 4. one writer, atomically
+# ------------------------------------------------------------------ one writer, atomically
 def test_many_processes_racing_for_a_lock_left_by_a_dead_holder_give_it_to_one(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()
@@ -187,7 +182,7 @@ def test_an_empty_lock_file_names_no_phantom_process(tmp_path):
     holder.release()
 
 
-# ------------------------------------------------------------------ 5. a changed file is re-checked
+# ------------------------------------------------------------------ a changed file is re-checked
 @pytest.mark.parametrize("target", ["words/c/0/0", "offsets/c/0", "meta.arrow"])
 def test_a_flipped_byte_with_its_mtime_restored_is_found(tmp_path, cache, tiny_student, data_dir, target):
     own = fresh(cache, tmp_path)
@@ -203,7 +198,7 @@ def test_a_flipped_byte_with_its_mtime_restored_is_found(tmp_path, cache, tiny_s
     one_line(r, f"shard 00001: file {target} does not match its checksum")
 
 
-# ------------------------------------------------------------------ 6. a manifest that lies
+# ------------------------------------------------------------------ a manifest that lies
 def _edit_manifest(own: Path, edit) -> None:
     path = own / "en-fr" / "manifest.json"
     m = json.loads(path.read_text())
@@ -256,7 +251,7 @@ def test_a_chunk_dropped_from_the_checksums_then_corrupted_is_refused(tmp_path, 
     one_line(CliRunner().invoke(main, train_args(own, tiny_student, tmp_path / "r", data_dir)), "has no checksum")
 
 
-# ------------------------------------------------------------------ 7. errors in loader workers
+# ------------------------------------------------------------------ errors in loader workers
 @pytest.mark.parametrize("damage", ["truncate_meta", "n_words"])
 def test_errors_in_loader_workers_are_one_line_naming_shard_and_file(tmp_path, cache, tiny_student, data_dir, damage):
     own = fresh(cache, tmp_path)
@@ -276,7 +271,7 @@ def test_errors_in_loader_workers_are_one_line_naming_shard_and_file(tmp_path, c
     one_line(r, fragment)
 
 
-# ------------------------------------------------------------------ 8. resume names what differs
+# ------------------------------------------------------------------ resume names what differs
 @pytest.mark.parametrize("option,value,shown", [
     ("--head-out", "32", "--head-out: run has 16, now 32"), ("--head-hidden", "64", "--head-hidden: run has 32, now 64"),
     ("--head-norm", "layer", "--head-norm: run has 'none', now 'layer'"),
@@ -309,7 +304,7 @@ def test_resume_with_another_student_names_it_and_the_same_one_spelled_otherwise
     assert r.exit_code == 0, r.output
 
 
-# ------------------------------------------------------------------ 9. one line, not a traceback
+# ------------------------------------------------------------------ one line, not a traceback
 @pytest.mark.parametrize("layer,shown", [("9", "--layer 9: the teacher has 2 layers"),
                                          ("-9", "--layer -9: the teacher has 2 layers"),
                                          ("99", "--layer 99: must be at most 64")])
@@ -394,30 +389,10 @@ def test_a_nul_byte_deep_in_a_corpus_file_is_refused(tmp_path, shared):
     one_line(r, "line 151: a NUL byte")
 
 
-# ------------------------------------------------------------------ 12. cache upgrade verifies first
-def _format_1(own: Path) -> None:
-    import fsspec
-    import pyarrow as pa
-
-    from mmkd.cache.format import dumps, sha256_file
-
-    fs = fsspec.filesystem("file")
-    manifest = json.loads((own / "manifest.json").read_text())
-    for record in manifest["shards"]:
-        meta = own / "shards" / record["name"] / "meta.arrow"
-        table = pa.ipc.open_file(pa.BufferReader(meta.read_bytes())).read_all().drop_columns(["en", "x"])
-        with pa.OSFile(str(meta), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
-            w.write_table(table)
-        record["sha256"]["meta.arrow"] = sha256_file(fs, str(meta))
-        record["bytes"]["meta.arrow"] = meta.stat().st_size
-        (meta.parent / "shard.json").write_text(dumps(record))
-    manifest["format_version"] = 1
-    (own / "manifest.json").write_text(dumps(manifest))
-
-
+# ------------------------------------------------------------------ cache upgrade verifies first
 def test_cache_upgrade_refuses_corrupt_data_and_stays_inside_the_cache(tmp_path, cache, data_dir):
     own = fresh(cache, tmp_path) / "en-fr"
-    _format_1(own)
+    make_format_1(own)
     meta = own / "shards" / "00001" / "meta.arrow"
     data = bytearray(meta.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -433,7 +408,7 @@ def test_cache_upgrade_refuses_corrupt_data_and_stays_inside_the_cache(tmp_path,
     assert not (tmp_path / "outside").exists() and not any(tmp_path.parent.glob("outside"))
 
 
-# ------------------------------------------------------------------ 13. a model without its tokenizer
+# ------------------------------------------------------------------ a model without its tokenizer
 def test_a_model_folder_without_tokenizer_files_is_refused(tmp_path, tiny_student, tiny_teacher, data_dir, shared):
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -453,7 +428,7 @@ def test_a_model_folder_without_tokenizer_files_is_refused(tmp_path, tiny_studen
     assert not (tmp_path / "c").exists()
 
 
-# ------------------------------------------------------------------ 14. ablate never mixes settings
+# ------------------------------------------------------------------ ablate never mixes settings
 def test_ablate_refuses_to_mix_or_silently_reuse_runs_made_otherwise(tmp_path, cache, tiny_student, data_dir, shared):
     pairs = f"fr={shared / 'parallel' / 'tatoeba_challenge' / 'eng-fra.tsv'}"
     base = ["ablate", "--cache", str(cache), "--student", tiny_student, "--data-dir", str(data_dir), "--out",

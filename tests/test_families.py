@@ -1,4 +1,4 @@
-"""Issue #14, section 1: students of other families train, save, reload and evaluate, each with
+"""Students of other families train, save, reload and evaluate, each with
 its own tokenizer conventions (special tokens, pair template, token types)."""
 
 from __future__ import annotations

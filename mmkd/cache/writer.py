@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from mmkd import __version__
 from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
                                sha256_file, shard_name, zarr_location)
 from mmkd.cache.settings import CacheConfig
+from mmkd.cache.folder import CACHE_ENTRIES, foreign_files
 from mmkd.lock import Lock
 from mmkd.supply import describe
 from mmkd.corpus import PreparedCorpus, open_corpus
@@ -252,45 +252,6 @@ def check_layer(cfg: CacheConfig, model) -> None:
                          f"choose from {-(n + 1)} to {n} (-1 = the last layer, 0 = the embeddings)")
 
 
-# What a cache folder holds; `--overwrite` deletes nothing else.
-CACHE_ENTRIES = {"build.json", "manifest.json", "summary.json", "shards", "lock", "verified"}
-_SHARD = re.compile(r"\d{5}(\.tmp)?")
-_MARKER = re.compile(r"(\d{5}\.json(\.tmp\d+)?|\.probe-\d+)")
-
-
-def foreign_files(fs, root: str) -> list[str]:
-    """Files in a cache folder that mmkd did not write: anything but its own entries, a complete
-    shard's files other than those its shard.json lists, markers that are not markers."""
-    from mmkd.cache.manifest import _MEMBER
-
-    base = root.rstrip("/")
-    listed: dict[str, set] = {}
-    out = []
-    for path in sorted(fs.find(base, withdirs=False)):
-        rel = path[len(base) + 1:] if path.startswith(base + "/") else path
-        parts = rel.split("/")
-        if parts[0] not in CACHE_ENTRIES or (parts[0] != "shards" and parts[0] != "verified" and len(parts) > 1):
-            out.append(rel)
-        elif parts[0] == "shards":
-            if len(parts) < 3 or not _SHARD.fullmatch(parts[1]):
-                out.append(rel)
-            elif parts[1].endswith(".tmp"):          # a shard being written: zarr's and mmkd's names only
-                if not _MEMBER.fullmatch("/".join(parts[2:])):
-                    out.append(rel)
-            else:
-                if parts[1] not in listed:
-                    try:
-                        with fs.open(f"{base}/shards/{parts[1]}/shard.json", "r") as f:
-                            listed[parts[1]] = set(json.load(f)["sha256"]) | {"shard.json"}
-                    except (OSError, ValueError, KeyError, TypeError):
-                        listed[parts[1]] = set()
-                if "/".join(parts[2:]) not in listed[parts[1]]:
-                    out.append(rel)
-        elif parts[0] == "verified" and (len(parts) != 2 or not _MARKER.fullmatch(parts[1])):
-            out.append(rel)
-    return out
-
-
 def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
                 progress: bool = True) -> list[str]:
     """Write one cache per corpus under `cfg.out` (`<out>/<corpus name>/`); returns their URLs."""
@@ -318,7 +279,7 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
         if entries - {"lock"} and "build.json" not in entries:
             raise CacheError(f"{url} exists and is not an mmkd cache; choose another --out")
         if overwrite and "build.json" in entries:
-            from mmkd.run_folder import check_deletable
+            from mmkd.paths import check_deletable
 
             foreign = foreign_files(fs, root)
             if foreign:

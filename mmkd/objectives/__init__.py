@@ -16,19 +16,12 @@ draws): it must be the same everywhere.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from mmkd.objectives.base import Objective
 from mmkd.objectives.senta import SENTA
 from mmkd.objectives.struca import STRUCA
 from mmkd.objectives.teacher_heads import TEACHER_HEAD_MODES, TEACHER_HEADS_LOSS
 from mmkd.objectives.tlm import TLM
 from mmkd.objectives.xwcl import XWCL
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from mmkd.config import TrainConfig
 
 OBJECTIVES: tuple[Objective, ...] = (TLM, XWCL, SENTA, STRUCA)
 
@@ -44,7 +37,7 @@ def by_name(name: str) -> Objective:
     raise KeyError(f"no objective {name!r}; the objectives are {', '.join(names())}")
 
 
-def chosen(without, cfg: "TrainConfig | None" = None) -> tuple[Objective, ...]:
+def chosen(without, cfg=None) -> tuple[Objective, ...]:
     """The objectives a run trains, in the fixed order of OBJECTIVES; given the run's config, followed
     by the teacher heads' own loss when its teacher-head mode has one and an objective uses teacher
     heads."""
@@ -64,8 +57,7 @@ def inputs(objectives) -> list:
     return out
 
 
-def build_heads(objectives, student_hidden: int, teacher_hidden: int,
-                cfg: "TrainConfig") -> tuple[dict[str, "nn.Module"], tuple[str, ...]]:
+def build_heads(objectives, student_hidden: int, teacher_hidden: int, cfg) -> tuple[dict, tuple[str, ...]]:
     """Every head of these objectives, and the names of the teacher projectors among them: all
     student-side heads first, then all teacher projectors, each group in objective order (the order
     fixes their random initialisation and the parameter order)."""

@@ -1,0 +1,70 @@
+"""The benchmarks stand alone (they import mmkd, never each other or the tests), and the GPU check
+runs at tiny shapes on the CPU so that it is ready the day a GPU is lent."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_benchmarks_import_only_mmkd_and_nothing_imports_a_benchmark():
+    own = {p.stem for p in BENCHMARKS} | {"tiny", "conftest", "families", "loopback", "tests", "benchmarks"}
+    for path in BENCHMARKS:
+        assert not _imports(path) & own, (path.name, _imports(path) & own)
+        assert "sys.path" not in path.read_text(), path.name
+    for path in [*REPO.glob("mmkd/**/*.py"), *REPO.glob("tests/*.py")]:
+        assert not _imports(path) & ({p.stem for p in BENCHMARKS} | {"benchmarks"}), path
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_at_tiny_shapes_and_reports_every_figure_with_its_unit(tmp_path, shared):
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--tiny", "--shared-data",
+                        str(shared), "--out", str(out), "--steps", "2", "--workers", "0,1"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["units"]) >= {"sentences_per_second", "pairs_per_second", "memory", "hours"}
+    one, two = report["stage_one"], report["stage_two"]
+    assert one["bare_forward_sentences_per_second"] > 0
+    for dtype in ("bf16", "fp16"):
+        assert 0 < one[dtype]["cache_over_bare"] and 0 <= one[dtype]["teacher_wait_share"] <= 1
+    assert set(two["cached"]) == set(two["student_only"]) == {"0 workers", "1 workers"}
+    for run in [*two["cached"].values(), *two["student_only"].values(), two["online"]]:
+        assert run["pairs_per_second"] > 0 and 0 <= run["data_wait_fraction"] <= 1
+    assert two["cached_over_student_only"] > 0 and two["cached_over_online"] > 0
+    assert report["loader"]["pairs_per_second"] > 0
+    assert report["memory"]["full_logits_logits_gb"] > report["memory"]["masked_rows_only_logits_gb"]
+    cost = report["paper_run"]
+    pairs = cost["pairs_per_language"] * cost["languages"] * cost["epochs"]
+    assert cost["hours"] == pytest.approx(pairs / (cost["pairs_per_second_per_gpu"] * cost["gpus"]) / 3600, abs=0.05)
+    assert "pairs/s" in cost["formula"] and "the paper's run" in r.stdout
+
+
+def test_gpu_check_at_the_papers_shapes_refuses_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here: the refusal is for machines without one")
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "x.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()

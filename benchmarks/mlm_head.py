@@ -7,6 +7,8 @@ multilingual-e5-small (built by mmkd.supply) has 250,037 vocabulary rows tied to
   (mmkd's path, model.Encodings.masked_logits);
 - `tlm_full_logits`: the same with the projection on every position ([B, L, V] logits, the plain
   *ForMaskedLM forward);
+- `adamw_fused` / `adamw_foreach`: one AdamW update of all the student's parameters (random gradients),
+  torch's fused kernel (what mmkd.optim uses) against its default multi-tensor loop, median of 5 after 1;
 - `mmkd_step`: a whole `mmkd train` step (four objectives, fused AdamW over all 118M parameters)
   from the demo's MiniLM cache, median over the steps after the first 2.
 
@@ -73,6 +75,27 @@ def tlm(shared: Path, batch: int, repeats: int, full: bool) -> dict:
             "peak_rss_mb": _rss_mb()}
 
 
+def adamw(fused: bool, repeats: int = 6) -> dict:
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from mmkd.supply import model_folder
+
+    student = AutoModelForMaskedLM.from_pretrained(str(model_folder("multilingual-e5-small")))
+    params = [p for p in student.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=fused, foreach=None if fused else True)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return {"parameters": sum(p.numel() for p in params), "median_seconds": round(statistics.median(times[1:]), 3),
+            "peak_rss_mb": _rss_mb()}
+
+
 def mmkd_step(shared: Path, batch: int, steps: int, work: Path) -> dict:
     import dataclasses
 
@@ -102,20 +125,26 @@ def main() -> None:
     shared = Path(args.shared_data)
     if args.part:
         with tempfile.TemporaryDirectory() as tmp:
-            got = (mmkd_step(shared, args.batch_size, args.steps, Path(tmp)) if args.part == "mmkd_step"
-                   else tlm(shared, args.batch_size, 5, full=args.part == "tlm_full_logits"))
+            if args.part == "mmkd_step":
+                got = mmkd_step(shared, args.batch_size, args.steps, Path(tmp))
+            elif args.part.startswith("adamw"):
+                got = adamw(fused=args.part == "adamw_fused")
+            else:
+                got = tlm(shared, args.batch_size, 5, full=args.part == "tlm_full_logits")
         print(json.dumps(got))
         return
     import torch
 
     report = {"student": "multilingual-e5-small (250,037 rows)", "device": "cpu", "threads": torch.get_num_threads()}
-    for part in ("tlm_masked_rows", "tlm_full_logits", "mmkd_step"):
+    for part in ("tlm_masked_rows", "tlm_full_logits", "adamw_fused", "adamw_foreach", "mmkd_step"):
         out = subprocess.run([sys.executable, __file__, "--part", part, "--shared-data", args.shared_data,
                               "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
                              capture_output=True, text=True, check=True)
         report[part] = json.loads(out.stdout.strip().splitlines()[-1])
     report["full_over_masked_seconds"] = round(report["tlm_full_logits"]["median_seconds"]
                                                / report["tlm_masked_rows"]["median_seconds"], 2)
+    report["foreach_over_fused_seconds"] = round(report["adamw_foreach"]["median_seconds"]
+                                                 / report["adamw_fused"]["median_seconds"], 2)
     print(json.dumps(report, indent=2))
 
 

@@ -34,8 +34,9 @@ def _short(name: str) -> str:
     return os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name
 
 
-def _explain(role: str, name: str, model, info: dict) -> list[tuple[bool, str]]:
-    """(is_warning, message) for each kind of difference between `model` and its checkpoint."""
+def _explain(role: str, name: str, model, info: dict, head_trained: bool = True) -> list[tuple[bool, str]]:
+    """(is_warning, message) for each kind of difference between `model` and its checkpoint.
+    `head_trained`: for a student, whether TLM trains its MLM head."""
     prefix = getattr(model, "base_model_prefix", "")
     base_keys = set(model.base_model.state_dict()) if hasattr(model, "base_model") else set()
 
@@ -68,7 +69,9 @@ def _explain(role: str, name: str, model, info: dict) -> list[tuple[bool, str]]:
         else:
             out.append((False, f"{n} has no pooler (not used here)"))
     if m_head:
-        what = {"student": "has no MLM head; TLM trains a new one from a random initialisation",
+        student = ("has no MLM head; TLM trains a new one from a random initialisation" if head_trained else
+                   "has no MLM head; TLM is off, so the saved student carries an untrained one")
+        what = {"student": student,
                 "classifier": "gets a new classification head, trained by the fine-tuning",
                 "qa": "gets a new span-prediction head, trained by the fine-tuning"}.get(role, "has new, untrained tensors")
         out.append((role not in ("student", "classifier", "qa"), f"{n} {what} ({len(m_head)} tensors)"))
@@ -83,9 +86,11 @@ def _explain(role: str, name: str, model, info: dict) -> list[tuple[bool, str]]:
     return out
 
 
-def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokenizer=None, **kwargs):
+def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokenizer=None, head_trained: bool = True,
+         **kwargs):
     """`auto_cls.from_pretrained(name)` without transformers' report; differences said by mmkd. Given
-    the `tokenizer` it will be used with, the two are checked to belong together first."""
+    the `tokenizer` it will be used with, the two are checked to belong together first. `head_trained`
+    (students): whether the MLM head will be trained (TLM on), for what is said of a missing one."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     if tokenizer is not None:
@@ -97,7 +102,7 @@ def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokeni
     with quiet_transformers(), _named(name, role):
         model, info = auto_cls.from_pretrained(name, trust_remote_code=trust_remote_code,
                                                output_loading_info=True, **kwargs)
-    for warning, message in _explain(role, name, model, info):
+    for warning, message in _explain(role, name, model, info, head_trained):
         say(("warning: " if warning else "") + message, once=True)
     return model
 

@@ -3,9 +3,9 @@ training and fine-tuning use.
 
 AdamW is torch's fused implementation wherever it runs (CUDA, and CPUs since torch 2.4): one
 kernel over all tensors instead of a loop of small ones. On a 250k-vocabulary student the word
-embeddings alone are 96M parameters, and the unfused step took 0.47 s for them on 2 CPU cores
-against 0.06 s fused (benchmarks/step_costs.py). The arithmetic is AdamW's; only float rounding
-differs from the unfused loop.
+embeddings alone are 96M parameters; the update's cost, fused and not, is measured by
+benchmarks/mlm_head.py (docs/results.md). The arithmetic is AdamW's; only float rounding differs
+from the unfused loop.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         tokenizer = load_tokenizer(cfg.student, cfg.trust_remote_code)
         require_fast(tokenizer)
         torch.manual_seed(cfg.seed)
-        student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code, tokenizer=tokenizer)
+        student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code, tokenizer=tokenizer,
+                       head_trained="tlm" in cfg.objectives)
         for o in chosen:
             o.check(student, features.hidden_size, cfg)
         model = build_model(student, features.hidden_size, cfg)

@@ -75,3 +75,23 @@ def test_a_student_with_no_masked_lm_head_is_one_line(tmp_path, family_cache, ti
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert r.output.startswith(f"error: student '{folder}' is a folder without a loadable model")
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("tlm", [True, False])
+def test_what_is_said_of_a_student_without_an_mlm_head_follows_tlm(tmp_path, family_cache, tiny_teacher, capsys, tlm):
+    """A student saved without an MLM head (an encoder like multilingual-e5-small) gets a new one: trained
+    when TLM is on, and said to be untrained when TLM is off. After training, the saved student has the
+    head, so it reloads with nothing missing (the unused pooler is kept as it was)."""
+    from mmkd import console
+
+    console._said.clear()
+    without = [] if tlm else ["tlm"]
+    run = train(TrainConfig(cache=[str(family_cache)], student=tiny_teacher, out=str(tmp_path / "run"), batch_size=8,
+                            max_steps=1, num_workers=0, log_with="none", without=without), progress=False)
+    err = capsys.readouterr().err
+    trained = "has no MLM head; TLM trains a new one from a random initialisation"
+    untrained = "has no MLM head; TLM is off, so the saved student carries an untrained one"
+    assert (trained in err) is tlm and (untrained in err) is not tlm, err
+    _, info = AutoModelForMaskedLM.from_pretrained(run / "student", output_loading_info=True)
+    assert not info["missing_keys"] and set(info["unexpected_keys"]) == {"bert.pooler.dense.bias",
+                                                                         "bert.pooler.dense.weight"}

@@ -297,6 +297,7 @@ def main() -> None:
                     out / "logs" / f"{args.phase}-{name.replace(':', '-s')}.log") for name in todo],
                   args.jobs, args.threads)
     text, results = table(out, args.phase, rows, seeds)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"table-{args.phase}.md").write_text(text + "\n")
     (out / f"table-{args.phase}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(text)

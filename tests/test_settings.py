@@ -68,7 +68,7 @@ def test_presets_are_complete_files_of_known_settings():
     assert (paper.lr, paper.batch_size, paper.epochs, paper.warmup_ratio, paper.weight_decay) == (2e-5, 256, 15, 0.1, 0.01)
     assert (paper.head_hidden, paper.head_out, paper.xwcl.similarity, paper.senta.center) == (768, 128, "dot", False)
     demo = st.load(TrainConfig, "demo")
-    assert demo.max_steps and demo.senta.center and demo.struca.alpha > 1
+    assert demo.max_steps and demo.senta.center and demo.struca.alpha == 1.0 and demo.xwcl.temperature == 0.1
 
 
 def test_config_files_and_run_configs_load_with_old_flat_names(tmp_path):
@@ -130,7 +130,7 @@ def test_help_is_short_and_points_to_the_settings():
     assert "mmkd settings train" in r.output and "--config" in r.output and "xwcl-temperature" in r.output
     r = CliRunner().invoke(main, ["settings", "train", "--config", "demo"])
     assert r.exit_code == 0 and "--xwcl-temperature" in r.output and "τ of eq. (1)." in r.output
-    assert any(line.split()[:2] == ["--alpha", "50.0"] for line in r.output.splitlines())
+    assert any(line.split()[:2] == ["--xwcl-temperature", "0.1"] for line in r.output.splitlines())
 
 
 def test_train_config_paper_and_ablate_config_demo_resolve(tmp_path):

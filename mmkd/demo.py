@@ -202,7 +202,7 @@ def xnli_languages(where: Path) -> list[str]:
 
 def _xnli(cfg: DemoConfig, student: str, trained: str, root: Path, log) -> dict | None:
     """Zero-shot XNLI of the initial and the trained student: fine-tuned on English, tested on every
-    XNLI language found (a small budget, one seed: docs/results.md has the 3-seed evidence)."""
+    XNLI language found (a small budget, one seed: docs/results.md has the evidence over seeds)."""
     from mmkd.eval.runner import run_task, write_result
     from mmkd.eval.settings import EvalConfig
 
@@ -257,6 +257,6 @@ def _summary(before: dict, after: dict, run: Path, xnli: dict | None = None) -> 
     from mmkd.objectives import names
     terms = ", ".join(f"{n} {float(first[n]):.4g}→{float(last[n]):.4g}" for n in names() if first.get(n))
     lines += ["", f"Training: {len(rows)} steps; loss {float(first['loss']):.3f} → {float(last['loss']):.3f} ({terms})",
-              "", "One seed on a small budget: this shows the pipeline, not the method's worth; the 3-seed evidence, "
+              "", "One seed on a small budget: this shows the pipeline, not the method's worth; the evidence over seeds, "
               "on data no setting was chosen on, is in docs/results.md."]
     return "\n".join(lines)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -274,11 +275,14 @@ def main() -> None:
     ap.add_argument("--out", default="runs/evidence")
     ap.add_argument("--phase", choices=["select", "report"], default="select")
     ap.add_argument("--rows", default=None, help="comma-separated (default: initial and the candidates when "
-                                                 "selecting; the table's rows when reporting)")
+                                                 "selecting; the table's rows when reporting); write --rows=-tlm,... when the "
+                                                 "list starts with an ablation")
     ap.add_argument("--seeds", default=None, help="default: 0 when selecting, 0,1,2 when reporting")
     ap.add_argument("--jobs", type=int, default=2, help="jobs at a time")
     ap.add_argument("--threads", type=int, default=1, help="threads per job")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--dry-run", action="store_true", help="print the jobs' commands (each checked to parse back "
+                                                           "to its job) and run nothing")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
@@ -289,13 +293,19 @@ def main() -> None:
                     ["initial", "paper", "project", "mse", "mpnet", *ABLATIONS])
     rows = args.rows.split(",") if args.rows else default_rows
     seeds = [int(s) for s in (args.seeds or ("0" if args.phase == "select" else "0,1,2")).split(",")]
+    # "--job=NAME", not "--job NAME": argparse would read an ablation's "-tlm:0" as an option
+    queue = [(name, [sys.executable, __file__, f"--job={name}", "--out", str(out), "--phase", args.phase,
+                     "--shared-data", args.shared_data, "--threads", str(args.threads)],
+              out / "logs" / f"{args.phase}-{name.replace(':', '-s')}.log")
+             for name in [f"{row}:{seed}" for seed in seeds for row in rows]]
+    if args.dry_run:
+        for name, cmd, log in queue:
+            assert ap.parse_args(cmd[2:]).job == name, cmd
+            print(f"{name}\t{shlex.join(cmd)} > {log}")
+        return
     if not args.table_only:
         stage(out)
-        todo = [f"{row}:{seed}" for seed in seeds for row in rows]
-        run_queue([(name, [sys.executable, __file__, "--job", name, "--out", str(out), "--phase", args.phase,
-                           "--shared-data", args.shared_data, "--threads", str(args.threads)],
-                    out / "logs" / f"{args.phase}-{name.replace(':', '-s')}.log") for name in todo],
-                  args.jobs, args.threads)
+        run_queue(queue, args.jobs, args.threads)
     text, results = table(out, args.phase, rows, seeds)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"table-{args.phase}.md").write_text(text + "\n")

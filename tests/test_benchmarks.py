@@ -68,3 +68,16 @@ def test_gpu_check_at_the_papers_shapes_refuses_without_a_gpu(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.json").exists()
+
+
+def test_real_student_queues_every_row_including_the_ablations_as_commands_that_parse(tmp_path):
+    """An ablation's job name starts with "-" ("-struca:0"); passed as "--job NAME", argparse took it
+    for an option and every Table 5 job died at start-up. --dry-run parses each command back."""
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_student.py"), "--dry-run", "--phase",
+                        "report", "--rows=-tlm,initial,-struca", "--seeds", "0,2", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    names = [line.split("\t")[0] for line in r.stdout.splitlines()]
+    assert names == ["-tlm:0", "initial:0", "-struca:0", "-tlm:2", "initial:2", "-struca:2"]
+    assert all(f"--job={name} " in line for name, line in zip(names, r.stdout.splitlines()))
+    assert not (tmp_path / "logs").exists()                     # nothing ran

@@ -226,12 +226,13 @@ def run_queue(jobs: list[tuple[str, list[str], Path]], at_once: int, threads: in
             print(f"{name}: {state} in {(time.time() - started) / 60:.1f} min", file=sys.stderr, flush=True)
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], sign: bool = False) -> str:
+    fmt = "+.1f" if sign else ".1f"
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:{fmt}}"
+    return f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):.1f}"
 
 
 def table(out: Path, phase: str, rows: list[str], seeds: list[int]) -> tuple[str, dict]:
@@ -266,7 +267,27 @@ def table(out: Path, phase: str, rows: list[str], seeds: list[int]) -> tuple[str
         ml = " / ".join(f"{statistics.fmean(v):.1f}" for v in per["mean_lang"].values()) or "–"
         lines.append(f"| {row} | {','.join(map(str, per['seeds'])) or '–'} | {_mean_std(per['xnli'])} | "
                      f"{_mean_std(per['xnli_en'])} | {_mean_std(per['mean'])} | {_mean_std(per['cls'])} | {xl} | {ml} |")
-    return "\n".join(lines), results
+    return "\n".join(lines + paired(results)), results
+
+
+def paired(results: dict) -> list[str]:
+    """Each row's change from the initial student fine-tuned with the same seed (the noise that pairing removes:
+    the fine-tuning seed's)."""
+    base = results.get("initial")
+    if not base:
+        return []
+    lines = ["", "| model | seeds | XNLI change, avg of 7 targets | XNLI en change | mean-pool retrieval change | "
+                 "[CLS] retrieval change |", "|---|---|---|---|---|---|"]
+    for row, per in results.items():
+        both = [s for s in per["seeds"] if s in base["seeds"]]
+        if row == "initial" or not both:
+            continue
+        cols = []
+        for key in ("xnli", "xnli_en", "mean", "cls"):
+            diffs = [per[key][per["seeds"].index(s)] - base[key][base["seeds"].index(s)] for s in both]
+            cols.append(_mean_std(diffs, sign=True))
+        lines.append(f"| {row} | {','.join(map(str, both))} | " + " | ".join(cols) + " |")
+    return lines
 
 
 def main() -> None:

@@ -81,3 +81,30 @@ def test_real_student_queues_every_row_including_the_ablations_as_commands_that_
     assert names == ["-tlm:0", "initial:0", "-struca:0", "-tlm:2", "initial:2", "-struca:2"]
     assert all(f"--job={name} " in line for name, line in zip(names, r.stdout.splitlines()))
     assert not (tmp_path / "logs").exists()                     # nothing ran
+
+
+def _fake_result(folder: Path, xnli: float, en: float, mean: float, cls: float) -> None:
+    langs = ["ar", "bg", "de", "es", "fr", "hi", "zh"]
+    (folder / "xnli").mkdir(parents=True)
+    (folder / "retrieval").mkdir(parents=True)
+    summary = {lang: {"mean": xnli} for lang in langs} | {"en": {"mean": en}}
+    (folder / "xnli" / "results.json").write_text(json.dumps({"summary": summary}))
+    sets = {f"ntrex-{lang}": {"mean": mean} for lang in langs}
+    (folder / "retrieval" / "results.json").write_text(json.dumps({"average": {"mean": mean, "cls": cls},
+                                                                   "sets": sets}))
+
+
+def test_real_student_table_pairs_each_row_with_the_initial_student_of_the_same_seed(tmp_path):
+    """Worked by hand: project - initial per seed, XNLI (57.5-55.0, 56.5-57.3) = (+2.5, -0.8), mean +0.85,
+    std 2.33; seed 2 of project is missing, so it is left out of both sides."""
+    for seed, (x, en) in enumerate([(55.0, 58.0), (57.3, 61.0), (53.0, 56.0)]):
+        _fake_result(tmp_path / "models" / f"initial-s{seed}" / "report", x, en, 97.0, 91.0)
+    _fake_result(tmp_path / "models" / "project-s0" / "report", 57.5, 59.0, 95.5, 92.0)
+    _fake_result(tmp_path / "models" / "project-s1" / "report", 56.5, 60.0, 94.5, 89.0)
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_student.py"), "--table-only", "--phase",
+                        "report", "--rows", "initial,project", "--seeds", "0,1,2", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    paired = [line for line in r.stdout.splitlines() if line.startswith("| project | 0,1 | +")]
+    assert paired == ["| project | 0,1 | +0.9 ± 2.3 | +0.0 ± 1.4 | -2.0 ± 0.7 | -0.5 ± 2.1 |"], r.stdout
+    assert "| project | 0,1 | 57.0 ± 0.7 | 59.5 ± 0.7 | 95.0 ± 0.7 | 90.5 ± 2.1 |" in r.stdout

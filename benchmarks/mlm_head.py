@@ -54,7 +54,7 @@ def tlm(shared: Path, batch: int, repeats: int, full: bool) -> dict:
     rows = rows[:batch]
     words = [split_words(en) for en, _ in rows]
     keys = [PairKey(0, i, i) for i in range(len(rows))]
-    text = (words, [x for _, x in rows])
+    text = (words, [en for en, _ in rows], [x for _, x in rows])
     batch_ = build_student_batch(tok, Part(keys, text, keys, text), [MASKED_PAIR],
                                  MaskingConfig(segments=False))
     mine = batch_.inputs["masked_pair"]

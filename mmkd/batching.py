@@ -42,12 +42,13 @@ class StudentBatch:
 
 @dataclass
 class Part:
-    """What one micro-batch is made of: for the pair inputs and for the sentence input, the keys,
-    English word lists and target texts of their pairs; and, once read, their teacher features."""
+    """What one micro-batch is made of: for the pair inputs and for the sentence input, the keys and
+    text of their pairs (cached English word lists, English sentences, target sentences); and, once
+    read, their teacher features."""
     pair_keys: list[PairKey]
-    pair_text: tuple[list[list[str]], list[str]]
+    pair_text: tuple[list[list[str]], list[str], list[str]]
     sent_keys: list[PairKey]
-    sent_text: tuple[list[list[str]], list[str]]
+    sent_text: tuple[list[list[str]], list[str], list[str]]
     pair_teacher: TeacherBatch | None = None
     sent_teacher: TeacherBatch | None = None
 

@@ -19,6 +19,7 @@ from mmkd.objectives import names as objective_names
 from mmkd.objectives import TEACHER_HEAD_MODES
 from mmkd.objectives.senta import SentASettings
 from mmkd.objectives.struca import StrucASettings
+from mmkd.objectives.tlm import TLMSettings
 from mmkd.objectives.xwcl import XWCLSettings
 from mmkd.paths import default_data_dir
 from mmkd.settings import setting
@@ -47,14 +48,22 @@ class TrainConfig:
     warmup_ratio: float = setting(0.1, "Fraction of the steps of linear warm-up (paper 4.1: 10%).", min=0, max=1.0)
     max_grad_norm: float = setting(1.0, "Gradient clipping norm (0 = off; BERT's practice, the paper does not say).",
                                    min=0)
-    head_warmup_steps: int = setting(0, "Train only the freshly initialised heads (encoder lr 0) for the first N "
-                                        "steps; 0 = the paper.", min=0)
+    head_lr: float | None = setting(None, "Peak learning rate of the fresh heads (projectors, predictors, XWCL's map, "
+                                          "the MLM head's transform and output bias); none = --lr (the paper). AdamW "
+                                          "moves a weight about lr per step, so heads initialised at scale ~0.04 need "
+                                          "a far larger lr than the encoder to be fitted in a short run.",
+                                    above=0, max=1.0)
+    head_warmup_steps: int = setting(0, "The head phase: the first N steps fit only the fresh heads, at --head-lr "
+                                        "with no warm-up, while the encoder is frozen and run without gradients "
+                                        "(forward only, so a step costs about a third); each head's loss is "
+                                        "reported at its end (head_phase.json). 0 = the paper.", min=0)
     # ------------------------------------------------------------------ the objectives (paper 3, eq. 6)
     without: list[str] = setting(help="Remove an objective (repeatable); its forward pass is skipped.",
                                  factory=list, choices=objective_names)
     max_length: int = setting(128, "Student input length in tokens (paper 4.1: 128).", min=8)
     mlm_probability: float = setting(0.15, "Fraction of tokens (TLM) and of English words (XWCL) masked.",
                                      above=0, max=1.0)
+    tlm: TLMSettings = dataclasses.field(default_factory=TLMSettings)
     xwcl: XWCLSettings = dataclasses.field(default_factory=XWCLSettings)
     senta: SentASettings = dataclasses.field(default_factory=SentASettings)
     struca: StrucASettings = dataclasses.field(default_factory=StrucASettings)

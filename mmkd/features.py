@@ -39,7 +39,7 @@ class TeacherFeatures(Protocol):
     manifests: dict              # {corpus: Manifest} of the caches read (empty online), saved with the student
     teacher_source: str          # the teacher as a reader can look it up (model card)
 
-    def text(self, keys) -> tuple[list[list[str]], list[str]]: ...   # English word lists, target sentences
+    def text(self, keys) -> tuple[list[list[str]], list[str], list[str]]: ...   # English words, English, targets
 
     def teacher(self, keys, words: list[list[str]]) -> TeacherBatch: ...
 
@@ -63,14 +63,14 @@ class CachedFeatures:
         self.identities = [c.manifest.identity for c in caches]
         self.teacher_source = caches[0].manifest.teacher_source
 
-    def text(self, keys) -> tuple[list[list[str]], list[str]]:
+    def text(self, keys) -> tuple[list[list[str]], list[str], list[str]]:
         words: list[list[str]] = [[] for _ in keys]
-        targets = [""] * len(keys)
+        english, targets = [""] * len(keys), [""] * len(keys)
         for c, pos, pairs in _by_corpus(keys):
             cache = self.caches[c]
-            for p, w, x in zip(pos, cache.words(pairs), cache.texts(pairs)[1]):
-                words[p], targets[p] = w, x
-        return words, targets
+            for p, w, e, x in zip(pos, cache.words(pairs), *cache.texts(pairs)):
+                words[p], english[p], targets[p] = w, e, x
+        return words, english, targets
 
     def teacher(self, keys, words=None) -> TeacherBatch:
         parts, order = [], []
@@ -97,14 +97,14 @@ class OnlineFeatures:
         self.identities = [{"corpus": c.name, "fingerprint": c.fingerprint, "teacher_hash": teacher_hash,
                             "layer": layer, "max_length": max_length, "source": "online"} for c in corpora]
 
-    def text(self, keys) -> tuple[list[list[str]], list[str]]:
+    def text(self, keys) -> tuple[list[list[str]], list[str], list[str]]:
         words: list[list[str]] = [[] for _ in keys]
-        targets = [""] * len(keys)
+        english, targets = [""] * len(keys), [""] * len(keys)
         for c, pos, pairs in _by_corpus(keys):
             en, x = self.corpora[c].rows(pairs)
             for p, e, t in zip(pos, en, x):
-                words[p], targets[p] = split_words(e), t
-        return words, targets
+                words[p], english[p], targets[p] = split_words(e), e, t
+        return words, english, targets
 
     def teacher(self, keys, words) -> TeacherBatch:
         """The teacher on the word lists `text` returned; words it cannot see (its max length) are

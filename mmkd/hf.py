@@ -34,9 +34,9 @@ def _short(name: str) -> str:
     return os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name
 
 
-def _explain(role: str, name: str, model, info: dict, head_trained: bool = True) -> list[tuple[bool, str]]:
-    """(is_warning, message) for each kind of difference between `model` and its checkpoint.
-    `head_trained`: for a student, whether TLM trains its MLM head."""
+def missing_parts(model, info: dict) -> tuple[list[str], list[str], list[str]]:
+    """The tensors a checkpoint lacked, as (pooler, encoder, head) key lists: a student whose head list
+    is not empty starts a fresh MLM head."""
     prefix = getattr(model, "base_model_prefix", "")
     base_keys = set(model.base_model.state_dict()) if hasattr(model, "base_model") else set()
 
@@ -46,10 +46,18 @@ def _explain(role: str, name: str, model, info: dict, head_trained: bool = True)
     def in_encoder(key: str) -> bool:
         return local(key) in base_keys or key in base_keys
 
-    missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+    missing = sorted(info.get("missing_keys", ()))
     m_pool = [k for k in missing if local(k).startswith("pooler.")]
     m_enc = [k for k in missing if in_encoder(k) and k not in m_pool]
     m_head = [k for k in missing if k not in m_pool and k not in m_enc]
+    return m_pool, m_enc, m_head
+
+
+def _explain(role: str, name: str, model, info: dict, head_trained: bool = True) -> list[tuple[bool, str]]:
+    """(is_warning, message) for each kind of difference between `model` and its checkpoint.
+    `head_trained`: for a student, whether TLM trains its MLM head."""
+    m_pool, m_enc, m_head = missing_parts(model, info)
+    unexpected = sorted(info.get("unexpected_keys", ()))
     u_pool = [k for k in unexpected if "pooler." in k]
     u_head = [k for k in unexpected if k not in u_pool]
     n = _short(name)
@@ -69,7 +77,7 @@ def _explain(role: str, name: str, model, info: dict, head_trained: bool = True)
         else:
             out.append((False, f"{n} has no pooler (not used here)"))
     if m_head:
-        student = ("has no MLM head; TLM trains a new one from a random initialisation" if head_trained else
+        student = ("has no MLM head; TLM trains a new one (started as --tlm-fresh-head says)" if head_trained else
                    "has no MLM head; TLM is off, so the saved student carries an untrained one")
         what = {"student": student,
                 "classifier": "gets a new classification head, trained by the fine-tuning",
@@ -87,7 +95,7 @@ def _explain(role: str, name: str, model, info: dict, head_trained: bool = True)
 
 
 def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokenizer=None, head_trained: bool = True,
-         **kwargs):
+         info_out: dict | None = None, **kwargs):
     """`auto_cls.from_pretrained(name)` without transformers' report; differences said by mmkd. Given
     the `tokenizer` it will be used with, the two are checked to belong together first. `head_trained`
     (students): whether the MLM head will be trained (TLM on), for what is said of a missing one."""
@@ -102,6 +110,8 @@ def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokeni
     with quiet_transformers(), _named(name, role):
         model, info = auto_cls.from_pretrained(name, trust_remote_code=trust_remote_code,
                                                output_loading_info=True, **kwargs)
+    if info_out is not None:        # what the checkpoint lacked (missing_parts), for the caller
+        info_out.update(info)
     for warning, message in _explain(role, name, model, info, head_trained):
         say(("warning: " if warning else "") + message, once=True)
     return model

@@ -67,18 +67,41 @@ def senta_loss(student_pred: Tensor, teacher_proj: Tensor, center: bool = False)
     return (s - t).pow(2).sum(dim=-1).mean()
 
 
-def struca_loss(student_pred: Tensor, teacher_proj: Tensor, temperature: float) -> Tensor:
+def struca_loss(student_pred: Tensor, teacher_proj: Tensor, temperature: float,
+                exclude_diagonal: bool = False) -> Tensor:
     """Structure alignment, eqs. (3)–(5).
 
     Normalise both [B, D] inputs; A = z zᵀ (teacher), Ã = z̃ z̃ᵀ (student); teacher rows
     softmax(A/τ), student rows log_softmax(Ã/τ); KL(teacher ‖ student) summed over each row and
     averaged over the B rows.
+
+    exclude_diagonal=True (not in the paper; docs/method.md): each row's softmax runs over the other
+    sentences j ≠ i only. A_ii = 1 for every row, so at a small τ the diagonal takes nearly all of a
+    teacher row's mass and the target says little about how sentence i relates to the others.
     """
     z = F.normalize(teacher_proj.float(), dim=-1)
     zs = F.normalize(student_pred.float(), dim=-1)
-    log_p = torch.log_softmax(z @ z.T / temperature, dim=-1)
-    log_q = torch.log_softmax(zs @ zs.T / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
+    a, a_student = z @ z.T / temperature, zs @ zs.T / temperature
+    if not exclude_diagonal:
+        log_p = torch.log_softmax(a, dim=-1)
+        log_q = torch.log_softmax(a_student, dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
+    n = a.shape[0]
+    if n < 2:
+        return (zs.sum() + z.sum()) * 0.0
+    off = ~torch.eye(n, dtype=torch.bool, device=a.device)
+    log_p = torch.log_softmax(a.masked_fill(~off, float("-inf")), dim=-1)
+    log_q = torch.log_softmax(a_student.masked_fill(~off, float("-inf")), dim=-1)
+    terms = torch.where(off, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
+    return terms.sum(dim=-1).mean()
+
+
+def target_diagonal_mass(teacher_proj: Tensor, temperature: float) -> Tensor:
+    """How much of StrucA's teacher target sits on the diagonal: the mean over rows of
+    softmax(A/τ)_ii, A = z zᵀ on L2-normalised rows. 1/B for a target that treats every sentence
+    alike, near 1 for one that is nearly the identity (then StrucA only pushes predictions apart)."""
+    z = F.normalize(teacher_proj.detach().float(), dim=-1)
+    return torch.softmax(z @ z.T / temperature, dim=-1).diagonal().mean()
 
 
 def structure_loss(proj: Tensor, teacher_cls: Tensor, temperature: float) -> Tensor:

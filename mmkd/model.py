@@ -10,6 +10,8 @@ into the tensors their losses need. Nothing here is specific to an objective.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -17,10 +19,13 @@ from mmkd.batching import StudentBatch
 
 
 class Encodings:
-    """The student's encodings of one micro-batch's inputs, each computed once when first asked for."""
+    """The student's encodings of one micro-batch's inputs, each computed once when first asked for.
 
-    def __init__(self, student: nn.Module, batch: StudentBatch):
-        self.student, self.batch = student, batch
+    `frozen` (the head phase): the encoder runs without gradients, so no activations are kept for a
+    backward through it; only what the heads compute from its outputs is differentiated."""
+
+    def __init__(self, student: nn.Module, batch: StudentBatch, frozen: bool = False):
+        self.student, self.batch, self.frozen = student, batch, frozen
         self._hidden: dict[str, torch.Tensor] = {}
 
     def _kwargs(self, name: str) -> dict:
@@ -33,7 +38,8 @@ class Encodings:
     def hidden(self, name: str) -> torch.Tensor:
         """Last hidden states [B, L, H] of the student encoder on input `name`."""
         if name not in self._hidden:
-            self._hidden[name] = self.student.base_model(**self._kwargs(name)).last_hidden_state
+            with torch.no_grad() if self.frozen else contextlib.nullcontext():
+                self._hidden[name] = self.student.base_model(**self._kwargs(name)).last_hidden_state
         return self._hidden[name]
 
     def masked_logits(self, name: str, selected: torch.Tensor) -> torch.Tensor:
@@ -49,16 +55,32 @@ class Encodings:
             hidden = args[0]
             return (hidden.reshape(-1, hidden.shape[-1])[rows], *args[1:])
 
-        handle = projection.register_forward_pre_hook(masked_only)
+        handles = [projection.register_forward_pre_hook(masked_only)]
+        grad_was = torch.is_grad_enabled()
+        if self.frozen:      # the encoder inside the family's own MLM forward runs without gradients
+            encoder = self.student.base_model
+            handles += [encoder.register_forward_pre_hook(_grad_off), encoder.register_forward_hook(_grad_on)]
         try:
             return self.student(**self._kwargs(name)).logits
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+            torch.set_grad_enabled(grad_was)
+
+
+def _grad_off(module, args) -> None:
+    torch.set_grad_enabled(False)      # called as a function, it sets the mode until changed
+
+
+def _grad_on(module, args, out) -> None:
+    torch.set_grad_enabled(True)
 
 
 class MMKDModel(nn.Module):
-    def __init__(self, student: nn.Module, heads: dict[str, nn.Module], teacher_heads: tuple[str, ...] = ()):
+    def __init__(self, student: nn.Module, heads: dict[str, nn.Module], teacher_heads: tuple[str, ...] = (),
+                 objective_settings: dict | None = None):
         super().__init__()
+        self.objective_settings = dict(objective_settings or {})    # {objective name: its settings}
         self.student = student                       # *ForMaskedLM
         for name, head in heads.items():             # registered by name: checkpoints and heads.safetensors
             self.add_module(name, head)
@@ -76,11 +98,13 @@ class MMKDModel(nn.Module):
     def teacher_projectors(self) -> list[nn.Module]:
         return [getattr(self, name) for name in self.teacher_head_names]
 
-    def forward(self, batch: StudentBatch, objectives: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
-        """{objective name: the tensors its loss needs}, for the objectives named."""
+    def forward(self, batch: StudentBatch, objectives: tuple[str, ...],
+                frozen_encoder: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+        """{objective name: the tensors its loss needs}, for the objectives named; `frozen_encoder`:
+        the head phase (the encoder runs without gradients)."""
         from mmkd.objectives import by_name
 
-        encoded = Encodings(self.student, batch)
+        encoded = Encodings(self.student, batch, frozen_encoder)
         return {name: by_name(name).forward(self, encoded, batch) for name in objectives}
 
 
@@ -91,4 +115,4 @@ def build_model(student: nn.Module, teacher_hidden: int, cfg) -> MMKDModel:
     from mmkd.objectives import OBJECTIVES, build_heads
 
     heads, teacher_heads = build_heads(OBJECTIVES, student.config.hidden_size, teacher_hidden, cfg)
-    return MMKDModel(student, heads, teacher_heads)
+    return MMKDModel(student, heads, teacher_heads, {o.name: o.settings(cfg) for o in OBJECTIVES})

@@ -68,6 +68,8 @@ class CollapseWatch:
     def __call__(self, logs: dict) -> list[str]:
         out = []
         for name in objs.indicator_names():
+            if not name.startswith("std_"):      # a diagnostic (struca_target_diag), not a spread
+                continue
             value = logs.get(name)
             if value is None or name in self.warned:
                 continue

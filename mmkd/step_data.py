@@ -53,23 +53,23 @@ class StepData(torch.utils.data.Dataset):
             parts = split_for(batch, self.rank, self.world, self.cfg.grad_accum)
             texts = [self.features.text(keys) for keys in parts]
             return [Part(keys, text, keys, text) for keys, text in zip(parts, texts)]
-        words, targets = self.features.text(batch)
-        text = {k: (w, t) for k, w, t in zip(batch, words, targets)}
-        pair_len, sent_len = self.lengths(words, targets)
+        words, english, targets = self.features.text(batch)
+        text = {k: row for k, row in zip(batch, zip(words, english, targets))}
+        pair_len, sent_len = self.lengths(english, targets)
         by_pair = split_by_length(batch, pair_len, self.rank, self.world, self.cfg.grad_accum)
         by_sent = split_by_length(batch, sent_len, self.rank, self.world, self.cfg.grad_accum)
 
         def texts_of(keys):
-            return [text[k][0] for k in keys], [text[k][1] for k in keys]
+            return tuple([text[k][i] for k in keys] for i in range(3))
 
         return [Part(p, texts_of(p), s, texts_of(s)) for p, s in zip(by_pair, by_sent)]
 
-    def lengths(self, words, targets) -> tuple[list[int], list[int]]:
+    def lengths(self, english, targets) -> tuple[list[int], list[int]]:
         """Sub-tokens of each pair's `s t` and of its `t` (no special tokens): what the pair inputs
         and the sentence input pad to."""
-        english = self.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+        source = [len(ids) for ids in self.tokenizer(english, add_special_tokens=False)["input_ids"]]
         target = [len(ids) for ids in self.tokenizer(targets, add_special_tokens=False)["input_ids"]]
-        return [len(a) + b for a, b in zip(english["input_ids"], target)], target
+        return [a + b for a, b in zip(source, target)], target
 
     def build(self, part: Part) -> StudentBatch:
         """Read the teacher features of the part's pairs and build its student inputs."""

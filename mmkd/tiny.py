@@ -113,6 +113,6 @@ def tiny_batch(student: str, hidden: int = 32):
     teacher = TeacherBatch.from_sentences([g.standard_normal((len(w), hidden)).astype(np.float32) for w in words],
                                           [g.standard_normal(hidden).astype(np.float32) for _ in words], words)
     keys = [PairKey(0, 0, 0), PairKey(0, 1, 1)]
-    text = (words, [x for _, x in pairs])
+    text = (words, [en for en, _ in pairs], [x for _, x in pairs])
     part = Part(keys, text, keys, text, teacher, teacher)
     return build_student_batch(AutoTokenizer.from_pretrained(student), part, inputs(OBJECTIVES), MaskingConfig())

@@ -25,6 +25,7 @@ import torch
 
 from mmkd import __version__
 from mmkd import objectives as objs
+from mmkd.atomic import write_text
 from mmkd.batching import StudentBatch
 from mmkd.config import TrainConfig, TrainingError, validate
 from mmkd.errors import CacheError
@@ -42,7 +43,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     from mmkd.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from mmkd.dist import use_cpu
     from mmkd.features import open_features
-    from mmkd.hf import load, load_tokenizer
+    from mmkd.hf import load, load_tokenizer, missing_parts
     from mmkd.model import build_model
     from mmkd.optim import adamw, lr_schedule, param_groups
     from mmkd.run_folder import RunFolder
@@ -61,7 +62,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
     chosen = objs.chosen(cfg.without, cfg)
     # Unused parameters: removed objectives leave heads (or the MLM head) without gradients.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=len(cfg.objectives) < len(objs.OBJECTIVES))
+    # The head phase leaves the encoder without gradients.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=len(cfg.objectives) < len(objs.OBJECTIVES)
+                                        or cfg.head_warmup_steps > 0)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, project_dir=str(out),
                               log_with=None if log_with == "none" else log_with, kwargs_handlers=[ddp])
     main = accelerator.is_main_process
@@ -79,8 +82,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         tokenizer = load_tokenizer(cfg.student, cfg.trust_remote_code)
         require_fast(tokenizer)
         torch.manual_seed(cfg.seed)
+        loaded: dict = {}
         student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code, tokenizer=tokenizer,
-                       head_trained="tlm" in cfg.objectives)
+                       head_trained="tlm" in cfg.objectives, info_out=loaded)
+        if "tlm" in cfg.objectives and missing_parts(student, loaded)[2] and cfg.tlm.fresh_head == "unigram":
+            _start_fresh_head(student, tokenizer, features, cfg.tlm.unigram_pairs, main)
         for o in chosen:
             o.check(student, features.hidden_size, cfg)
         model = build_model(student, features.hidden_size, cfg)
@@ -89,7 +95,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                 head.requires_grad_(False)
         schedule = BalancedSchedule(features.sizes, cfg.batch_size, cfg.seed)
         total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * schedule.steps_per_epoch))
-        optimizer = adamw(param_groups(model, cfg.weight_decay), cfg.lr)
+        if cfg.head_warmup_steps and tuple(o.name for o in chosen) == ("xwcl",) and not hasattr(model, "word_map"):
+            raise TrainingError("--head-warmup-steps: XWCL alone on a teacher of the student's width has no fresh head "
+                                "to fit (it compares the states directly); set --head-warmup-steps 0")
+        optimizer = adamw(param_groups(model, cfg.weight_decay, cfg.lr, cfg.head_lr), cfg.lr)
         # Stepped by us once per optimiser step (not prepared: accelerate would step it per process).
         scheduler = lr_schedule(optimizer, total_steps, round(cfg.warmup_ratio * total_steps), cfg.head_warmup_steps)
         model, optimizer = accelerator.prepare(model, optimizer)
@@ -145,6 +154,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                 bar.update(1)
                 for message in watch(logs):
                     bar.write(message, file=sys.stderr)
+                if step + 1 == cfg.head_warmup_steps:
+                    bar.write(report_head_phase(out, cfg.head_warmup_steps), file=sys.stderr)
             if log_with != "none":
                 accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total_steps:
@@ -180,7 +191,7 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
         batch = part.to(device)
         sync = m == len(parts) - 1
         with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
-            out = model(batch, names)
+            out = model(batch, names, step < cfg.head_warmup_steps)
             loss = 0.0
             for j, o in enumerate(chosen):
                 value = o.loss(out, cfg, gather)
@@ -197,8 +208,13 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
                 loss = loss + o.weight(cfg) * back * value
                 logged[o.name] += value.detach().double() * (back / world)
             for o in chosen:
-                stds.update(o.indicators(out.get(o.name, {})))
+                stds.update(o.indicators(out.get(o.name, {}), cfg, gather))
             accelerator.backward(loss)
+    if step < cfg.head_warmup_steps:
+        # The head phase: the MLM decoder is tied to the word embeddings, so they got a gradient through
+        # it; dropped, so that AdamW keeps no moments for the encoder from a phase in which it is frozen.
+        for p in accelerator.unwrap_model(model).encoder.parameters():
+            p.grad = None
     # Finite or nothing: a finite loss can still give an inf/NaN gradient (a huge cached value), and
     # clipping would turn it into a NaN or a zero update. The norm (clip at inf = measure only) must be
     # finite on every process before the optimiser may step.
@@ -217,6 +233,40 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
     logs["grad_norm"] = float(grad_norm) if grad_norm is not None else None
     logs.update(stds)
     return logs
+
+
+def _start_fresh_head(student, tokenizer, features, pairs: int, main: bool) -> None:
+    """A fresh MLM head's output bias from the unigram counts of the first `pairs` pairs of every corpus
+    (both sides; the same on every process)."""
+    from mmkd.console import say
+    from mmkd.objectives.tlm import start_fresh_head
+
+    keys = [(c, 0, i) for c, n in enumerate(features.sizes) for i in range(min(n, pairs))]
+    _, english, targets = features.text(keys)
+    texts = list(english) + list(targets)
+    if start_fresh_head(student, tokenizer, texts):
+        if main:
+            say(f"TLM: the fresh MLM head's output bias starts at the log unigram frequencies of {len(keys)} pairs "
+                "(--tlm-fresh-head unigram)", once=True)
+    elif main:
+        say("warning: TLM: the fresh MLM head has no output bias to start from unigram counts; it starts random",
+            once=True)
+
+
+def report_head_phase(out: Path, steps: int) -> str:
+    """At the end of the head phase: each objective's loss (what its fresh heads were fitted to) at the
+    phase's first and last step, from metrics.csv, written to `head_phase.json`; one line for the log."""
+    import csv
+
+    with open(out / "metrics.csv", newline="", encoding="utf-8") as f:
+        rows = {int(r["step"]): r for r in csv.DictReader(f)}
+    first, last = rows.get(1, {}), rows.get(steps, {})
+    report = {name: {"first": float(first[name]), "last": float(last[name])}
+              for name in (*objs.names(), objs.TEACHER_HEADS_LOSS.name)
+              if first.get(name) not in (None, "") and last.get(name) not in (None, "")}
+    write_text(out / "head_phase.json", json.dumps({"steps": steps, "losses": report}, indent=2) + "\n")
+    shown = ", ".join(f"{n} {v['first']:.3f} -> {v['last']:.3f}" for n, v in report.items())
+    return f"head phase done ({steps} steps, encoder frozen): {shown}"
 
 
 def _identity(x):

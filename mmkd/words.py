@@ -17,7 +17,7 @@ from __future__ import annotations
 import unicodedata
 
 import numpy as np
-from tokenizers import normalizers, pre_tokenizers
+from tokenizers import PreTokenizedString, normalizers, pre_tokenizers
 
 WORD_RULE_VERSION = "bert-basic-v1"
 
@@ -27,6 +27,8 @@ WORD_RULE_VERSION = "bert-basic-v1"
 _NORMALIZER = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                          strip_accents=False, lowercase=False)
 _PRE_TOKENIZER = pre_tokenizers.BertPreTokenizer()
+# The same normalisation with NFC inside, for word_starts: offsets must refer to the original text.
+_NORMALIZE_NFC = normalizers.Sequence([normalizers.NFC(), _NORMALIZER])
 
 
 def split_words(text: str) -> list[str]:
@@ -58,6 +60,70 @@ def first_subtoken_positions(word_ids: list[int | None], n_words: int,
         if w < n_words and pos[w] < 0:
             pos[w] = t
     return pos
+
+
+def word_starts(text: str, words: list[str]) -> np.ndarray:
+    """The character offset in `text` at which each of `words` starts, -1 for one not found.
+
+    `words` is `split_words(text)` or the part of it a teacher kept (the cache keeps the words whose
+    first sub-token the teacher saw: the same order, some left out), so each is matched to the next
+    split word equal to it. Offsets are into the text as given, before normalisation."""
+    pretok = PreTokenizedString(text)
+    pretok.normalize(lambda normalized: _NORMALIZE_NFC.normalize(normalized))
+    _PRE_TOKENIZER.pre_tokenize(pretok)
+    splits = pretok.get_splits(offset_referential="original", offset_type="char")
+    out = np.full(len(words), -1, dtype=np.int64)
+    j = 0
+    for i, word in enumerate(words):
+        while j < len(splits) and splits[j][0] != word:
+            j += 1
+        if j == len(splits):
+            break
+        out[i] = splits[j][1][0]
+        j += 1
+    return out
+
+
+def blank_tokens(tokenizer, ids) -> np.ndarray:
+    """True for each token that stands for white space only: sentencepiece's bare `▁` (and byte-level
+    BPE's `Ġ`). Its offsets cannot be trusted: a bare `▁` before `北京` reports the span of `北`."""
+    return np.array([not t.strip("▁Ġ \t\n") for t in tokenizer.convert_ids_to_tokens(list(ids))], dtype=bool)
+
+
+def align_by_offsets(text: str, starts: np.ndarray, offsets, sequence_ids, sequence: int = 0,
+                     blank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Student tokens <-> cached English words, through character offsets (the student reads `text`
+    itself, not a pre-split word list).
+
+    `offsets` / `sequence_ids`: the fast tokenizer's offset mapping and sequence ids of one encoded
+    input, `sequence` the segment holding `text`; `starts`: `word_starts` of the cached words;
+    `blank`: `blank_tokens` of the input (never a word's token).
+    Returns (token_word [L]: the word holding each token's first non-space character, -1 for special
+    tokens, the other segment, and tokens of only white space such as a bare sentencepiece `▁`;
+    position [W]: the first token covering the word's first character, -1 for a word the input does
+    not reach). A word's position is never a bare `▁`: that token stands for the space before it."""
+    n = len(starts)
+    token_word = np.full(len(offsets), -1, dtype=np.int64)
+    position = np.full(n, -1, dtype=np.int64)
+    order = np.argsort(starts, kind="stable")
+    known = starts[order] >= 0
+    sorted_starts, sorted_words = starts[order][known], order[known]
+    for t, ((a, b), s) in enumerate(zip(offsets, sequence_ids)):
+        if s != sequence or b <= a or (blank is not None and blank[t]):
+            continue
+        first = a
+        while first < b and text[first].isspace():
+            first += 1
+        if first == b:
+            continue                     # white space only (a bare `▁`)
+        k = int(np.searchsorted(sorted_starts, first, side="right")) - 1
+        if k >= 0:
+            token_word[t] = sorted_words[k]
+        lo, hi = np.searchsorted(sorted_starts, [first, b])
+        for w in sorted_words[lo:hi]:
+            if position[w] < 0:
+                position[w] = t
+    return token_word, position
 
 
 def require_fast(tokenizer) -> None:

@@ -84,36 +84,80 @@ def _teacher_batch(words: list[list[str]], hidden=8) -> TeacherBatch:
                                        [np.zeros(hidden, np.float32) for _ in words], words)
 
 
-def build(tok, words, targets, keys, specs, cfg=None):
-    """The student inputs of these pairs (the pair inputs and the sentence input on the same pairs)."""
+def build(tok, words, targets, keys, specs, cfg=None, english=None):
+    """The student inputs of these pairs (the pair inputs and the sentence input on the same pairs);
+    `english` defaults to the words joined by spaces."""
     keys = [PairKey(*k) for k in keys]
     teacher = _teacher_batch(words)
-    part = Part(keys, (words, targets), keys, (words, targets), teacher, teacher)
+    english = english if english is not None else [" ".join(w) for w in words]
+    text = (words, english, targets)
+    part = Part(keys, text, keys, text, teacher, teacher)
     return build_student_batch(tok, part, specs, cfg or MaskingConfig())
+
+
+def naive_starts(text: str, words: list[str]) -> list[int]:
+    """Where each word starts, found by plain string search left to right (the texts here are NFC and
+    hold no control characters, so every word is a substring)."""
+    out, cursor = [], 0
+    for w in words:
+        at = text.index(w, cursor)
+        out.append(at)
+        cursor = at + len(w)
+    return out
+
+
+def check_word_positions(tok, english, targets, cfg):
+    """Every cached word's student position is the first token of `[CLS] s [SEP] t [SEP]` (encoded from
+    the raw text) that covers the word's first character, in the English segment, never a token of
+    only white space (a bare sentencepiece `▁`)."""
+    words = [split_words(en) for en in english]
+    keys = [(0, i, i) for i in range(len(english))]
+    batch = build(tok, words, targets, keys, inputs(OBJECTIVES), cfg, english=english)
+    xwcl = batch.inputs["word_masked_pair"]
+    ref = tok(english, targets, return_offsets_mapping=True, return_token_type_ids=cfg.segments)
+    for b, ws in enumerate(words):
+        offsets, seq = ref["offset_mapping"][b], ref.sequence_ids(b)
+        for w, start in zip(range(len(ws)), naive_starts(english[b], ws)):
+            p = int(xwcl["word_pos"][b, w])
+            pieces = tok.convert_ids_to_tokens(ref["input_ids"][b])
+            covering = [t for t, ((a, e), s) in enumerate(zip(offsets, seq))
+                        if s == 0 and a <= start < e and pieces[t] not in ("▁", "Ġ")]
+            assert covering and p == covering[0], (ws[w], p, covering)
+            a, e = offsets[p]
+            assert english[b][a:e].strip(), f"word {ws[w]!r} maps to a token of white space only"
+            assert tok.convert_ids_to_tokens(ref["input_ids"][b][p]) not in ("▁", "Ġ")
+        # The sequence the student reads is the raw text's own encoding, masks aside: only the sub-tokens
+        # of masked words differ.
+        n = len(ref["input_ids"][b])
+        assert xwcl["input_ids"].shape[1] >= n
+        changed = (xwcl["input_ids"][b, :n] != torch.tensor(ref["input_ids"][b])).numpy()
+        masked = xwcl["masked_words"][b, :len(ws)].numpy()
+        starts = naive_starts(english[b], ws) + [len(english[b])]
+        masked_spans = [(starts[w], starts[w + 1]) for w in np.flatnonzero(masked)]
+
+        def in_masked_word(t):
+            a, e = offsets[t]
+            first = a + len(english[b][a:e]) - len(english[b][a:e].lstrip())
+            return seq[t] == 0 and any(lo <= first < hi for lo, hi in masked_spans)
+
+        assert all(in_masked_word(t) for t in np.flatnonzero(changed)), "a token outside the masked words changed"
+    return batch, ref
 
 
 def test_student_word_positions_point_at_word_i(tiny_student):
     tok = AutoTokenizer.from_pretrained(tiny_student)
-    words = [split_words(en) for en, _ in SENTENCES]
-    targets = [x for _, x in SENTENCES]
-    keys = [(0, i, i) for i in range(len(SENTENCES))]
-    batch = build(tok, words, targets, keys, inputs(OBJECTIVES), MaskingConfig(max_length=128))
+    english, targets = [en for en, _ in SENTENCES], [x for _, x in SENTENCES]
+    batch, ref = check_word_positions(tok, english, targets, MaskingConfig(max_length=128))
+    words = [split_words(en) for en in english]
     xwcl, tlm = batch.inputs["word_masked_pair"], batch.inputs["masked_pair"]
-    # Unmasked reference encoding of the same pairs.
-    ref = tok(words, [t.split() for t in targets], is_split_into_words=True, return_token_type_ids=True)
     for b, ws in enumerate(words):
-        ref_tokens = tok.convert_ids_to_tokens(ref["input_ids"][b])
-        for i, w in enumerate(ws):
-            p = int(xwcl["word_pos"][b, i])
-            assert ref.word_ids(b)[p] == i and ref.sequence_ids(b)[p] == 0
-            t = ref_tokens[p]
-            assert t == tok.unk_token or w.startswith(t), (w, t)
         # Segment ids: 0 for [CLS] s [SEP], 1 for t [SEP]; positions are implicit 0..L-1.
         types = xwcl["token_type_ids"][b, :len(ref["input_ids"][b])].tolist()
         assert types == ref["token_type_ids"][b]
         first_sep = ref["input_ids"][b].index(tok.sep_token_id)
         assert set(types[:first_sep + 1]) == {0} and set(types[first_sep + 1:]) == {1}
-        # Anchors are masked words: their first sub-token changed or kept, the rest of the target side untouched.
+        # WordPiece splits at every punctuation mark and CJK character, as split_words does: every
+        # word has a token of its own, so every word can be an anchor.
         anchors = xwcl["masked_words"][b, :len(ws)].numpy()
         assert anchors.sum() == max(1, round(0.15 * len(ws)))
     # SentA/StrucA input is the target alone.
@@ -124,6 +168,60 @@ def test_student_word_positions_point_at_word_i(tiny_student):
     types = tlm["token_type_ids"]
     masked_types = types[labels != -100]
     assert (masked_types == 0).any() and (masked_types == 1).any()
+
+
+def test_sentencepiece_student_reads_the_raw_sentence_and_no_word_maps_to_a_bare_piece(tmp_path, multilingual_texts):
+    """A sentencepiece-style student (XLM-R's `▁` convention): words are found through offsets, a
+    punctuation mark after a word is not given a `▁` of its own, and no word's state is a bare `▁`."""
+    from families import xlmr
+
+    folder = xlmr(multilingual_texts[:4000], tmp_path / "xlmr")
+    tok = AutoTokenizer.from_pretrained(folder)
+    english = [en for en, _ in SENTENCES] + ["Wait... what?! It costs $3.50 (or 3,50 €).", "He said: «no»."]
+    targets = [x for _, x in SENTENCES] + ["Attends... quoi ?! Ça coûte 3,50 $.", "Il a dit : «non»."]
+    batch, ref = check_word_positions(tok, english, targets, MaskingConfig(max_length=128, segments=False))
+    # The student's sequence is the raw text's encoding: "hello." is not read as "hello ▁.".
+    plain = tok(english[3])["input_ids"]
+    split = tok(split_words(english[3]), is_split_into_words=True)["input_ids"]
+    assert batch.inputs["sentence"] is not None and plain != split
+    first_segment = ref.sequence_ids(3).index(1)            # <s> s </s></s> t </s>
+    assert ref["input_ids"][3][:first_segment - 2] == plain[:-1]
+    assert "▁" in tok.convert_ids_to_tokens(split) and tok.convert_ids_to_tokens(split).count("▁") > \
+        tok.convert_ids_to_tokens(plain).count("▁")
+
+
+def test_words_sharing_a_token_are_never_anchors():
+    """A token that covers two cached words (a sentencepiece piece `日本`, `U.S.`) belongs to the first;
+    the second word's position is that token, and it is never masked on its own (the student would
+    still see it)."""
+    from mmkd.words import align_by_offsets, word_starts
+
+    text = "in 日本 now"
+    words = split_words(text)                          # in 日 本 now
+    starts = word_starts(text, words)
+    assert starts.tolist() == [0, 3, 4, 6]
+    offsets = [(0, 0), (0, 2), (2, 5), (5, 9), (9, 9)]      # <s> ▁in ▁日本 ▁now </s>
+    seq = [None, 0, 0, 0, None]
+    token_word, pos = align_by_offsets(text, starts, offsets, seq)
+    assert token_word.tolist() == [-1, 0, 1, 3, -1]
+    assert pos.tolist() == [1, 2, 2, 3]
+    # A bare `▁` covering only the space belongs to no word and is no word's position; nor is one that
+    # reports the span of the next character (e5's tokenizer does that before `北京`).
+    text = "end ."
+    starts = word_starts(text, split_words(text))
+    token_word, pos = align_by_offsets(text, starts, [(0, 3), (3, 4), (4, 5)], [0, 0, 0])
+    assert token_word.tolist() == [0, -1, 1] and pos.tolist() == [0, 2]
+    text = "and 北京"
+    starts = word_starts(text, split_words(text))
+    blank = np.array([False, True, False])
+    token_word, pos = align_by_offsets(text, starts, [(0, 3), (4, 5), (4, 6)], [0, 0, 0], blank=blank)
+    assert token_word.tolist() == [0, -1, 1] and pos.tolist() == [0, 2, 2]
+    # Kept words (the teacher dropped one) are found in order; a word past the text is -1.
+    assert word_starts("a b c", ["a", "c"]).tolist() == [0, 4]
+    assert word_starts("a b", ["a", "z"]).tolist() == [0, -1]
+    # Offsets refer to the text as given: a decomposed é (e + U+0301) and a zero-width space before a word.
+    text = "Zoe\u0301 said\u200b hi"
+    assert word_starts(text, split_words(text)).tolist() == [0, 5, 11]
 
 
 def test_masks_do_not_depend_on_the_batch_split(tiny_student):

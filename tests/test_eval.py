@@ -56,6 +56,23 @@ def test_accuracy_and_retrieval_accuracy_by_hand():
     assert retrieval_accuracy(sim.T) == pytest.approx(100.0)
 
 
+def test_alignment_infonce_by_hand():
+    from mmkd.eval.metrics import alignment_infonce
+
+    # 2 x 2 at τ = 1: rows [1, 0] and [0, 1]; each row's loss is -log(e / (e + 1)) = log(1 + 1/e).
+    sim = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert alignment_infonce(sim, temperature=1.0) == pytest.approx(math.log(1 + math.exp(-1)))
+    # Asymmetric: rows give -log(e^2/(e^2+e^0)) and -log(e^1/(e^1+e^1)); columns -log(e^2/(e^2+e^1)) and
+    # -log(e^1/(e^0+e^1)); the loss is the mean of the two directions' means.
+    sim = np.array([[2.0, 0.0], [1.0, 1.0]])
+    rows = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    cols = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-1))) / 2
+    assert alignment_infonce(sim, temperature=1.0) == pytest.approx((rows + cols) / 2)
+    # Vectors that tell nothing apart: ln N; τ scales the similarities.
+    assert alignment_infonce(np.ones((5, 5)), temperature=0.05) == pytest.approx(math.log(5))
+    assert alignment_infonce(sim, temperature=0.5) == pytest.approx(alignment_infonce(2 * sim, temperature=1.0))
+
+
 # ------------------------------------------------------------------ bad input
 def test_unlabelled_test_file_is_an_error_not_33_percent(tmp_path, shared):
     lines = (shared / "xnli" / "test-fr.tsv").read_text(encoding="utf-8").splitlines()[:5]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
@@ -558,24 +560,146 @@ def test_student_folder_has_a_model_card_that_eval_updates(tmp_path, cache_root,
     assert "Not evaluated yet" not in card and "**retrieval**" in card and "| tatoeba-fr | avg |" in card
 
 
-def test_head_warmup_keeps_the_encoder_fixed_then_trains_it(tmp_path, cache_root, tiny_student, data_dir):
+def test_param_groups_give_every_fresh_head_the_head_lr(tiny_student):
+    from mmkd.optim import param_groups
+
+    model = tiny_model(tiny_student)
+    groups = param_groups(model, 0.01, lr=2e-5, head_lr=1e-3)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    heads = {n for n, p in names.items() if by_id[id(p)]["name"] == "heads"}
+    # The objectives' heads and the MLM head's transform and output bias learn at the head lr ...
+    assert {"senta_projector.0.weight", "struca_predictor.2.bias", "teacher_senta_projector.0.weight",
+            "student.cls.predictions.transform.dense.weight", "student.cls.predictions.bias"} <= heads
+    # ... the encoder, and the MLM decoder tied to its word embeddings, at the encoder's.
+    encoder = {n for n in names if n.startswith("student.bert.")}
+    assert encoder and not encoder & heads and all(by_id[id(names[n])]["lr"] == 2e-5 for n in encoder)
+    assert all(by_id[id(names[n])]["lr"] == 1e-3 for n in heads)
+    assert model.student.get_output_embeddings().weight is model.student.bert.embeddings.word_embeddings.weight
+    assert all(by_id[id(p)]["weight_decay"] == 0.0 for n, p in names.items() if n.endswith("bias"))
+    # No head lr: the paper's one lr for everything.
+    assert {g["lr"] for g in param_groups(model, 0.01, lr=2e-5)} == {2e-5}
+
+
+def test_the_head_phase_runs_the_encoder_without_gradients(tiny_student):
+    model = tiny_model(tiny_student)
+    batch = tiny_batch(tiny_student)
+    out = model(batch, objs.names(), frozen_encoder=True)
+    sum(objs.by_name(o).loss(out, settings(), lambda t: t) for o in objs.names()).backward()
+    for name, p in model.named_parameters():
+        if name.startswith("student.bert.") and name != "student.bert.embeddings.word_embeddings.weight":
+            assert p.grad is None, name                              # nothing flowed into the encoder
+    # ... but for the MLM decoder, which is the word-embedding matrix (the trainer drops that gradient).
+    for name in ("senta_projector.0.weight", "struca_predictor.0.weight", "student.cls.predictions.bias",
+                 "student.cls.predictions.transform.dense.weight"):
+        assert dict(model.named_parameters())[name].grad is not None, name
+    assert torch.is_grad_enabled()
+
+
+def test_the_head_phase_moves_the_heads_and_not_the_encoder(tmp_path, cache_root, tiny_student, data_dir):
     from safetensors.torch import load_file
 
-    cfg = config(tmp_path, cache_root, tiny_student, data_dir, max_steps=6, head_warmup_steps=3, checkpoint_every=3)
+    cfg = config(tmp_path, cache_root, tiny_student, data_dir, max_steps=6, head_warmup_steps=3, checkpoint_every=3,
+                 lr=1e-4, head_lr=1e-2)
     run = train(cfg, progress=False)
     start = AutoModelForMaskedLM.from_pretrained(tiny_student).state_dict()
     at3 = load_file(str(run / "checkpoints" / "step-0000003" / "model.safetensors"))
     at6 = load_file(str(run / "checkpoints" / "step-0000006" / "model.safetensors"))
-    name = "student.bert.encoder.layer.0.attention.self.query.weight"
-    assert torch.equal(at3[name], start["bert.encoder.layer.0.attention.self.query.weight"])
-    assert not torch.equal(at6[name], at3[name])
-    head = "senta_projector.0.weight"
-    assert not torch.equal(at3[head], at6[head])
+    for name in ("bert.encoder.layer.0.attention.self.query.weight", "bert.embeddings.word_embeddings.weight"):
+        assert torch.equal(at3["student." + name], start[name])          # frozen through the phase ...
+        assert not torch.equal(at6["student." + name], at3["student." + name])   # ... trained after it
+    for head in ("senta_projector.0.weight", "cls.predictions.transform.dense.weight"):
+        key = head if head.startswith("senta") else "student." + head
+        assert not torch.equal(at3[key], at6[key])
+    assert not torch.equal(at3["student.cls.predictions.transform.dense.weight"],
+                           start["cls.predictions.transform.dense.weight"])
     rows = metrics(run)
-    # lr = the encoder's lr used in that step, lr_heads = the heads'; no warm-up ratio in this config.
+    # lr = the encoder's lr of that step (0 in the phase), lr_heads = the heads': the full head lr in the
+    # phase (no warm-up), then the linear decay every group follows.
     assert [float(r["lr"]) for r in rows[:3]] == [0.0, 0.0, 0.0]
-    assert float(rows[3]["lr"]) == pytest.approx(1e-3 * 3 / 6)
-    assert [float(r["lr_heads"]) for r in rows] == pytest.approx([1e-3 * (6 - i) / 6 for i in range(6)])
+    assert float(rows[3]["lr"]) == pytest.approx(1e-4 * 3 / 6)
+    assert [float(r["lr_heads"]) for r in rows] == pytest.approx([1e-2] * 3 + [1e-2 * (6 - i) / 6 for i in (3, 4, 5)])
+    report = json.loads((run / "head_phase.json").read_text())
+    assert report["steps"] == 3
+    assert set(report["losses"]) == {"tlm", "xwcl", "senta", "struca", "teacher_heads"}
+    for name, v in report["losses"].items():
+        assert v["first"] == pytest.approx(float(rows[0][name])) and v["last"] == pytest.approx(float(rows[2][name]))
+
+
+def test_unigram_log_probs_by_hand(tiny_student):
+    from mmkd.objectives.tlm import unigram_log_probs
+
+    tok = AutoTokenizer.from_pretrained(tiny_student)
+    texts = ["the the report", "report the"]
+    the, report = tok("the", add_special_tokens=False)["input_ids"], tok("report", add_special_tokens=False)["input_ids"]
+    assert len(the) == 1 and len(report) == 1
+    rows = len(tok) + 3
+    got = unigram_log_probs(tok, texts, rows, smoothing=0.5)
+    total = 3 + 2 + 0.5 * rows                # 3 x "the", 2 x "report", every row smoothed (specials zeroed first)
+    assert got[the[0]] == pytest.approx(np.log(3.5 / total))
+    assert got[report[0]] == pytest.approx(np.log(2.5 / total))
+    assert got[tok.cls_token_id] == pytest.approx(np.log(0.5 / total)) and got[rows - 1] == got[tok.cls_token_id]
+    assert np.exp(got).sum() == pytest.approx(1.0)
+
+
+def test_a_fresh_mlm_head_starts_from_unigrams_and_is_fitted_well_below_ln_v(tmp_path, cache_root, data_dir,
+                                                                          multilingual_texts):
+    """A student shipped without an MLM head (a bare encoder, as multilingual-e5-small is): with
+    the unigram start, TLM's first loss is already below the uniform ln V, and after the head phase
+    (encoder frozen) it is well below it; the encoder did not move in the phase."""
+    from mmkd.tiny import make_tiny_bert
+
+    bare = str(make_tiny_bert(multilingual_texts, tmp_path / "bare", 6000, seed=2, mlm=False))
+    ln_v = math.log(len(AutoTokenizer.from_pretrained(bare)))
+    runs = {}
+    for start in ("random", "unigram"):
+        cfg = config(tmp_path / start, cache_root, bare, data_dir, max_steps=12, head_warmup_steps=12,
+                     head_lr=1e-2, tlm={"fresh_head": start})
+        runs[start] = metrics(train(cfg, progress=False))
+    random_first, unigram_first = float(runs["random"][0]["tlm"]), float(runs["unigram"][0]["tlm"])
+    assert random_first == pytest.approx(ln_v, abs=0.3)           # transformers' zero bias: about uniform
+    assert unigram_first < ln_v - 1.0
+    assert float(runs["unigram"][-1]["tlm"]) < ln_v - 2.0
+    assert float(runs["unigram"][-1]["tlm"]) < unigram_first
+    assert all(float(r["lr"]) == 0.0 for r in runs["unigram"])
+
+
+def test_struca_logs_its_targets_diagonal_mass(tmp_path, cache_root, tiny_student, data_dir):
+    rows = metrics(train(config(tmp_path, cache_root, tiny_student, data_dir, max_steps=2,
+                                struca={"temperature": 0.1}), progress=False))
+    flat = metrics(train(config(tmp_path / "hot", cache_root, tiny_student, data_dir, max_steps=2,
+                                struca={"temperature": 100.0}), progress=False))
+    for r, f in zip(rows, flat):
+        assert 1 / 8 <= float(r["struca_target_diag"]) <= 1.0
+        assert float(f["struca_target_diag"]) == pytest.approx(1 / 8, rel=0.02)     # τ → ∞: every sentence alike
+        assert float(r["struca_target_diag"]) > float(f["struca_target_diag"])
+
+
+def test_sentence_objectives_can_use_mean_pooling(tiny_student):
+    """student_vector mean: SentA/StrucA's heads are fed the mean of the student's last hidden states
+    over the sentence's tokens (what retrieval measures), not its [CLS]."""
+    from mmkd.objectives.sentence import sentence_vector
+
+    batch = tiny_batch(tiny_student)
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert sentence_vector(hidden, mask, "cls").tolist() == [[0, 1], [6, 7]]
+    assert sentence_vector(hidden, mask, "mean").tolist() == [[1, 2], [8, 9]]
+    torch.manual_seed(0)
+    cls_model = tiny_model(tiny_student)
+    torch.manual_seed(0)
+    mean_model = tiny_model(tiny_student, senta={"student_vector": "mean"})
+    cls_model.eval(), mean_model.eval()
+    a, b = cls_model(batch, ("senta", "struca")), mean_model(batch, ("senta", "struca"))
+    assert torch.equal(a["struca"]["student"], b["struca"]["student"])          # StrucA kept its [CLS]
+    assert not torch.allclose(a["senta"]["student"], b["senta"]["student"])
+    with torch.no_grad():
+        mine = batch.inputs["sentence"]
+        h = mean_model.encoder(input_ids=mine["input_ids"], attention_mask=mine["attention_mask"],
+                               token_type_ids=mine.get("token_type_ids")).last_hidden_state
+        m = mine["attention_mask"][..., None].float()
+        want = mean_model.senta_predictor(mean_model.senta_projector((h * m).sum(1) / m.sum(1)))
+    assert torch.allclose(b["senta"]["student"], want, atol=1e-6)
 
 
 # ------------------------------------------------------------------ settings

@@ -15,7 +15,7 @@ import torch
 
 from mmkd.eval.data import EvalDataError
 from mmkd.eval.finetune import autocast, device
-from mmkd.eval.metrics import retrieval_accuracy
+from mmkd.eval.metrics import alignment_infonce, retrieval_accuracy
 
 
 @dataclass
@@ -100,6 +100,7 @@ def retrieval_scores(model, tokenizer, data: ParallelSet) -> dict[str, float]:
         out[f"{pooling}_x2en"] = retrieval_accuracy(sim)
         out[f"{pooling}_en2x"] = retrieval_accuracy(sim.T)
         out[pooling] = (out[f"{pooling}_x2en"] + out[f"{pooling}_en2x"]) / 2
+        out[f"{pooling}_infonce"] = alignment_infonce(sim)
     return out
 
 
@@ -115,4 +116,5 @@ def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, t
     model = load(AutoModel, model_name, "encoder", trust_remote_code, tokenizer=tokenizer).to(device()).eval()
     per_set = {s.name: {"n": len(s.english), **retrieval_scores(model, tokenizer, s)} for s in sets}
     return {"task": "retrieval", "model": model_name, "sets": per_set,
-            "average": {k: float(np.mean([v[k] for v in per_set.values()])) for k in ("cls", "mean")}}
+            "average": {k: float(np.mean([v[k] for v in per_set.values()]))
+                        for k in ("cls", "mean", "cls_infonce", "mean_infonce")}}

@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from mmkd import __version__
+from mmkd.eval.metrics import ALIGNMENT_TEMPERATURE
 from mmkd.eval.settings import EvalConfig
 
 
@@ -67,11 +68,14 @@ def _fmt(ms: dict) -> str:
 
 def markdown_table(result: dict) -> str:
     if result["task"] == "retrieval":
-        rows = ["| set | n | cls x→en | cls en→x | mean x→en | mean en→x |", "|---|---|---|---|---|---|"]
+        rows = ["| set | n | cls x→en | cls en→x | mean x→en | mean en→x | InfoNCE cls | InfoNCE mean |",
+                "|---|---|---|---|---|---|---|---|"]
         for name, s in result["sets"].items():
+            loss = " | ".join(f"{s[k]:.3f}" if k in s else "–" for k in ("cls_infonce", "mean_infonce"))
             rows.append(f"| {name} | {s['n']} | {s['cls_x2en']:.1f} | {s['cls_en2x']:.1f} | "
-                        f"{s['mean_x2en']:.1f} | {s['mean_en2x']:.1f} |")
-        return f"Translation retrieval accuracy (%), model `{result['model']}`\n\n" + "\n".join(rows)
+                        f"{s['mean_x2en']:.1f} | {s['mean_en2x']:.1f} | {loss} |")
+        return (f"Translation retrieval accuracy (%), model `{result['model']}`; InfoNCE: the held-out alignment "
+                f"loss at τ {ALIGNMENT_TEMPERATURE} (lower is better)\n\n" + "\n".join(rows))
     langs = result["languages"] + ["avg"]
     head = "| selection | " + " | ".join(langs) + " |"
     lines = [head, "|" + "---|" * (len(langs) + 1)]

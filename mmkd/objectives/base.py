@@ -22,6 +22,10 @@ class Objective:
     def settings(self, cfg) -> Any:
         return getattr(cfg, self.name, None)
 
+    def settings_of(self, model) -> Any:
+        """Its settings as the model it runs in was built with (`forward` has no config)."""
+        return model.objective_settings.get(self.name)
+
     def check(self, student, teacher_hidden: int, cfg) -> None:
         """Refuse a student or teacher this objective cannot train (one line naming the fix)."""
 
@@ -50,7 +54,9 @@ class Objective:
         """Computed over the micro-batch gathered from every process (each process computes the same value)."""
         return False
 
-    def indicators(self, mine: dict) -> dict[str, float]:
+    def indicators(self, mine: dict, cfg=None, gather=None) -> dict[str, float]:
+        """Collapse and diagnostic indicators of this micro-batch (`gather`: over every process; every
+        process calls this for the same objectives in the same order)."""
         return {}
 
     def describe(self, cfg) -> str:

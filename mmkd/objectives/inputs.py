@@ -14,8 +14,10 @@ input -> model forward -> objective forward -> loss.
 
 Token types and positions of the pair inputs: segment 0 for `[CLS] s [SEP]`, segment 1 for
 `t [SEP]`, positions 0..L-1 across both, exactly how mBERT saw sentence pairs in pre-training
-(NSP); other families follow their tokenizer's conventions. English is given to the tokenizer as
-the cached word list (`is_split_into_words=True`), so word i is the cache's word i.
+(NSP); other families follow their tokenizer's conventions. The student reads both sentences as
+text, as the paper does (not a pre-split word list, which would give a sentencepiece student a `▁`
+before every punctuation mark); cached English word i is found in it through character offsets
+(`words.align_by_offsets`): its state is the first sub-token covering the word's first character.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from mmkd.masking import example_rng, mask_tokens, mask_words
-from mmkd.words import first_subtoken_positions
+from mmkd.words import align_by_offsets, blank_tokens, word_starts
 
 _MASKED_PAIR, _WORD_MASKED_PAIR = 1, 2   # purposes for example_rng (the masks of the two pair inputs)
 
@@ -66,15 +68,22 @@ class Pairs:
     lists, the target texts, the teacher features, and the tokenizer. The pair encoding (shared by
     both pair inputs) is made once, when first needed."""
 
-    def __init__(self, tokenizer, keys, words, targets, teacher, cfg: MaskingConfig, random_ids: np.ndarray):
-        self.tokenizer, self.keys, self.words, self.targets = tokenizer, keys, words, targets
+    def __init__(self, tokenizer, keys, words, english, targets, teacher, cfg: MaskingConfig, random_ids: np.ndarray):
+        self.tokenizer, self.keys, self.words, self.english, self.targets = tokenizer, keys, words, english, targets
         self.teacher, self.cfg, self.random_ids = teacher, cfg, random_ids
 
     @cached_property
     def encoding(self):
-        return self.tokenizer(self.words, [t.split() for t in self.targets], is_split_into_words=True,
-                              truncation="longest_first", max_length=self.cfg.max_length,
-                              return_token_type_ids=self.cfg.segments)
+        return self.tokenizer(list(self.english), list(self.targets), truncation="longest_first",
+                              max_length=self.cfg.max_length, return_token_type_ids=self.cfg.segments,
+                              return_offsets_mapping=True)
+
+    def alignment(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(token_word, first sub-token position of each cached word) of pair input row `b`."""
+        starts = word_starts(self.english[b], self.words[b])
+        ids = self.encoding["input_ids"][b]
+        return align_by_offsets(self.english[b], starts, self.encoding["offset_mapping"][b],
+                                self.encoding.sequence_ids(b), 0, blank_tokens(self.tokenizer, ids))
 
     @cached_property
     def rows(self) -> list[np.ndarray]:
@@ -117,12 +126,10 @@ def _word_masked_pair(p: Pairs) -> dict:
     masked = np.zeros((len(p.rows), width), dtype=bool)
     for b, ids in enumerate(p.rows):
         n_words = len(p.words[b])
-        wid, sid = p.encoding.word_ids(b), p.encoding.sequence_ids(b)
-        token_word = np.array([w if (w is not None and s == 0) else -1 for w, s in zip(wid, sid)])
+        token_word, pos = p.alignment(b)
         rng = example_rng(p.cfg.seed, p.keys[b][0], p.keys[b][1], _WORD_MASKED_PAIR)
         new, m = mask_words(ids, token_word, n_words, rng, p.tokenizer.mask_token_id, p.random_ids,
                             p.cfg.mlm_probability)
-        pos = first_subtoken_positions(wid, n_words, sid, 0)
         present = pos >= 0
         word_pos[b, :n_words] = np.where(present, pos, 0)
         masked[b, :n_words] = m & present

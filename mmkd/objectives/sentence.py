@@ -8,6 +8,16 @@ from mmkd.objectives.base import Objective
 from mmkd.objectives.inputs import SENTENCE
 
 
+def sentence_vector(hidden, attention_mask, pooling: str):
+    """The student's sentence vector: its [CLS] state (the paper) or the mean of its last hidden states
+    over every token of the input, special tokens included (sentence-transformers' and e5's mean
+    pooling, and what `mmkd eval retrieval` calls mean)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask[..., None].to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 def projection_std(x) -> float:
     from mmkd.losses import projection_std as std
     return std(x).item()
@@ -28,8 +38,11 @@ class SentenceObjective(Objective):
         return {f"teacher_{self.name}_projector": mlp(teacher_hidden, cfg.head_hidden, cfg.head_out, cfg.head_norm)}
 
     def forward(self, model, encoded, batch):
-        cls = encoded.hidden("sentence")[:, 0]
-        teacher_cls = batch.inputs["sentence"]["teacher_cls"].to(cls.dtype)
+        mine = batch.inputs["sentence"]
+        hidden = encoded.hidden("sentence")
+        cls = sentence_vector(hidden, mine["attention_mask"], self.settings_of(model).student_vector)
+        teacher = mine["teacher_mean"] if self.settings_of(model).teacher_vector == "mean" else mine["teacher_cls"]
+        teacher_cls = teacher.to(cls.dtype)
         return {"student": getattr(model, f"{self.name}_predictor")(getattr(model, f"{self.name}_projector")(cls)),
                 "teacher": getattr(model, f"teacher_{self.name}_projector")(teacher_cls),
                 "teacher_cls": teacher_cls}
@@ -49,6 +62,6 @@ class SentenceObjective(Objective):
     def indicator_names(self):
         return (f"std_student_{self.name}", f"std_teacher_{self.name}")
 
-    def indicators(self, mine):
+    def indicators(self, mine, cfg=None, gather=None):
         return {f"std_student_{self.name}": projection_std(mine["student"]),
                 f"std_teacher_{self.name}": projection_std(mine["teacher"])}

@@ -14,8 +14,17 @@ from mmkd.settings import setting
 
 @dataclass
 class StrucASettings:
+    student_vector: str = setting("cls", "The student's sentence vector: its [CLS] state (the paper) or the mean of "
+                                         "its last hidden states (mean; what retrieval measures).",
+                                  choices=("cls", "mean"))
+    teacher_vector: str = setting("cls", "The teacher's sentence vector from the cache: its [CLS] state (the paper) or "
+                                         "its mean over every sub-token (mean; a sentence-transformers teacher's own "
+                                         "embedding; cache format 3).", choices=("cls", "mean"))
     temperature: float = setting(0.1, "τ of eq. (4).", above=0)
     alpha: float = setting(1.0, "α, the weight of StrucA in L (eq. 6).", min=0, flag="--alpha")
+    exclude_diagonal: bool = setting(False, "Each row's softmax over the other sentences only (not the paper): the "
+                                            "diagonal A_ii = 1 otherwise takes most of a row's mass at a small τ "
+                                            "(metrics.csv: struca_target_diag).")
 
 
 class _StrucA(SentenceObjective):
@@ -32,7 +41,23 @@ class _StrucA(SentenceObjective):
     def loss(self, out, cfg, gather):
         from mmkd.losses import struca_loss
         return struca_loss(gather(out[self.name]["student"]), gather(self.teacher_side(out, cfg)),
-                           cfg.struca.temperature)
+                           cfg.struca.temperature, cfg.struca.exclude_diagonal)
+
+    @property
+    def indicator_names(self):
+        return (*super().indicator_names, "struca_target_diag")
+
+    def indicators(self, mine, cfg=None, gather=None):
+        """Besides the spreads: the teacher target's diagonal mass over the gathered micro-batch (what
+        the loss sees), with the full softmax whether or not the loss leaves the diagonal out."""
+        from mmkd.losses import target_diagonal_mass
+
+        out = super().indicators(mine, cfg, gather)
+        if cfg is not None and "teacher" in mine:
+            teacher = mine["teacher"].detach()
+            out["struca_target_diag"] = target_diagonal_mass(gather(teacher) if gather else teacher,
+                                                             cfg.struca.temperature).item()
+        return out
 
 
 STRUCA = _StrucA()

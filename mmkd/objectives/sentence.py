@@ -41,8 +41,7 @@ class SentenceObjective(Objective):
         mine = batch.inputs["sentence"]
         hidden = encoded.hidden("sentence")
         cls = sentence_vector(hidden, mine["attention_mask"], self.settings_of(model).student_vector)
-        teacher = mine["teacher_mean"] if self.settings_of(model).teacher_vector == "mean" else mine["teacher_cls"]
-        teacher_cls = teacher.to(cls.dtype)
+        teacher_cls = mine["teacher_cls"].to(cls.dtype)
         return {"student": getattr(model, f"{self.name}_predictor")(getattr(model, f"{self.name}_projector")(cls)),
                 "teacher": getattr(model, f"teacher_{self.name}_projector")(teacher_cls),
                 "teacher_cls": teacher_cls}

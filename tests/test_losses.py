@@ -123,7 +123,7 @@ def test_senta_centred_gives_a_constant_student_nothing():
 
 
 # ------------------------------------------------------------------ StrucA
-def naive_struca(s, t, tau):
+def naive_struca(s, t, tau, exclude_diagonal=False):
     def norm(v):
         n = math.sqrt(sum(x * x for x in v))
         return [x / n for x in v]
@@ -131,8 +131,9 @@ def naive_struca(s, t, tau):
     B = len(zs)
     total = 0.0
     for i in range(B):
-        a = [sum(x * y for x, y in zip(zt[i], zt[j])) / tau for j in range(B)]
-        b = [sum(x * y for x, y in zip(zs[i], zs[j])) / tau for j in range(B)]
+        others = [j for j in range(B) if not (exclude_diagonal and j == i)]
+        a = [sum(x * y for x, y in zip(zt[i], zt[j])) / tau for j in others]
+        b = [sum(x * y for x, y in zip(zs[i], zs[j])) / tau for j in others]
         pa = [math.exp(x) / sum(math.exp(y) for y in a) for x in a]
         qb = [math.exp(x) / sum(math.exp(y) for y in b) for x in b]
         total += sum(p * math.log(p / q) for p, q in zip(pa, qb))
@@ -155,6 +156,35 @@ def test_struca_matches_a_naive_loop(tau):
     g = torch.Generator().manual_seed(2)
     s, t = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
     assert struca_loss(s, t, tau).item() == pytest.approx(naive_struca(s, t, tau), rel=1e-4)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.1])
+def test_struca_without_the_diagonal_matches_a_naive_loop(tau):
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    got = struca_loss(s, t, tau, exclude_diagonal=True).item()
+    assert got == pytest.approx(naive_struca(s, t, tau, exclude_diagonal=True), rel=1e-4)
+    assert got != pytest.approx(struca_loss(s, t, tau).item(), rel=1e-3)
+
+
+def test_struca_without_the_diagonal_by_hand():
+    # Three sentences; teacher rows over the other two. Teacher: z0 = z1 (cos 1), z2 orthogonal to both.
+    # Row 0 over (1, 2): softmax(1, 0) = (e, 1)/(e+1). Student: all three orthogonal, every row (1/2, 1/2).
+    # Rows 0 and 1: KL = p ln 2p + (1-p) ln 2(1-p) with p = e/(e+1); row 2 over (0, 1): both 0, KL 0.
+    t = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    s = torch.eye(3)
+    p = math.e / (math.e + 1)
+    row = p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p))
+    assert struca_loss(s, t, 1.0, exclude_diagonal=True).item() == pytest.approx(2 * row / 3, rel=1e-6)
+    assert struca_loss(s[:1], t[:1], 1.0, exclude_diagonal=True).item() == 0.0
+
+
+def test_target_diagonal_mass_by_hand():
+    from mmkd.losses import target_diagonal_mass
+
+    # Two orthogonal rows at τ = 1: each row softmax(1, 0), diagonal e/(e+1); four identical rows: 1/4.
+    assert target_diagonal_mass(torch.eye(2), 1.0).item() == pytest.approx(math.e / (math.e + 1))
+    assert target_diagonal_mass(torch.ones(4, 3), 0.1).item() == pytest.approx(0.25)
 
 
 def test_struca_is_zero_for_same_structure_and_teacher_gets_gradient():

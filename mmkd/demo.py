@@ -146,7 +146,7 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
     root = Path(cfg.out)
     teacher, student, cache, files = prepare(cfg, train, root, progress, log)
 
-    log("[3/7] retrieval of the initial student (held-out Tatoeba pairs)")
+    log("[3/7] retrieval of the initial student (held-out pairs)")
     if not _cached_result(root / "eval" / "before"):
         write_result(run_retrieval(student, files["heldout"]), root / "eval" / "before")
     before = json.loads((root / "eval" / "before" / "results.json").read_text())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmkd import objectives as objs
+from mmkd.atomic import write_text
 from mmkd.config import TrainConfig
 from mmkd.errors import MMKDError
 from mmkd.eval.settings import EvalConfig
@@ -108,7 +109,7 @@ def _check_same_sweep(cfg: AblationConfig, out: Path) -> None:
     if out.exists() and any(p.name != SWEEP_FILE for p in out.iterdir()):
         raise MMKDError(f"{out} exists and holds no {SWEEP_FILE} (not a sweep of this mmkd): give another --out")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(want, indent=2, sort_keys=True) + "\n")
 
 
 def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
@@ -118,8 +119,8 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
         table = _sweep(cfg, progress, log)
     log(f"teacher forward passes during the sweep: {teacher_forwards.passes}")
     table["teacher_forward_passes"] = teacher_forwards.passes
-    (Path(cfg.out) / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
-    (Path(cfg.out) / "ablation.md").write_text(ablation_markdown(table) + "\n")
+    write_text(Path(cfg.out) / "ablation.json", json.dumps(table, indent=2) + "\n")
+    write_text(Path(cfg.out) / "ablation.md", ablation_markdown(table) + "\n")
     return table
 
 

@@ -16,13 +16,13 @@ function of (seed, step) and masks of (seed, example), so nothing else is needed
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from mmkd.atomic import publish, write_text
 from mmkd.errors import MMKDError
 
 
@@ -67,20 +67,24 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, meta:
             save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    except (OSError, RuntimeError) as e:    # a full disk, a quota: leave nothing half-written behind
+    except Exception as e:    # a full disk, a quota (OSError, safetensors' SafetensorError): nothing half-written
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{tmp}: the checkpoint of step {step} could not be written ({_reason(e)}); it was "
                               "removed and checkpoints/latest still names the last complete one: free some space, "
                               "then --resume") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, sort_keys=True) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer = root / "latest.tmp"
-        pointer.write_text(final.name + "\n")
-        os.replace(pointer, root / "latest")
+        try:
+            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, sort_keys=True) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            publish(tmp, final)            # every file fsynced, renamed, the folder fsynced
+            write_text(root / "latest", final.name + "\n")
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"{tmp}: the checkpoint of step {step} could not be written ({_reason(e)}); "
+                                  "checkpoints/latest still names the last complete one: free some space, then "
+                                  "--resume") from None
         done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
         for old in done[:-keep] if keep > 0 else []:
             shutil.rmtree(old)

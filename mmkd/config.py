@@ -22,7 +22,7 @@ from mmkd.objectives.struca import StrucASettings
 from mmkd.objectives.tlm import TLMSettings
 from mmkd.objectives.xwcl import XWCLSettings
 from mmkd.paths import default_data_dir
-from mmkd.settings import setting
+from mmkd.settings import SEED_MAX, setting
 
 
 @dataclass
@@ -82,7 +82,7 @@ class TrainConfig:
     teacher_layer: int = setting(-1, "Online teacher: hidden_states index (-1 = last layer).")
     teacher_max_length: int = setting(128, "Online teacher: input length in tokens.", min=3)
     # ------------------------------------------------------------------ running
-    seed: int = setting(0, "Seed of the data order, the masks and the heads.", min=0)
+    seed: int = setting(0, "Seed of the data order, the masks and the heads.", min=0, max=SEED_MAX)
     mixed_precision: str = setting("auto", "auto = bf16 on GPUs, fp32 on CPU.", choices=("auto", "no", "bf16", "fp16"))
     checkpoint_every: int = setting(500, "Steps between checkpoints.", min=1)
     keep_checkpoints: int = setting(3, "Checkpoints kept.", min=1)

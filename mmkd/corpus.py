@@ -33,11 +33,12 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from mmkd import __version__
+from mmkd.atomic import publish
 from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, download_opus, fetch, opus_refs,
                                  parse_pair, read_hf, read_moses, read_opus_zip, read_tsv)
 from mmkd.errors import CorpusError
 from mmkd.paths import default_data_dir
-from mmkd.settings import setting
+from mmkd.settings import SEED_MAX, setting
 from mmkd.words import WORD_RULE_VERSION, split_words
 
 CORPUS_FORMAT_VERSION = 2
@@ -61,7 +62,7 @@ class CorpusConfig:
     length_tokenizer: str | None = setting(None, "Count sub-tokens of this tokenizer instead of mmkd words "
                                                  "(the default).")
     max_pairs: int = setting(2_000_000, "Keep at most this many pairs after a seeded shuffle (paper 4.1: 2M).", min=1)
-    seed: int = setting(0, "Shuffle seed.", min=0)
+    seed: int = setting(0, "Shuffle seed.", min=0, max=SEED_MAX)
     max_line_chars: int = setting(20_000, "A longer line is an error (a broken file), not a long sentence.", min=1)
     data_dir: str = setting(help="Where prepared corpora are written.", factory=default_data_dir, cli=False)
 
@@ -248,10 +249,10 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True, overwrite: bool = F
         if out.exists():   # checked above: a prepared corpus with only mmkd's files, --overwrite given
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "corpus")
-            os.replace(tmp, out)
+            publish(tmp, out)
             shutil.rmtree(old)
         else:
-            os.replace(tmp, out)
+            publish(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CorpusError(f"{e.filename or out}: cannot write the corpus ({e.strerror}); "

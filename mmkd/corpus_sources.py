@@ -18,6 +18,7 @@ from typing import Iterator
 
 import fsspec
 
+from mmkd.atomic import publish
 from mmkd.errors import CorpusError, MMKDError
 
 # The OPUS object store; MMKD_OPUS_BASE_URL (or --opus-base-url) points at a mirror instead.
@@ -254,7 +255,7 @@ def fetch(url: str, dest: str, progress: bool = True, desc: str | None = None) -
     except MMKDError:
         os.remove(tmp)
         raise
-    os.replace(tmp, dest)
+    publish(tmp, dest)
     return dest
 
 

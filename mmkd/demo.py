@@ -25,7 +25,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmkd.settings import setting
+from mmkd.atomic import write_text
+from mmkd.lines import split_lines
+from mmkd.settings import SEED_MAX, setting
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 TATOEBA = {"ar": "ara", "bg": "bul", "de": "deu", "es": "spa", "fr": "fra", "hi": "hin", "zh": "zho"}
@@ -69,7 +71,7 @@ class DemoConfig:
     xnli_test_examples: int = setting(300, "Test rows per language, from --xnli-test-offset on.", min=1)
     xnli_test_offset: int = setting(4710, "First test row: the last 300 of 5,010, apart from the rows the evidence "
                                           "in docs/results.md reports.", min=0)
-    xnli_seed: int = setting(1, "Fine-tuning seed.", min=0)
+    xnli_seed: int = setting(1, "Fine-tuning seed.", min=0, max=SEED_MAX)
 
 
 def minilm_path() -> str:
@@ -84,7 +86,7 @@ def e5_path(progress: bool = True, log=None) -> str:
 
 def _read_gz(name: str) -> list[str]:
     with gzip.open(DEMO_DATA / name, "rt", encoding="utf-8") as f:
-        return f.read().splitlines()
+        return split_lines(f.read())
 
 
 def _write(path: Path, lines: list[str]) -> str:
@@ -144,6 +146,7 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
     from mmkd.eval.tsne import plot_tsne, read_multiway
 
     root = Path(cfg.out)
+    _check_settings(cfg, root)
     teacher, student, cache, files = prepare(cfg, train, root, progress, log)
 
     log("[3/7] retrieval of the initial student (held-out pairs)")
@@ -177,8 +180,8 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
                   labels=["initial student", "after MMKD"])
 
     summary = _summary(before, after, run, xnli)
-    (root / "summary.md").write_text(summary + "\n")
-    (root / "summary.json").write_text(json.dumps({"before": before, "after": after, "xnli": xnli}, indent=2) + "\n")
+    write_text(root / "summary.md", summary + "\n")
+    write_text(root / "summary.json", json.dumps({"before": before, "after": after, "xnli": xnli}, indent=2) + "\n")
     log("\n" + summary)
     log(f"\nwritten: {root}/summary.md, {png}; before/after details in {root}/eval/")
     return {"before": before, "after": after, "xnli": xnli}
@@ -245,8 +248,47 @@ def _xnli(cfg: DemoConfig, student: str, trained: str, root: Path, log) -> dict 
     return out
 
 
+SETTINGS_FILE = "demo.json"
+
+
+def _check_settings(cfg: DemoConfig, root: Path) -> None:
+    """A demo folder holds the results of one set of demo settings: `demo.json` records them at the
+    first run, and a rerun with any other value is refused naming it (its cached results would
+    otherwise be reported as this run's)."""
+    from mmkd.errors import MMKDError
+
+    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
+    path = root / SETTINGS_FILE
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        except (OSError, ValueError) as e:
+            raise MMKDError(f"{path}: unreadable ({str(e).splitlines()[0][:100]}); it records the settings of the demo "
+                            f"in {root}: delete {root} to start again, or give another --out") from None
+        diffs = [f"--{k.replace('_', '-')}: first run {saved.get(k)!r}, now {v!r}" for k, v in want.items()
+                 if saved.get(k, v) != v]
+        if diffs:
+            raise MMKDError(f"{root} holds a demo run with other settings; its results would not be this run's: "
+                            + "; ".join(diffs) + f". Give another --out, or delete {root}")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(want, indent=2, sort_keys=True) + "\n")
+
+
 def _cached_result(path: Path):
-    return path if (path / "results.json").is_file() else None
+    """`path` if it holds a complete result (results.json, written last and atomically, is readable);
+    None if it must be computed (again: a damaged one, e.g. truncated by an older mmkd, is redone)."""
+    try:
+        data = json.loads((path / "results.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        from mmkd.console import say
+        say(f"warning: {path / 'results.json'} is damaged (not complete JSON); computing it again")
+        return None
+    return path if isinstance(data, dict) else None
 
 
 def _groups(langs: list[str]) -> list[tuple[str, list[str]]]:
@@ -290,8 +332,14 @@ def _summary(before: dict, after: dict, run: Path, xnli: dict | None = None) -> 
             mean = {side: statistics.fmean(r["summary"][c]["mean"] for c in group) for side, r in (("b", b), ("a", a))}
             lines.append(f"| **{label}** | {mean['b']:.1f} | {mean['a']:.1f} |")
     import csv
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(run / "metrics.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        rows = []
+    if not rows:
+        return "\n".join(lines + ["", f"Training: {run / 'metrics.csv'} is missing or empty (the run was moved "
+                                      "without it?); the loss curve cannot be shown"])
     first, last = rows[0], rows[-1]
     from mmkd.objectives import names
     terms = ", ".join(f"{n} {float(first[n]):.4g}→{float(last[n]):.4g}" for n in names() if first.get(n))

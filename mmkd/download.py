@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+from mmkd.atomic import publish
 from mmkd.errors import MMKDError
 
 CHUNK = 1 << 20
@@ -166,7 +167,7 @@ def download(url: str, dest: str, *, retries: int = 6, backoff: float = 1.0, tim
         except DownloadError:
             _discard(part)
             raise
-    os.replace(part, dest)
+    publish(part, dest)
     if os.path.exists(part + ".json"):
         os.remove(part + ".json")
     return dest

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -101,6 +102,7 @@ def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokeni
     (students): whether the MLM head will be trained (TLM on), for what is said of a missing one."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    name = model_name(name, role)
     if tokenizer is not None:
         from transformers import AutoConfig
 
@@ -136,8 +138,37 @@ def check_vocabulary(tokenizer, model, name: str) -> None:
                         "them there")
 
 
+def model_name(name, what: str) -> str:
+    """`name` as a model name or folder: a str or a path, never a model object (mmkd reads models from
+    folders or the hub, so that a run records where its model came from). A folder mmkd built
+    (`mmkd models build`) is checked against its files' checksums first."""
+    from mmkd.errors import MMKDError
+
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str) or not name:
+        raise MMKDError(f"{what}: expected a model name or folder, got {type(name).__name__} "
+                        f"{str(name).splitlines()[0][:60] if name is not None else ''}; save a model object with "
+                        ".save_pretrained(DIR) and give DIR")
+    if os.path.isfile(os.path.join(name, "mmkd-model.json")):
+        from mmkd.supply import check_files, read_record
+
+        check_files(Path(name), read_record(Path(name)))
+    return name
+
+
+def load_config(name: str, trust_remote_code: bool = False, what: str = "model"):
+    from transformers import AutoConfig
+
+    name = model_name(name, what)
+    with quiet_transformers(), _named(name, what):
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False, what: str = "tokenizer"):
     from transformers import AutoTokenizer
+
+    name = model_name(name, what)
 
     with quiet_transformers(), _named(name, what):
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)

@@ -9,13 +9,20 @@ it would let a process that opened it just before lock an unlinked file while a 
 one. While held it names the holder (pid, host, start), for the refusal message. On an object store (an fsspec URL) there is no such primitive: the lock is a file
 created if absent, which two writers starting within the same instant can both pass
 (docs/failures.md says so).
+
+The lock file is opened without following links and must be a plain file that is empty or holds a
+holder's record: a link or a user's own file named `lock` is refused, never emptied. A filesystem
+without flock (NFS or Lustre mounted without it answer ENOSYS/ENOLCK) is named as such, not
+reported as another writer.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import stat
 import time
 
 from fsspec.implementations.local import LocalFileSystem
@@ -47,13 +54,23 @@ class Lock:
         if isinstance(self.fs, LocalFileSystem):
             import fcntl
 
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open_local()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
                 os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise self.error(f"{self.path}: this filesystem cannot lock files ({os.strerror(e.errno)}; NFS "
+                                     "or Lustre mounted without flock); mount it with flock, or write on a local "
+                                     "disk") from None
                 raise self.error(f"{self.url} is being written by {self._holder()} ({self.what}); wait for it to "
                                  "finish, or stop it") from None
+            try:
+                self._check_ours(fd)
+            except BaseException:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise
             os.ftruncate(fd, 0)
             os.write(fd, self._record().encode())
             self.fd, self.held = fd, True
@@ -64,6 +81,38 @@ class Lock:
         with self.fs.open(self.path, "w") as f:
             f.write(self._record())
         self.held = True
+
+    def _open_local(self) -> int:
+        """Open (or create) the lock file, never through a link and never anything but a plain file: a
+        link named `lock` would have mmkd empty the file it points to."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
+                         0o644)
+        except OSError as e:
+            if os.path.islink(self.path) or e.errno == errno.ELOOP:
+                raise self.error(f"{self.path} is a link (to {os.path.realpath(self.path)}); mmkd never locks "
+                                 "through a link: remove the link") from None
+            raise self.error(f"{self.path}: cannot create the lock file ({e.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self.error(f"{self.path} is not a plain file; mmkd's lock file must be: move it away")
+        return fd
+
+    def _check_ours(self, fd: int) -> None:
+        """The file holds nothing (a released lock) or a holder's record (one killed): mmkd's. Anything
+        else is a user's file named `lock`, which must not be emptied."""
+        size = os.fstat(fd).st_size
+        if not size:
+            return
+        data = os.pread(fd, min(size, 4096), 0) if size <= 4096 else b""
+        try:
+            record = json.loads(data.decode("utf-8"))
+            if isinstance(record, dict) and {"pid", "host", "started"} <= set(record):
+                return
+        except (UnicodeDecodeError, ValueError):
+            pass
+        raise self.error(f"{self.path} ({size} bytes) is not an mmkd lock file; it was left as it is: move it away, "
+                         "or choose another folder")
 
     def release(self) -> None:
         if not self.held:

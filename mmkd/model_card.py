@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from mmkd import __version__
+from mmkd.atomic import write_text
 
 CARD = "README.md"
 EVAL_FILE = "eval_summary.json"
@@ -154,15 +155,11 @@ def record_eval(model: str, result: dict) -> bool:
     path = folder / EVAL_FILE
     evals = json.loads(path.read_text()) if path.is_file() else {}
     evals[result["task"]] = _summary(result)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(evals, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(evals, indent=2, ensure_ascii=False) + "\n")
     card = (folder / CARD).read_text(encoding="utf-8")
     if _EVAL_START in card and _EVAL_END in card:
         head, rest = card.split(_EVAL_START, 1)
         tail = rest.split(_EVAL_END, 1)[1]
         card = f"{head}{_EVAL_START}\n{eval_section(evals)}\n{_EVAL_END}{tail}"
-        tmp = folder / (CARD + ".tmp")
-        tmp.write_text(card, encoding="utf-8")
-        os.replace(tmp, folder / CARD)
+        write_text(folder / CARD, card)
     return True

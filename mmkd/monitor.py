@@ -5,10 +5,12 @@ when a head collapses."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 from mmkd import objectives as objs
+from mmkd.atomic import write_text
 
 
 def metric_columns() -> list[str]:
@@ -22,11 +24,12 @@ def trim_metrics(path: Path, start: int) -> None:
     if not path.exists():
         return
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=metric_columns())
-        w.writeheader()
-        w.writerows(rows)
+        rows = [r for r in csv.DictReader(f) if (r.get("step") or "").isdigit() and int(r["step"]) <= start]
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=metric_columns(), extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, text.getvalue())        # atomically: a kill here must not empty the log
 
 
 def append_metrics(path: Path, logs: dict) -> None:

@@ -13,27 +13,104 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
+from fsspec.implementations.local import LocalFileSystem
+
+from mmkd.checkpoint import CheckpointError, latest_checkpoint
 from mmkd.config import TrainConfig, TrainingError, differences, from_saved
+from mmkd.lock import Lock
 from mmkd.paths import check_deletable
 
 # What `mmkd train` writes into its run folder (accelerate's tracker writes `mmkd/`).
 RUN_ENTRIES = {"config.json", "metrics.csv", "checkpoints", "student", "student.tmp", "student.old",
-               "heads.safetensors", "lock", "verified-cache", "mmkd"}
+               "heads.safetensors", "heads.safetensors.tmp", "head_phase.json", "lock", "verified-cache", "mmkd"}
+_ASIDE = re.compile(r"\.(config\.json|head_phase\.json|latest)\.tmp-\d+")       # mmkd/atomic.py's, left by a crash
+_STEP = re.compile(r"step-\d{7}(\.tmp)?")
+_STEP_FILES = re.compile(r"model\.safetensors|optimizer\.pt|scheduler\.pt|meta\.json|rng-rank\d+\.safetensors")
+_MARKER = re.compile(r"\.?\d{5}\.json(\.tmp-?\d+)?|\.probe-\d+")
+_TRACKER = re.compile(r"events\.out\.tfevents\..+")
 
 
 def is_run(folder: Path) -> bool:
-    """A folder `mmkd train` made: its config.json is a run's, or it holds checkpoints."""
-    config = folder / "config.json"
-    if (folder / "checkpoints").is_dir():
+    """A folder `mmkd train` made: its config.json is a run's (written before the first step), or (a
+    run that lost it, a copy of its checkpoints/) `checkpoints/latest` names a checkpoint whose
+    meta.json is one. Another tool's `checkpoints/` or `config.json` is neither."""
+    if _is_run_record(folder / "config.json"):
         return True
     try:
-        data = json.loads(config.read_text())
-        return isinstance(data, dict) and "mmkd_version" in data and isinstance(data.get("config"), dict)
-    except (OSError, ValueError):
+        name = (folder / "checkpoints" / "latest").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
         return False
+    return bool(_STEP.fullmatch(name)) and _is_run_record(folder / "checkpoints" / name / "meta.json")
+
+
+def _is_run_record(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(data, dict) and "mmkd_version" in data and isinstance(data.get("config"), dict)
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+def foreign_files(out: Path) -> list[str]:
+    """Every file (or link) under the run folder `out` that `mmkd train` did not write, as a path
+    relative to it: `--overwrite` deletes nothing while there is one."""
+    out = Path(out)
+    found = []
+    for top, dirs, files in os.walk(out):
+        here = Path(top)
+        for name in dirs:
+            if (here / name).is_symlink():
+                found.append(str((here / name).relative_to(out)))
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+        for name in files:
+            rel = (here / name).relative_to(out)
+            if not _ours(out, rel.parts):
+                found.append(str(rel))
+    return sorted(found)
+
+
+def _ours(out: Path, parts: tuple[str, ...]) -> bool:
+    top = parts[0]
+    if len(parts) == 1:
+        return (top in RUN_ENTRIES and top not in ("checkpoints", "student", "student.tmp", "student.old",
+                                                   "verified-cache", "mmkd")) or bool(_ASIDE.fullmatch(top))
+    if top == "checkpoints":
+        if len(parts) == 2:
+            return parts[1] in ("latest", "latest.tmp") or bool(_ASIDE.fullmatch(parts[1]))
+        return len(parts) == 3 and bool(_STEP.fullmatch(parts[1])) and bool(_STEP_FILES.fullmatch(parts[2]))
+    if top in ("student", "student.old"):
+        return "/".join(parts[1:]) in _student_files(out / top)
+    if top == "student.tmp":             # a save interrupted before it listed its files
+        return True
+    if top == "verified-cache":
+        return len(parts) == 3 and bool(_MARKER.fullmatch(parts[2]))
+    if top == "mmkd":
+        return bool(_TRACKER.fullmatch(parts[-1]))
+    return False
+
+
+def _student_files(folder: Path) -> set[str]:
+    """The files a saved student lists in its mmkd_run.json (`model_card.RUN_FILE`), plus the
+    evaluation summary `mmkd eval` adds."""
+    from mmkd.model_card import EVAL_FILE, RUN_FILE
+
+    try:
+        listed = json.loads((folder / RUN_FILE).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):     # a student saved before the list existed: what save_pretrained writes
+        listed = [p.name for p in folder.iterdir() if _LEGACY_STUDENT.fullmatch(p.name)] if folder.is_dir() else []
+    return {str(x) for x in listed} | {EVAL_FILE, RUN_FILE}
+
+
+_LEGACY_STUDENT = re.compile(r"config\.json|model\.safetensors|tokenizer(_config)?\.json|special_tokens_map\.json|"
+                             r"vocab\.(txt|json)|merges\.txt|added_tokens\.json|sentencepiece\.bpe\.model|spm\.model|"
+                             r"spiece\.model|README\.md|cache-manifest-[^/]+\.json|generation_config\.json")
 
 
 class RunFolder:
@@ -42,14 +119,37 @@ class RunFolder:
         self.lock = None
 
     def open(self, cfg: TrainConfig, resume: bool, overwrite: bool, open_features):
-        """Check the folder, open the run's data (`open_features()`), then clear it if asked and take
-        its lock. Returns the features."""
-        from fsspec.implementations.local import LocalFileSystem
-
-        from mmkd.checkpoint import latest_checkpoint
-        from mmkd.lock import Lock
-
+        """Check the folder, take its lock, open the run's data (`open_features()`), then clear it if
+        asked. Returns the features. Refused at any point means nothing in the folder changed: the lock
+        is taken before anything is deleted (a second `train` never touches a running one's files),
+        and a folder made here only to hold the lock is removed again."""
         out, acc = self.out, self.accelerator
+        self._check(cfg, resume, overwrite)
+        made = False
+        if acc.is_main_process:
+            made = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+            self.lock = Lock(LocalFileSystem(), str(out), str(out), "mmkd train", TrainingError)
+            try:
+                self.lock.acquire()
+                entries = self._check(cfg, resume, overwrite)    # again, now that no other writer can change it
+            except BaseException:
+                self._undo(made)
+                raise
+        try:
+            features = open_features()            # a missing or corrupt cache stops here, before any deletion
+        except BaseException:
+            self._undo(made)
+            raise
+        if acc.is_main_process and overwrite:
+            for name in sorted(entries - {"lock"}):
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        acc.wait_for_everyone()
+        return features
+
+    def _check(self, cfg: TrainConfig, resume: bool, overwrite: bool) -> set[str]:
+        out = self.out
         if out.exists() and not out.is_dir():
             raise TrainingError(f"{out} is a file, not a folder; choose another --out")
         entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
@@ -63,22 +163,26 @@ class RunFolder:
                                 "continue it or --overwrite to start again")
         if overwrite and entries:
             check_deletable(out, entries, "run folder", [*cfg.cache, *cfg.corpora], RUN_ENTRIES)
-        features = open_features()                # a missing or corrupt cache stops here, before any deletion
-        if acc.is_main_process:
-            if overwrite and entries:
-                for name in sorted(entries - {"lock"}):
-                    path = out / name
-                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            out.mkdir(parents=True, exist_ok=True)
-            self.lock = Lock(LocalFileSystem(), str(out), str(out), "mmkd train", TrainingError)
-            self.lock.acquire()
-        acc.wait_for_everyone()
-        return features
+            foreign = foreign_files(out)
+            if foreign:
+                raise TrainingError(f"{out} holds files mmkd did not write ({', '.join(foreign[:5])}"
+                                    f"{' ...' if len(foreign) > 5 else ''}), so --overwrite deletes nothing there: "
+                                    "move them away or choose another --out")
+        return entries
+
+    def _undo(self, made: bool) -> None:
+        """Release the lock; remove the folder if this call made it (it holds only the lock file)."""
+        if self.lock is not None:
+            held = self.lock.held
+            self.lock.release()
+            self.lock = None
+            if made and held:
+                shutil.rmtree(self.out, ignore_errors=True)
+        elif made:
+            shutil.rmtree(self.out, ignore_errors=True)
 
     def check_resume(self, checkpoint: Path, cfg: TrainConfig, identities: list[dict]) -> None:
         """Refuse to resume a checkpoint made with other settings or data, naming what differs."""
-        from mmkd.checkpoint import CheckpointError
-
         try:
             meta = json.loads((checkpoint / "meta.json").read_text())
             saved = from_saved(meta["config"], str(checkpoint / "meta.json"))

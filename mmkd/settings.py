@@ -25,6 +25,8 @@ from typing import Any
 from mmkd.errors import MMKDError
 
 PRESETS = Path(__file__).parent / "presets"
+# The largest seed numpy (RandomState) and torch both take: a larger one would be an overflow traceback.
+SEED_MAX = 2**32 - 1
 
 
 class SettingsError(MMKDError):
@@ -243,6 +245,8 @@ def read_settings_file(name_or_path: str) -> tuple[dict, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SettingsError(f"{path}: not a readable settings file ({str(e).splitlines()[0][:160]})") from None
+    except RecursionError:       # a file nested thousands of levels deep: no settings file is
+        raise SettingsError(f"{path}: not a settings file (nested too deeply to read)") from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict) and "mmkd_version" in data:
         data = data["config"]     # a run folder's config.json
     if isinstance(data, dict):

@@ -69,8 +69,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                               log_with=None if log_with == "none" else log_with, kwargs_handlers=[ddp])
     main = accelerator.is_main_process
 
+    def opened():
+        features = open_features(cfg, device=accelerator.device)
+        _check_capacity(cfg, accelerator)       # before any work; a refusal leaves the folder as it was
+        return features
+
     run = RunFolder(out, accelerator)
-    features = run.open(cfg, resume, overwrite, lambda: open_features(cfg, device=accelerator.device))
+    features = run.open(cfg, resume, overwrite, opened)
     with run:
         if cfg.verify_cache and not cfg.online_teacher:
             try:
@@ -112,7 +117,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             run.check_resume(existing, cfg, features.identities)
             start = load_checkpoint(existing, model, optimizer, scheduler, accelerator)["step"]
         if main:
-            (out / "config.json").write_text(json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
+            write_text(out / "config.json", json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
+            if start and not (out / "metrics.csv").is_file():
+                from mmkd.console import say
+                say(f"warning: {out / 'metrics.csv'} is missing (the run was moved without it?): the rows of steps "
+                    f"1-{start} are lost; it starts again at step {start + 1}")
             trim_metrics(out / "metrics.csv", start)
         if log_with != "none":
             from mmkd.settings import dotted
@@ -251,6 +260,20 @@ def _start_fresh_head(student, tokenizer, features, pairs: int, main: bool) -> N
     elif main:
         say("warning: TLM: the fresh MLM head has no output bias to start from unigram counts; it starts random",
             once=True)
+
+
+def _check_capacity(cfg: TrainConfig, accelerator) -> None:
+    """--max-length against the student's positions, --batch-size against memory: before any work."""
+    from mmkd.capacity import check_batch, check_length
+    from mmkd.hf import load_config
+
+    config = load_config(cfg.student, cfg.trust_remote_code, "student")
+    check_length("--max-length", cfg.max_length, config, f"student {cfg.student}")
+    if cfg.online_teacher:
+        check_length("--teacher-max-length", cfg.teacher_max_length,
+                     load_config(cfg.online_teacher, cfg.trust_remote_code, "teacher"), f"teacher {cfg.online_teacher}")
+    micro = -(-cfg.batch_size // (accelerator.num_processes * cfg.grad_accum))
+    check_batch(cfg.batch_size, micro, cfg.max_length, config, accelerator.device)
 
 
 def report_head_phase(out: Path, steps: int) -> str:

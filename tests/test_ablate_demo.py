@@ -161,3 +161,31 @@ def test_demo_finds_xnli_or_says_why_not(tmp_path, shared, monkeypatch):
     from mmkd.demo import _xnli
     assert _xnli(DemoConfig(xnli=False), "s", "t", tmp_path, logged.append) is None
     assert "skipped: --no-xnli" in logged[-1]
+
+
+def test_a_demo_rerun_with_other_settings_is_refused_before_any_work(tmp_path):
+    """The first run's results are never reported as another run's: demo.json records its settings."""
+    from mmkd.demo import DemoConfig, _check_settings, run_demo
+    from mmkd.errors import MMKDError
+
+    root = tmp_path / "demo"
+    _check_settings(DemoConfig(out=str(root)), root)
+    for change, fragment in ((dict(heldout_pairs=20), "--heldout-pairs: first run 300, now 20"),
+                             (dict(xnli_test_examples=5), "--xnli-test-examples: first run 300, now 5")):
+        with pytest.raises(MMKDError, match=fragment):
+            run_demo(DemoConfig(out=str(root), **change), TrainConfig(), progress=False, log=lambda *a: None)
+    assert sorted(p.name for p in root.iterdir()) == ["demo.json"]
+    _check_settings(DemoConfig(out=str(root)), root)      # the same settings: reused
+
+
+def test_a_truncated_result_is_computed_again_not_a_traceback(tmp_path, monkeypatch):
+    import mmkd.eval.runner as runner
+    from mmkd.demo import _cached_result
+
+    monkeypatch.setattr(runner, "markdown_table", lambda result: "| table |")
+    runner.write_result({"task": "retrieval", "model": str(tmp_path / "no-model")}, tmp_path / "before")
+    assert _cached_result(tmp_path / "before") == tmp_path / "before"
+    path = tmp_path / "before" / "results.json"
+    path.write_text(path.read_text()[:20])            # what a kill during an in-place write left
+    assert _cached_result(tmp_path / "before") is None
+    assert _cached_result(tmp_path / "nothing") is None

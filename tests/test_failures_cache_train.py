@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from mmkd.cache import CacheConfig, build_cache
 from mmkd.cache.verify import verify_cache
 from mmkd.cli import main
+from mmkd.errors import MMKDError
 from mmkd.train import TrainConfig, TrainingError, train
 
 from conftest import copy_cache
@@ -315,3 +316,149 @@ train(TrainConfig(cache=[{str(cache)!r}], student={tiny_student!r}, out={str(tmp
     assert r.returncode == -signal.SIGKILL
     assert (tmp_path / "run" / "student.tmp" / "model.safetensors").is_file()   # it died mid-save
     assert not (tmp_path / "run" / "student").exists()
+
+
+# ------------------------------------------------------------------ power loss: fsync before every publication
+class FsyncAudit:
+    """Stands in for os.fsync and os.replace: every rename that publishes (its source is a `*.tmp*`
+    or `*.part` file or folder) must come after an fsync of each file under its source, and be
+    followed by an fsync of the folder it renamed into."""
+
+    def __init__(self, monkeypatch):
+        self.synced: list[str] = []
+        self.renames: list[tuple[int, str, str]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd):
+            self.synced.append(os.path.realpath(os.readlink(f"/proc/self/fd/{fd}")))
+            return real_fsync(fd)
+
+        def replace(src, dst, **kw):
+            src, dst = os.path.realpath(src), os.path.realpath(dst)
+            name = os.path.basename(src)
+            if ".tmp" in name or name.endswith(".part"):
+                files = [os.path.join(t, f) for t, _, fs in os.walk(src) for f in fs] if os.path.isdir(src) else [src]
+                unsynced = [f for f in files if f not in self.synced]
+                assert not unsynced, f"{src} renamed to {dst} before its files were fsynced: {unsynced[:3]}"
+                self.renames.append((len(self.synced), src, dst))
+            return real_replace(src, dst, **kw)
+
+        def rename(src, dst, **kw):
+            raise AssertionError(f"os.rename({src}, {dst}): mmkd publishes with mmkd.atomic.publish only")
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(os, "rename", rename)
+
+    def check(self, *must: str) -> None:
+        for at, src, dst in self.renames:
+            assert os.path.dirname(dst) in self.synced[at:], f"{dst}: its folder was not fsynced after the rename"
+        published = [os.path.basename(dst) for _, _, dst in self.renames]
+        for name in must:
+            assert name in published, (name, published)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads fsync'd paths from /proc")
+def test_every_publishing_rename_is_fsynced_before_and_its_folder_after(tmp_path, shared, tiny_teacher, tiny_student,
+                                                                         monkeypatch):
+    import mmkd.eval.runner as runner
+    from mmkd.corpus import CorpusConfig, prepare_corpus
+
+    audit = FsyncAudit(monkeypatch)
+    data = tmp_path / "data"
+    prepare_corpus(CorpusConfig(pair="en-fr", data_dir=str(data), max_pairs=120, min_tokens=3,
+                                tsv=str(shared / "parallel" / "tatoeba_challenge" / "eng-fra.tsv")), progress=False)
+    build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(tmp_path / "cache"), data_dir=str(data),
+                            shard_size=64), progress=False)
+    run = train(cfg(tmp_path, tmp_path / "cache" / "en-fr", tiny_student, data), progress=False)
+    import mmkd.supply as supply
+
+    def build(files, dest, bar):
+        (dest / "model.safetensors").write_bytes(b"weights")
+        return {}
+    monkeypatch.setattr(supply, "_supplies", lambda: {"fake": supply.Supply("fake", "org/fake", "MIT", (), build, 1, "")})
+    monkeypatch.setenv("MMKD_MODELS_DIR", str(tmp_path / "models"))
+    supply.model_folder("fake", progress=False)
+    monkeypatch.setattr(runner, "markdown_table", lambda result: "| table |")
+    runner.write_result({"task": "retrieval", "model": str(run / "student"), "sets": {"en-fr": {"cls": 1.0, "mean": 2.0}},
+                         "average": {"cls": 1.0, "mean": 2.0}},
+                        tmp_path / "eval")
+    audit.check("en-fr", "00000", "00001", "build.json", "manifest.json", "summary.json", "step-0000001",
+                "step-0000002", "latest", "config.json", "student", "heads.safetensors", "results.json",
+                "eval_summary.json", "README.md", "fake", ".mmkd-verified.json")
+    assert (run / "student" / "config.json").is_file()
+
+
+# ------------------------------------------------------------------ round three: damage the audit found
+def test_a_non_finite_cache_value_is_refused_even_where_no_objective_reads_it(tmp_path, clean_cache, tiny_student,
+                                                                              data_dir):
+    """NaN in step 1's word vectors with the checksums re-recorded over it (verification passes); XWCL,
+    the only reader of word vectors, removed: still refused, naming the shard and the pair."""
+    from mmkd.cache import TeacherCache
+    from mmkd.cache.format import dumps, sha256_file
+    from mmkd.schedule import BalancedSchedule
+    import fsspec
+
+    cache = copy_cache(clean_cache, tmp_path)
+    reader = TeacherCache(str(cache / "en-fr"))
+    first = [pair for _, _, pair in BalancedSchedule([len(reader)], 8, 0).batch(0)][0]
+    k, local = divmod(first, 64)
+    base = cache / "en-fr" / "shards" / f"{k:05d}"
+    chunk = base / "words" / "c" / "0" / "0"
+    rows = np.frombuffer(chunk.read_bytes(), dtype="<f4").reshape(-1, 32).copy()
+    rows[reader.shard(k).offsets[local], 3] = np.nan
+    chunk.write_bytes(rows.tobytes())
+    manifest = json.loads((cache / "en-fr" / "manifest.json").read_text())
+    manifest["shards"][k]["sha256"]["words/c/0/0"] = sha256_file(fsspec.filesystem("file"), str(chunk))
+    (cache / "en-fr" / "manifest.json").write_text(dumps(manifest))
+    (base / "shard.json").write_text(dumps(manifest["shards"][k]))
+    with pytest.raises(MMKDError) as e:
+        train(cfg(tmp_path, cache / "en-fr", tiny_student, data_dir, without=["xwcl"]), progress=False)
+    assert f"shard {k:05d}: a non-finite value (nan) in words (pair {first})" in str(e.value), e.value
+    assert not (tmp_path / "run" / "student").exists()
+
+
+def test_a_damaged_shard_json_is_refused_by_train(tmp_path, clean_cache, tiny_student, data_dir):
+    cache = copy_cache(clean_cache, tmp_path)
+    record = cache / "en-fr" / "shards" / "00001" / "shard.json"
+    record.write_text(record.read_text().replace('"n_words"', '"n_wurds"'))
+    r = CliRunner().invoke(main, ["train", "--cache", str(cache / "en-fr"), "--student", tiny_student, "--out",
+                                  str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "8", "--head-hidden",
+                                  "32", "--head-out", "16", "--num-workers", "0", "--log-with", "none", "--quiet"])
+    _one_line_error(r, "shard 00001: file shard.json is damaged or differs from the manifest's record")
+
+
+def test_a_run_moved_without_its_config_or_metrics_or_with_only_its_checkpoints_resumes(tmp_path, clean_cache,
+                                                                                        tiny_student, data_dir,
+                                                                                        monkeypatch):
+    cache = copy_cache(clean_cache, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    base = ["--student", tiny_student, "--data-dir", str(data_dir), "--quiet"]
+    first = ["train", "--cache", "cache/en-fr", "--out", "run", "--max-steps", "4", "--checkpoint-every", "2",
+             "--batch-size", "8", "--head-hidden", "32", "--head-out", "16", "--num-workers", "0", "--log-with",
+             "none", *base]
+    assert CliRunner().invoke(main, first).exit_code == 0
+    shutil.rmtree(tmp_path / "run" / "student")
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step-0000002\n")
+    for name, keep in (("no-config", lambda p: (p / "config.json").unlink()),
+                       ("no-metrics", lambda p: (p / "metrics.csv").unlink()),
+                       ("only-checkpoints", None)):
+        dest = tmp_path / "moved" / name
+        if keep is None:
+            dest.mkdir(parents=True)
+            shutil.copytree(tmp_path / "run" / "checkpoints", dest / "checkpoints")
+        else:
+            shutil.copytree(tmp_path / "run", dest)
+            keep(dest)
+        r = CliRunner().invoke(main, ["train", "--out", str(dest), "--resume", "--quiet"])
+        assert r.exit_code == 0, (name, r.output)
+        assert (dest / "checkpoints" / "latest").read_text().strip() == "step-0000004"
+        if name != "no-config":
+            assert "the rows of steps 1-2 are lost" in r.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(tmp_path / "run", elsewhere / "run")
+    monkeypatch.chdir(elsewhere)          # the run recorded cache/en-fr, relative to tmp_path
+    r = CliRunner().invoke(main, ["train", "--out", "run", "--resume", "--quiet"])
+    _one_line_error(r, "records the cache 'cache/en-fr', which is not there", "give it again with --cache")
+    r = CliRunner().invoke(main, ["train", "--out", "run", "--resume", "--cache", str(cache / "en-fr"), "--quiet"])
+    assert r.exit_code == 0, r.output

@@ -125,3 +125,25 @@ def test_disk_full_leaves_nothing_and_says_so(tmp_path, shared, monkeypatch):
     assert list((tmp_path / "d" / "corpora").iterdir()) == []
     with pytest.raises(CorpusError):
         open_corpus("en-fr", str(tmp_path / "d"))
+
+
+def test_line_and_paragraph_separators_inside_a_pair_never_split_it(tmp_path):
+    """U+2028, U+2029, U+0085 and \\f are line breaks to str.splitlines, not to a file: a pair holding
+    one stays one pair, unchanged (corpus prepare, retrieval pairs, the demo's files)."""
+    import pyarrow as pa
+
+    from mmkd.eval.retrieval import _lines
+    from mmkd.lines import split_lines
+
+    seps = ["\u2028", "\u2029", "\u0085", "\x0c"]
+    rows = [(f"Sentence {i} of the file is here{seps[i % 4] if i % 50 == 0 else ' '}and it goes on.",
+             f"La phrase {i} du fichier est ici{seps[i % 4] if i % 50 == 0 else ' '}et elle continue.")
+            for i in range(210)]
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{e}\t{x}\n" for e, x in rows), encoding="utf-8")
+    out = prepare_corpus(CorpusConfig(pair="en-fr", tsv=str(tsv), data_dir=str(tmp_path / "d"), min_tokens=3),
+                         progress=False)
+    table = pa.ipc.open_file(str(out / "pairs.arrow")).read_all()
+    assert sorted(zip(table.column("en").to_pylist(), table.column("x").to_pylist())) == sorted(rows)
+    assert _lines(tsv) == [f"{e}\t{x}" for e, x in rows]
+    assert split_lines("a\u2028b\r\nc\n") == ["a\u2028b", "c"] and split_lines("") == []

@@ -441,3 +441,314 @@ def test_ablate_refuses_to_mix_or_silently_reuse_runs_made_otherwise(tmp_path, c
         r = CliRunner().invoke(main, [*base, *change])
         assert r.exit_code == 2 and shown in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "s" / "-senta").exists()
+
+
+# ------------------------------------------------------------------ round three: a user's data
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None,
+                                         p.stat().st_mtime_ns if not p.is_symlink() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_another_tools_checkpoints_and_config_are_not_a_run(tmp_path, cache, tiny_student, data_dir):
+    mine = tmp_path / "other"
+    (mine / "checkpoints" / "epoch-3").mkdir(parents=True)
+    (mine / "checkpoints" / "epoch-3" / "model.ckpt").write_bytes(b"weights of another tool")
+    (mine / "config.json").write_text('{"lr": 0.1}')
+    before = _snapshot(mine)
+    for extra in ((), ("--overwrite",), ("--resume",)):
+        one_line(CliRunner().invoke(main, train_args(cache, tiny_student, mine, data_dir, *extra)),
+                 "not an mmkd run folder")
+        assert _snapshot(mine) == before
+
+
+def test_overwrite_never_deletes_a_users_file_inside_student_or_checkpoints(tmp_path, cache, tiny_student, data_dir):
+    run = tmp_path / "run"
+    assert CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir)).exit_code == 0
+    (run / "student" / "notes.txt").write_text("mine")
+    (run / "checkpoints" / "mine.txt").write_text("mine too")
+    (run / "checkpoints" / "step-0000002" / "plot.png").write_bytes(b"png")
+    before = _snapshot(run)
+    r = CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir, "--overwrite"))
+    one_line(r, "holds files mmkd did not write (checkpoints/mine.txt, checkpoints/step-0000002/plot.png, "
+                "student/notes.txt)")
+    assert _snapshot(run) == before
+    for p in ("student/notes.txt", "checkpoints/mine.txt", "checkpoints/step-0000002/plot.png"):
+        (run / p).unlink()
+    # what mmkd wrote (the student's files are listed in its mmkd_run.json) is all --overwrite deletes
+    assert CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir, "--overwrite")).exit_code == 0
+    listed = json.loads((run / "student" / "mmkd_run.json").read_text())["files"]
+    assert sorted(listed) == sorted(p.name for p in (run / "student").iterdir())
+
+
+def test_a_users_file_named_lock_is_never_emptied(tmp_path, cache, tiny_student, data_dir, tiny_teacher):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "lock").write_text("my lock-picking notes")
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir)), "is not an mmkd lock file")
+    assert (run / "lock").read_text() == "my lock-picking notes" and os.listdir(run) == ["lock"]
+    out = tmp_path / "caches"
+    (out / "en-fr").mkdir(parents=True)
+    (out / "en-fr" / "lock").write_text("mine")
+    r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--out", str(out),
+                                  "--data-dir", str(data_dir), "--quiet"])
+    one_line(r, "is not an mmkd lock file")
+    assert (out / "en-fr" / "lock").read_text() == "mine"
+
+
+def test_a_lock_that_is_a_link_is_never_followed(tmp_path, cache, tiny_student, data_dir):
+    from mmkd.errors import MMKDError
+    from mmkd.lock import Lock
+    from fsspec.implementations.local import LocalFileSystem
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "lock").symlink_to(victim)
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir)), "is a link", "remove the link")
+    own = fresh(cache, tmp_path)
+    (own / "en-fr" / "lock").unlink(missing_ok=True)
+    (own / "en-fr" / "lock").symlink_to(victim)
+    with pytest.raises(MMKDError, match="never locks through a link"):
+        Lock(LocalFileSystem(), str(own / "en-fr"), str(own / "en-fr"), "mmkd cache-teacher").acquire()
+    r = CliRunner().invoke(main, ["cache", "upgrade", str(own / "en-fr"), "--data-dir", str(data_dir)])
+    one_line(r, "is a link")
+    assert victim.read_text() == "precious"
+
+
+def test_cache_teacher_overwrite_never_replaces_a_users_build_json(tmp_path, tiny_teacher, data_dir):
+    out = tmp_path / "caches"
+    (out / "en-fr").mkdir(parents=True)
+    (out / "en-fr" / "build.json").write_text('{"my": "build settings"}')
+    for extra in ((), ("--overwrite",), ("--resume",)):
+        r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--out",
+                                      str(out), "--data-dir", str(data_dir), "--quiet", *extra])
+        one_line(r, "is not an mmkd cache")
+    assert os.listdir(out / "en-fr") == ["build.json"]
+    assert (out / "en-fr" / "build.json").read_text() == '{"my": "build settings"}'
+
+
+def test_cache_upgrade_never_writes_through_a_shard_link_outside(tmp_path, cache, data_dir):
+    own = fresh(cache, tmp_path)
+    make_format_1(own / "en-fr")
+    outside = tmp_path / "outside"
+    shutil.move(own / "en-fr" / "shards" / "00000", outside)
+    (own / "en-fr" / "shards" / "00000").symlink_to(outside)
+    before = _snapshot(outside)
+    r = CliRunner().invoke(main, ["cache", "upgrade", str(own / "en-fr"), "--data-dir", str(data_dir)])
+    one_line(r, "shard 00000 is a link to", "outside the cache")
+    assert _snapshot(outside) == before
+    assert json.loads((own / "en-fr" / "manifest.json").read_text())["format_version"] == 1
+
+
+def test_cache_upgrade_is_refused_while_a_writer_holds_the_lock(tmp_path, cache, data_dir):
+    import fcntl
+
+    own = fresh(cache, tmp_path)
+    make_format_1(own / "en-fr")
+    before = _snapshot(own / "en-fr")
+    fd = os.open(own / "en-fr" / "lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)             # a cache-teacher writing there
+        r = CliRunner().invoke(main, ["cache", "upgrade", str(own / "en-fr"), "--data-dir", str(data_dir)])
+        one_line(r, "is being written by", "mmkd cache upgrade")
+    finally:
+        os.close(fd)
+    assert _snapshot(own / "en-fr") == {**before, "lock": _snapshot(own / "en-fr")["lock"]}
+    assert json.loads((own / "en-fr" / "manifest.json").read_text())["format_version"] == 1
+
+
+def test_a_second_train_on_a_busy_run_folder_changes_nothing(tmp_path, cache, tiny_student, data_dir):
+    """The first holds the folder's lock (here: this test, as a running `train` would); the second is
+    refused before it deletes, writes or creates anything, with or without --overwrite."""
+    import fcntl
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir)).exit_code == 0
+    fd = os.open(run / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        before = _snapshot(run)
+        for extra in (("--overwrite",), ("--resume", "--max-steps", "2"), ("--overwrite", "--lr", "1e-3")):
+            one_line(CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir, *extra)),
+                     "is being written by another process")
+            assert _snapshot(run) == before
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ round three: bad input
+def test_a_seed_beyond_numpy_and_torch_is_one_line(tmp_path, cache, tiny_student, data_dir):
+    r = CliRunner().invoke(main, train_args(cache, tiny_student, tmp_path / "r", data_dir, "--seed", str(2**64 + 1)))
+    one_line(r, f"--seed {2**64 + 1}: must be at most 4294967295")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_batch_or_length_no_machine_or_model_takes_is_one_line_before_any_work(tmp_path, cache, tiny_student,
+                                                                                  data_dir, tiny_teacher):
+    out = tmp_path / "r"
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, out, data_dir, "--batch-size", str(10**20))),
+             "--batch-size 100000000000000000000: one micro-batch", "lower --batch-size")
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, out, data_dir, "--max-length", str(10**8))),
+             "--max-length 100000000: the student", "takes at most 160 tokens")
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--out",
+                                  str(tmp_path / "c"), "--data-dir", str(data_dir), "--max-length", "100000", "--quiet"])
+    one_line(r, "--max-length 100000: the teacher")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_settings_file_nested_50000_deep_is_one_line(tmp_path, cache, tiny_student, data_dir):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 50000 + "]" * 50000)
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, tmp_path / "r", data_dir, "--config", str(deep))),
+             "deep.json: not a settings file (nested too deeply")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1", "invalid"])
+def test_evaluation_files_not_in_utf8_name_the_file_and_line(tmp_path, encoding):
+    from mmkd.eval.data import XNLI, EvalDataError, read_pair_tsv, read_squad
+
+    rows = "A man sleeps.\tNobody sleeps.\tcontradiction\nLe café est chaud.\tIl fait froid.\tneutral\n"
+    data = {"utf-16": rows.encode("utf-16"), "latin-1": rows.encode("latin-1"),
+            "invalid": rows.encode("utf-8").replace("é".encode(), b"\xc3\x28")}[encoding]
+    path = tmp_path / "test-fr.tsv"
+    path.write_bytes(data)
+    with pytest.raises(EvalDataError) as e:
+        read_pair_tsv(path, XNLI)
+    assert str(e.value).startswith(str(path)) and ("UTF-16" in str(e.value) if encoding == "utf-16"
+                                                   else "line 2: invalid UTF-8" in str(e.value)), e.value
+    squad = tmp_path / "xquad.fr.json"
+    squad.write_bytes(json.dumps({"data": [{"paragraphs": [{"context": "é", "qas": []}]}]}, ensure_ascii=False)
+                      .encode("utf-16" if encoding == "utf-16" else "latin-1"))
+    with pytest.raises(EvalDataError, match=str(squad)):
+        read_squad(squad)
+
+
+def test_squad_json_of_the_wrong_shape_is_one_line(tmp_path):
+    from mmkd.eval.data import EvalDataError, read_squad
+
+    good = {"context": "Paris is in France.", "qas": [{"id": "q1", "question": "Where is Paris?",
+                                                         "answers": [{"text": "France", "answer_start": 12}]}]}
+    cases = {"no data": ({"version": "1.1"}, "'data' is missing, not list"),
+             "a list": ([1, 2], "the top level is list, not dict"),
+             "no paragraphs": ({"data": [{"title": "x"}]}, "data[0].paragraphs is missing"),
+             "no answer_start": ({"data": [{"paragraphs": [{**good, "qas": [{**good["qas"][0], "answers": [
+                 {"text": "France"}]}]}]}]}, "answer_start is missing, not int"),
+             "start outside": ({"data": [{"paragraphs": [{**good, "qas": [{**good["qas"][0], "answers": [
+                 {"text": "France", "answer_start": 99}]}]}]}]}, "answer_start 99 is outside its context")}
+    for name, (data, fragment) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(EvalDataError) as e:
+            read_squad(path)
+        assert fragment in str(e.value) and str(path) in str(e.value), (name, e.value)
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [good]}]}))
+    assert [q.id for q in read_squad(path)] == ["q1"]
+
+
+def _built_folder(tmp_path, tiny_student) -> Path:
+    """A model folder as `mmkd models build` leaves it: its files and their checksums in mmkd-model.json."""
+    from mmkd.supply import PROVENANCE, file_sha256
+
+    folder = tmp_path / "built"
+    shutil.copytree(tiny_student, folder)
+    files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / PROVENANCE).write_text(json.dumps({"name": "built", "original": "org/tiny", "licence": "MIT",
+                                                 "packages": [{"name": "tiny", "version": "1"}], "files": files}))
+    return folder
+
+
+def test_a_built_model_folder_is_checked_on_every_use(tmp_path, tiny_student):
+    from mmkd.errors import MMKDError
+    from mmkd.hf import load_tokenizer
+
+    folder = _built_folder(tmp_path, tiny_student)
+    assert load_tokenizer(str(folder)) is not None and (folder / ".mmkd-verified.json").is_file()
+    tok = folder / "tokenizer.json"
+    tok.write_bytes(tok.read_bytes().replace(b'"[UNK]"', b'"[UNX]"', 1))
+    with pytest.raises(MMKDError, match="tokenizer.json: changed since it was built"):
+        load_tokenizer(str(folder))
+    shutil.rmtree(folder)
+    folder = _built_folder(tmp_path, tiny_student)
+    (folder / "extra.bin").write_bytes(b"x")
+    with pytest.raises(MMKDError, match="a file was added: extra.bin"):
+        load_tokenizer(str(folder))
+
+
+@pytest.mark.parametrize("record", ["garbage{", "[1, 2]", '{"original": null, "packages": null}',
+                                    '{"original": "x", "packages": [{"name": "p", "version": "1"}]}'])
+def test_a_damaged_model_record_is_one_line(tmp_path, tiny_student, record):
+    from mmkd.errors import MMKDError
+    from mmkd.hf import load_tokenizer
+    from mmkd.supply import PROVENANCE, describe
+
+    folder = _built_folder(tmp_path, tiny_student)
+    (folder / PROVENANCE).write_text(record)
+    with pytest.raises(MMKDError) as e:
+        load_tokenizer(str(folder))
+    assert str(e.value).startswith(str(folder / PROVENANCE)) and "rebuild it" in str(e.value), e.value
+    assert "built" in describe(str(folder))          # a card still names it, without a traceback
+
+
+def test_a_model_object_where_a_name_is_expected_is_one_line(tiny_student):
+    from transformers import AutoModel
+
+    from mmkd.errors import MMKDError
+    from mmkd.hf import load, load_tokenizer
+
+    model = AutoModel.from_pretrained(tiny_student)
+    for call in (lambda: load_tokenizer(model), lambda: load(AutoModel, model, "encoder")):
+        with pytest.raises(MMKDError, match="expected a model name or folder, got BertModel.*save_pretrained"):
+            call()
+
+
+def test_a_full_disk_while_building_a_model_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import mmkd.supply as supply
+    from mmkd.errors import MMKDError
+    from safetensors import SafetensorError
+
+    def build(files, dest, bar):
+        (dest / "model.safetensors").write_bytes(b"half")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              "message: \"No space left on device\" })")
+    fake = supply.Supply("fake-model", "org/fake", "MIT", (), build, 1, "a test")
+    monkeypatch.setattr(supply, "_supplies", lambda: {"fake-model": fake})
+    monkeypatch.setenv("MMKD_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(MMKDError) as e:
+        supply.model_folder("fake-model", progress=False)
+    assert "building fake-model failed" in str(e.value) and "No space left on device" in str(e.value)
+    assert "\n" not in str(e.value) and os.listdir(tmp_path / "models") == []
+
+
+def test_a_full_disk_while_saving_the_student_is_one_line_and_leaves_no_tmp(tmp_path, cache, tiny_student, data_dir,
+                                                                            monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
+                              "left on device\" })")
+    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir))
+    one_line(r, "student.tmp: the trained student could not be saved", "No space left on device", "--resume")
+    assert not (run / "student.tmp").exists() and not (run / "student").exists()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000002"
+
+
+def test_a_full_disk_in_safetensors_during_a_checkpoint_is_one_line(tmp_path, cache, tiny_student, data_dir,
+                                                                    monkeypatch):
+    import mmkd.checkpoint as ck
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
+                              "left on device\" })")
+    monkeypatch.setattr(ck, "save_model", full)
+    run = tmp_path / "run"
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir)), "could not be written",
+             "free some space")
+    assert not list((run / "checkpoints").glob("*.tmp"))

@@ -15,7 +15,19 @@ from mmkd.cache.manifest import MEMBER
 # What a cache folder holds; `--overwrite` deletes nothing else.
 CACHE_ENTRIES = {"build.json", "manifest.json", "summary.json", "shards", "lock", "verified"}
 _SHARD = re.compile(r"\d{5}(\.tmp)?")
-_MARKER = re.compile(r"(\d{5}\.json(\.tmp\d+)?|\.probe-\d+)")
+_MARKER = re.compile(r"(\.?\d{5}\.json(\.tmp-?\d+)?|\.probe-\d+)")
+# A file being replaced atomically (mmkd/atomic.py), left by a crash: `.manifest.json.tmp-123`.
+_ASIDE = re.compile(r"\.(build|manifest|summary)\.json\.tmp-\d+")
+
+
+def is_build_record(fs, root: str) -> bool:
+    """Does `root/build.json` hold what `cache-teacher` writes there (not a user's file of that name)?"""
+    try:
+        with fs.open(f"{root.rstrip('/')}/build.json", "r") as f:
+            record = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and record.get("format") == "mmkd-teacher-cache"
 
 
 def foreign_files(fs, root: str) -> list[str]:
@@ -27,6 +39,8 @@ def foreign_files(fs, root: str) -> list[str]:
     for path in sorted(fs.find(base, withdirs=False)):
         rel = path[len(base) + 1:] if path.startswith(base + "/") else path
         parts = rel.split("/")
+        if len(parts) == 1 and _ASIDE.fullmatch(rel):
+            continue
         if parts[0] not in CACHE_ENTRIES or (parts[0] != "shards" and parts[0] != "verified" and len(parts) > 1):
             out.append(rel)
         elif parts[0] == "shards":

@@ -144,6 +144,8 @@ def read_json(fs, path: str, what: str) -> dict:
         raise CacheError(f"{path}: missing {what}") from None
     except json.JSONDecodeError as e:
         raise CacheError(f"{path}: {what} is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise CacheError(f"{path}: {what} is not JSON mmkd wrote ({type(e).__name__})") from None
 
 
 def check_manifest(manifest: dict, path: str) -> None:

@@ -21,6 +21,7 @@ import json
 import os
 import time
 
+from mmkd.atomic import fs_write_text
 from mmkd.cache.format import member_path, sha256_file
 from mmkd.errors import CacheError
 
@@ -63,7 +64,7 @@ class ShardVerifier:
 
     def _state(self, base: str, record) -> dict | None:
         files = {}
-        for name in sorted(record.sha256):
+        for name in sorted({*record.sha256, "shard.json"}):
             ident = _identity(self.cache.fs, member_path(self.cache.fs, base, name, base))
             if ident is None:
                 return None
@@ -90,6 +91,16 @@ class ShardVerifier:
             raise CacheError(f"{where}: file {unlisted[0]} has no checksum in the manifest (the manifest was edited "
                              "or a file was added); rebuild the cache")
         state = self._state(base, record)
+        # shard.json repeats the manifest's record (`--resume` and `--overwrite` read it): it must agree.
+        try:
+            with self.cache.fs.open(member_path(self.cache.fs, base, "shard.json", where), "r") as f:
+                own = json.load(f)
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            own = None
+        if own != self.cache.manifest.raw["shards"][k]:
+            raise CacheError(f"{where}: file shard.json is damaged or differs from the manifest's record of the shard "
+                             f"(corrupt); `mmkd cache verify {self.cache.url}` lists every problem; rebuild the cache "
+                             "(or restore it from a good copy)")
         nbytes = 0
         for name, digest in sorted(record.sha256.items()):
             path = member_path(self.cache.fs, base, name, where)
@@ -100,10 +111,7 @@ class ShardVerifier:
             nbytes += int(self.cache.fs.size(path))
         if state is not None and state == self._state(base, record):   # unchanged while it was hashed
             self.mfs.makedirs(self.mroot, exist_ok=True)
-            tmp = self._marker(record.name) + f".tmp{os.getpid()}"
-            with self.mfs.open(tmp, "w") as f:
-                json.dump(state, f)
-            self.mfs.mv(tmp, self._marker(record.name))
+            fs_write_text(self.mfs, self._marker(record.name), json.dumps(state))
         return nbytes
 
 

@@ -19,7 +19,7 @@ import torch
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from mmkd.cache.format import STORAGE, decode, read_json, zarr_location
+from mmkd.cache.format import STORAGE, decode, read_json, shard_name, zarr_location
 from mmkd.cache.manifest import Manifest, ShardRecord
 from mmkd.errors import CacheError
 
@@ -195,7 +195,18 @@ class TeacherCache:
         b = len(pair_ids)
         parts = []
         for k, pos in _group_by_shard(pair_ids, self.shard_size):
-            parts.append((pos, *self.shard(k).read(pair_ids[pos] - k * self.shard_size)))
+            words, cls, lens = self.shard(k).read(pair_ids[pos] - k * self.shard_size)
+            # Every value read is finite, whether or not an objective will use it: a NaN or inf in a
+            # cache is damage (checksums re-recorded over it, or written so), never data.
+            for name, values in (("words", words), ("cls", cls)):
+                if not np.isfinite(values).all():
+                    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(1))[0]
+                    pair = int(pair_ids[pos][np.searchsorted(np.cumsum(lens), bad, side="right")]
+                               if name == "words" else pair_ids[pos][bad])
+                    raise CacheError(f"{self.url} shard {shard_name(k)}: a non-finite value ({values.reshape(-1)[~np.isfinite(values.reshape(-1))][0]}) "
+                                     f"in {name} (pair {pair}); the cache is damaged: `mmkd cache verify "
+                                     f"{self.url}` re-runs the teacher to confirm; rebuild the cache")
+            parts.append((pos, words, cls, lens))
         lengths = np.zeros(b, dtype=np.int64)
         for pos, _, _, lens in parts:
             lengths[pos] = lens
@@ -222,6 +233,10 @@ def shard_path(fs, root: str, name: str, url: str) -> str:
         import os
 
         real, inside = os.path.realpath(path), os.path.realpath(f"{root}/shards")
+        if os.path.islink(f"{root}/shards") or os.path.commonpath([inside, os.path.realpath(root)]) != \
+                os.path.realpath(root):
+            raise CacheError(f"{url}: its shards/ folder is a link to {inside}, outside the cache; refused "
+                             "(copy the data into the cache instead)")
         if os.path.islink(path) or os.path.commonpath([real, inside]) != inside:
             raise CacheError(f"{url}: shard {name} is a link to {real}, outside the cache; refused "
                              "(copy the data into the cache instead)")

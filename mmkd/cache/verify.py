@@ -54,7 +54,10 @@ def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 
         except CacheError as e:
             report.problems.append(str(e))
             continue
-        on_disk = read_json(fs, f"{base}/shard.json", f"{where} record")
+        try:
+            on_disk = read_json(fs, f"{base}/shard.json", f"{where} record")
+        except CacheError as e:
+            on_disk = str(e)
         if on_disk != m.raw["shards"][index]:
             report.problems.append(f"{where}: shard.json differs from the manifest's record")
         for name in sorted(shard_members(fs, base) - set(rec.sha256)):

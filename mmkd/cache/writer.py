@@ -26,7 +26,9 @@ from mmkd import __version__
 from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
                                sha256_file, shard_name, zarr_location)
 from mmkd.cache.settings import CacheConfig
-from mmkd.cache.folder import CACHE_ENTRIES, foreign_files
+from mmkd.atomic import fs_publish, fs_write_text
+from mmkd.capacity import check_batch, check_length
+from mmkd.cache.folder import CACHE_ENTRIES, foreign_files, is_build_record
 from mmkd.lock import Lock
 from mmkd.supply import describe
 from mmkd.corpus import PreparedCorpus, open_corpus
@@ -177,7 +179,7 @@ def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) ->
     final = f"{root}/shards/{shard_name(k)}"
     if fs.exists(final):   # an incomplete shard being redone: moving onto it would nest tmp inside it
         fs.rm(final, recursive=True)
-    fs.mv(tmp, final, recursive=True)
+    fs_publish(fs, tmp, final)     # locally: every file fsynced, renamed, `shards/` fsynced
     return record
 
 
@@ -260,6 +262,8 @@ def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
     corpora = [open_corpus(c, cfg.data_dir) for c in cfg.corpora]
     model, tokenizer = load_teacher(cfg.teacher, state.device, cfg.trust_remote_code)
     check_layer(cfg, model)
+    check_length("--max-length", cfg.max_length, model.config, f"teacher {cfg.teacher}")
+    check_batch(cfg.batch_size, cfg.batch_size, cfg.max_length, model.config, state.device)
     outputs = []
     for corpus in corpora:
         outputs.append(_build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress))
@@ -276,9 +280,12 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
         if fs.exists(root) and not fs.isdir(root):
             raise CacheError(f"{url} is a file, not a folder; choose another --out")
         entries = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)} if fs.exists(root) else set()
-        if entries - {"lock"} and "build.json" not in entries:
-            raise CacheError(f"{url} exists and is not an mmkd cache; choose another --out")
-        if overwrite and "build.json" in entries:
+        ours = "build.json" in entries and is_build_record(fs, root)
+        if entries - {"lock"} and not ours:
+            raise CacheError(f"{url} exists and is not an mmkd cache (it holds {', '.join(sorted(entries)[:3])}"
+                             f"{' ...' if len(entries) > 3 else ''}, and no build record of mmkd's); nothing was "
+                             "changed: choose another --out")
+        if overwrite and ours:
             from mmkd.paths import check_deletable
 
             foreign = foreign_files(fs, root)
@@ -315,8 +322,7 @@ def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state,
                     raise CacheError(f"{url}: cannot resume, the cache was built differently:\n  "
                                      + "\n  ".join(diffs))
         fs.makedirs(f"{root}/shards", exist_ok=True)
-        with fs.open(f"{root}/build.json", "w") as f:
-            f.write(dumps(identity))
+        fs_write_text(fs, f"{root}/build.json", dumps(identity))
         if fs.exists(f"{root}/manifest.json"):
             fs.rm(f"{root}/manifest.json")   # rewritten when every shard is complete
     state.wait_for_everyone()
@@ -346,16 +352,14 @@ def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state,
             "n_words_dropped": sum(s["n_words_dropped"] for s in shards),
             "shards": shards,
         }
-        with fs.open(f"{root}/manifest.json", "w") as f:
-            f.write(dumps(manifest))
+        fs_write_text(fs, f"{root}/manifest.json", dumps(manifest))
         elapsed = time.time() - started
         nbytes = sum(fs.du(f"{root}/shards/{s['name']}") for s in shards)
         summary = {"seconds": round(elapsed, 3), "sentences_written_this_run": n_todo,
                    "sentences_per_second": round(n_todo / elapsed, 2) if elapsed else None,
                    "n_sentences": manifest["n_sentences"], "n_words": manifest["n_words"],
                    "bytes": nbytes, "processes": state.num_processes, **timing}
-        with fs.open(f"{root}/summary.json", "w") as f:
-            f.write(dumps(summary))
+        fs_write_text(fs, f"{root}/summary.json", dumps(summary))
         if progress:
             print(f"{url}: {manifest['n_sentences']} sentences, {manifest['n_words']} words, "
                   f"{nbytes / 1e6:.1f} MB in {n_shards} shards; {n_todo} sentences written in "

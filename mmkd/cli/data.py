@@ -11,6 +11,7 @@ from mmkd.cache.writer import CacheConfig
 from mmkd.cli import data_dir_option, friendly
 from mmkd.cli.options import overrides, settings_epilog, settings_options
 from mmkd.corpus import CorpusConfig
+from mmkd.settings import SEED_MAX
 
 
 @click.group()
@@ -126,7 +127,7 @@ def cache_group():
               help="Sentences to re-run through the teacher (0 = checksums only).")
 @click.option("--teacher", default=None, metavar="NAME_OR_PATH",
               help="Teacher to re-run (default: the one named in the manifest).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Which sentences are re-run.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0, max=SEED_MAX), help="Which sentences are re-run.")
 @friendly
 def cache_verify(path, k, teacher, seed):
     """Check the manifest, counts, every checksum, and k re-run sentences of the cache at PATH."""

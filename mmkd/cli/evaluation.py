@@ -9,6 +9,7 @@ import click
 from mmkd.cli import friendly
 from mmkd.cli.options import overrides, settings_options
 from mmkd.eval.settings import EvalConfig
+from mmkd.settings import SEED_MAX
 
 DEFAULT_STUDENT = "runs/mmkd/student"      # the student `mmkd train` writes with its default --out
 
@@ -95,7 +96,7 @@ def plot_group():
 @click.option("--xnli-dir", default=None, metavar="DIR", help="XNLI dev files (15-way parallel; the paper's choice).")
 @click.option("--languages", default=None, help="With --xnli-dir: comma-separated languages.")
 @click.option("-n", "n", default=20, show_default=True, type=click.IntRange(min=2), help="Sentences (colours).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Which sentences, and t-SNE's seed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0, max=SEED_MAX), help="Which sentences, and t-SNE's seed.")
 @click.option("--out", default="tsne.png", show_default=True, help="PNG file.")
 @friendly
 def plot_tsne_cmd(models, files, xnli_dir, languages, n, seed, out):

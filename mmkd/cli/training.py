@@ -67,15 +67,42 @@ def train_cmd(caches, corpora, online_teacher, student, out, config, resume, ove
     from mmkd.paths import default_data_dir
     from mmkd.train import train
 
-    saved = Path(out or TrainConfig().out) / "config.json"
-    if resume and config is None and saved.is_file():
-        config = str(saved)
+    if resume and config is None:
+        config = _saved_settings(Path(out or TrainConfig().out), bool(caches or online_teacher))
     cfg = train_settings(config, given, cache=list(caches) or None, corpora=list(corpora) or None,
                          online_teacher=online_teacher, student=student, out=out,
                          data_dir=data_dir or (None if config else default_data_dir()),
                          trust_remote_code=trust_remote_code or None)
     run = train(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     click.echo(f"{run}: trained student in {run / 'student'}")
+
+
+def _saved_settings(run: Path, data_given: bool) -> str | None:
+    """The settings a resumed run was made with: its config.json, else (a folder that lost it, or a
+    copy of its checkpoints/) the latest checkpoint's meta.json, which records them too. A cache the
+    run recorded that is not there (a run moved, a relative path from another folder) is one line
+    saying to give --cache."""
+    import json
+
+    from mmkd.checkpoint import latest_checkpoint
+    from mmkd.errors import MMKDError
+
+    saved = run / "config.json"
+    if not saved.is_file():
+        latest = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
+        if latest is None:
+            return None
+        saved = latest / "meta.json"
+    if not data_given:
+        try:
+            recorded = json.loads(saved.read_text(encoding="utf-8")).get("config", {}).get("cache") or []
+        except (OSError, ValueError, AttributeError):
+            recorded = []
+        gone = [c for c in recorded if isinstance(c, str) and "://" not in c and not Path(c).exists()]
+        if gone:
+            raise MMKDError(f"{saved} records the cache {gone[0]!r}, which is not there from {Path.cwd()} (the run or "
+                            "the cache moved, or the path is relative to another folder): give it again with --cache")
+    return str(saved)
 
 
 @click.command("ablate", epilog=settings_epilog(TrainConfig, ("without",), "train"))

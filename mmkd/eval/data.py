@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmkd.errors import MMKDError
+from mmkd.lines import split_lines
 
 
 class EvalDataError(MMKDError):
@@ -66,27 +67,41 @@ def check_languages(languages: list[str], allowed: tuple[str, ...], task: str) -
     return languages
 
 
-def read_pair_tsv(path: Path, task: PairTask, limit: int | None = None) -> list[PairExample]:
+def read_text(path: Path) -> str:
+    """The whole of a UTF-8 evaluation file; UTF-16, Latin-1 or any invalid UTF-8 is refused naming
+    the file and the line."""
     if not path.is_file():
         raise EvalDataError(f"{path}: no such file")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:
+        raise EvalDataError(f"{path}: UTF-16 (or binary) data, not UTF-8 text; convert it first, e.g. "
+                            "iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise EvalDataError(f"{path} line {line}: invalid UTF-8 at byte {e.start} ({e.reason}); is it Latin-1? "
+                            "convert it first, e.g. iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8") from None
+
+
+def read_pair_tsv(path: Path, task: PairTask, limit: int | None = None) -> list[PairExample]:
     alias = dict(task.aliases)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) == 2:
-                raise EvalDataError(f"{path} line {i}: no label column (XTREME strips the XNLI/PAWS-X test "
-                                    "labels); evaluate on a labelled copy")
-            if len(cols) != 3:
-                raise EvalDataError(f"{path} line {i}: expected 3 tab-separated columns, found {len(cols)}")
-            label = alias.get(cols[2].strip(), cols[2].strip())
-            if label not in task.labels:
-                if i == 1 and label.lower() in ("label", "gold_label"):
-                    continue   # a header line
-                raise EvalDataError(f"{path} line {i}: label {cols[2]!r} is not one of {', '.join(task.labels)}")
-            out.append(PairExample(cols[0], cols[1], task.labels.index(label)))
-            if limit and len(out) >= limit:
-                break
+    for i, line in enumerate(split_lines(read_text(path)), start=1):
+        cols = line.split("\t")
+        if len(cols) == 2:
+            raise EvalDataError(f"{path} line {i}: no label column (XTREME strips the XNLI/PAWS-X test "
+                                "labels); evaluate on a labelled copy")
+        if len(cols) != 3:
+            raise EvalDataError(f"{path} line {i}: expected 3 tab-separated columns, found {len(cols)}")
+        label = alias.get(cols[2].strip(), cols[2].strip())
+        if label not in task.labels:
+            if i == 1 and label.lower() in ("label", "gold_label"):
+                continue   # a header line
+            raise EvalDataError(f"{path} line {i}: label {cols[2]!r} is not one of {', '.join(task.labels)}")
+        out.append(PairExample(cols[0], cols[1], task.labels.index(label)))
+        if limit and len(out) >= limit:
+            break
     if not out:
         raise EvalDataError(f"{path}: no examples")
     return out
@@ -121,19 +136,45 @@ def load_pair_train(task: PairTask, train_file: str | None, limit: int | None,
 
 
 def read_squad(path: Path, limit: int | None = None) -> list[QAExample]:
-    if not path.is_file():
-        raise EvalDataError(f"{path}: no such file")
+    """SQuAD v1.1 JSON, every level checked: `data` → articles → `paragraphs` → `context` and `qas` →
+    `id`, `question`, `answers` → `text` and `answer_start` (an int inside the context)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise EvalDataError(f"{path}: not SQuAD v1.1 JSON ({e})") from None
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise EvalDataError(f"{path} line {e.lineno}: not JSON ({e.msg})") from None
+    except RecursionError:
+        raise EvalDataError(f"{path}: nested too deeply to be SQuAD JSON") from None
+
+    def need(value, kind, where: str):
+        if not isinstance(value, kind) or isinstance(value, bool):
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise EvalDataError(f"{path}: {where} is {type(value).__name__ if value is not None else 'missing'}, "
+                                f"not {name}; not SQuAD v1.1 JSON")
+        return value
+
     out = []
-    for article in data:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                if not qa.get("answers"):
-                    raise EvalDataError(f"{path}: question {qa.get('id')} has no answers")
-                out.append(QAExample(str(qa["id"]), qa["question"], para["context"], qa["answers"]))
+    articles = need(need(data, dict, "the top level").get("data"), list, "'data'")
+    for a, article in enumerate(articles):
+        for p, para in enumerate(need(need(article, dict, f"data[{a}]").get("paragraphs"), list,
+                                      f"data[{a}].paragraphs")):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = need(need(para, dict, where).get("context"), str, f"{where}.context")
+            for q, qa in enumerate(need(para.get("qas"), list, f"{where}.qas")):
+                at = f"{where}.qas[{q}]"
+                need(qa, dict, at)
+                qid = need(qa.get("id"), (str, int), f"{at}.id")
+                question = need(qa.get("question"), str, f"{at}.question")
+                answers = need(qa.get("answers"), list, f"{at}.answers (question {qid})")
+                if not answers:
+                    raise EvalDataError(f"{path}: question {qid} has no answers")
+                for n, ans in enumerate(answers):
+                    here = f"{at}.answers[{n}] (question {qid})"
+                    text = need(need(ans, dict, here).get("text"), str, f"{here}.text")
+                    start = need(ans.get("answer_start"), int, f"{here}.answer_start")
+                    if not 0 <= start <= len(context) - len(text):
+                        raise EvalDataError(f"{path}: {here}: answer_start {start} is outside its context "
+                                            f"({len(context)} characters, answer of {len(text)})")
+                out.append(QAExample(str(qid), question, context, answers))
                 if limit and len(out) >= limit:
                     return out
     return out

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mmkd.eval.data import EvalDataError
+from mmkd.lines import split_lines
 from mmkd.eval.finetune import autocast, device
 from mmkd.eval.metrics import alignment_infonce, retrieval_accuracy
 
@@ -65,7 +66,7 @@ def _lines(path: Path) -> list[str]:
         raise EvalDataError(f"{path}: UTF-16 (or binary) data, not UTF-8 text; convert it first, e.g. "
                             f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}")
     try:
-        return data.decode("utf-8").removeprefix("\ufeff").splitlines()
+        return split_lines(data.decode("utf-8").removeprefix("\ufeff"))
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise EvalDataError(f"{path} line {line}: invalid UTF-8 ({e.reason})") from None

@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from mmkd import __version__
+from mmkd.atomic import write_text
 from mmkd.eval.metrics import ALIGNMENT_TEMPERATURE
 from mmkd.eval.settings import EvalConfig
 
@@ -54,8 +55,8 @@ def run_task(cfg: EvalConfig) -> dict:
 
 def write_result(result: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    (out / "results.md").write_text(markdown_table(result) + "\n")
+    write_text(out / "results.md", markdown_table(result) + "\n")
+    write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")   # last: says complete
     from mmkd.model_card import record_eval
 
     record_eval(result["model"], result)   # a student saved by `mmkd train`: its card shows the result

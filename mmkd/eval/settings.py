@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmkd.settings import setting
+from mmkd.settings import SEED_MAX, setting
 
 
 @dataclass
@@ -20,7 +20,7 @@ class EvalConfig:
                                          "XQuAD the last 10% of the training questions).")
     languages: list[str] = setting(help="Target languages (comma-separated); default: the task's.", factory=list)
     seeds: list[int] = setting(help="Fine-tuning seeds (comma-separated); reports mean ± std.",
-                               factory=lambda: [1], min=0)
+                               factory=lambda: [1], min=0, max=SEED_MAX)
     epochs: float | None = setting(None, "Fine-tuning epochs. Default: 5 (XNLI, PAWS-X), 3 (XQuAD).", above=0)
     lr: float | None = setting(None, "Fine-tuning learning rate. Default: 2e-5 (XNLI, PAWS-X), 3e-5 (XQuAD).",
                                above=0, max=1.0)

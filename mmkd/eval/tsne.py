@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkd.eval.data import EvalDataError
+from mmkd.lines import split_lines
 
 MARKERS = "os^vD*PXh<>p"
 
@@ -23,13 +24,13 @@ def read_multiway(files: dict[str, str], n: int, seed: int = 0, xnli_dir: str | 
             path = Path(xnli_dir) / f"dev-{lang}.tsv"
             if not path.is_file():
                 raise EvalDataError(f"{path}: no such file")
-            columns[lang] = [line.split("\t")[0] for line in path.read_text(encoding="utf-8").splitlines()]
+            columns[lang] = [line.split("\t")[0] for line in split_lines(path.read_text(encoding="utf-8"))]
         # XNLI repeats each premise for 3 hypotheses: keep the first row of each group.
         columns = {k: v[::3] for k, v in columns.items()}
     for lang, path in files.items():
         if not Path(path).is_file():
             raise EvalDataError(f"{path}: no such file")
-        columns[lang] = Path(path).read_text(encoding="utf-8").splitlines()
+        columns[lang] = split_lines(Path(path).read_text(encoding="utf-8"))
     if len(columns) < 2:
         raise EvalDataError("t-SNE needs at least two languages (--file LANG=PATH, or --xnli-dir)")
     sizes = {len(v) for v in columns.values()}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from mmkd.atomic import publish
 from mmkd.errors import MMKDError
 
 PROVENANCE = "mmkd-model.json"
@@ -138,7 +139,8 @@ def supply(name: str) -> Supply:
 
 
 def model_folder(name: str, progress: bool = True, log=None) -> Path:
-    """The folder of built-in model `name`, built on first use (see the module docstring)."""
+    """The folder of built-in model `name`, built on first use (see the module docstring); a built
+    folder is checked against the checksums of its files every time it is used."""
     from tqdm.auto import tqdm
 
     s = supply(name)
@@ -147,12 +149,13 @@ def model_folder(name: str, progress: bool = True, log=None) -> Path:
         return files[0].parent
     dest = models_dir() / name
     if (dest / PROVENANCE).is_file():
-        recorded = json.loads((dest / PROVENANCE).read_text())
+        recorded = read_record(dest)
         want = [f"{p.name}=={p.version}" for p in s.packages]
-        if [f"{p['name']}=={p['version']}" for p in recorded.get("packages", [])] == want:
-            return dest
-        raise MMKDError(f"{dest} was built from other packages ({recorded.get('packages')}); move it away to "
-                        f"rebuild it from {', '.join(want)}")
+        if [f"{p['name']}=={p['version']}" for p in recorded["packages"]] != want:
+            raise MMKDError(f"{dest} was built from other packages ({recorded['packages']}); move it away to "
+                            f"rebuild it from {', '.join(want)}")
+        check_files(dest, recorded)
+        return dest
     if dest.exists():
         raise MMKDError(f"{dest} exists but holds no {PROVENANCE} (an interrupted build is never left there): "
                         "it is not mmkd's; move it away")
@@ -163,24 +166,101 @@ def model_folder(name: str, progress: bool = True, log=None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest.parent))
     tmp.chmod(0o755)
     try:
-        with tqdm(total=s.steps, desc=name, unit=" step", disable=not progress) as bar:
-            checks = s.build(files, tmp, bar)
-        record = {"name": name, "original": s.original, "licence": s.licence,
-                  "packages": [{"name": p.name, "version": p.version, "file": p.file,
-                                "sha256": p.sha256 or None} for p in s.packages],
-                  "checks": checks, "built": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "mmkd_version": _version()}
-        (tmp / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
-        (tmp / "README.md").write_text(_card(s, checks), encoding="utf-8")
         try:
-            os.replace(tmp, dest)
+            with tqdm(total=s.steps, desc=name, unit=" step", disable=not progress) as bar:
+                checks = s.build(files, tmp, bar)
+            (tmp / "README.md").write_text(_card(s, checks), encoding="utf-8")
+            record = {"name": name, "original": s.original, "licence": s.licence,
+                      "packages": [{"name": p.name, "version": p.version, "file": p.file,
+                                    "sha256": p.sha256 or None} for p in s.packages],
+                      "checks": checks, "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "mmkd_version": _version(),
+                      "files": {f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}}
+            (tmp / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
+        except MMKDError:
+            raise
+        except Exception as e:     # a full disk, a quota: OSError, safetensors' SafetensorError, ...
+            text = getattr(e, "strerror", None) or str(e)
+            raise MMKDError(f"{dest}: building {name} failed ({(text.splitlines() or [type(e).__name__])[0][:160]}); "
+                            f"the half-built folder was removed: free some space (or set MMKD_MODELS_DIR), then "
+                            "run it again") from None
+        try:
+            publish(tmp, dest)
         except OSError:
             if not (dest / PROVENANCE).is_file():   # another process finished the same build first: keep it
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _remember(dest, read_record(dest))
     return dest
+
+
+_VERIFIED = ".mmkd-verified.json"      # (size, mtime, ctime, inode) of each file when last hashed
+
+
+def read_record(folder: Path) -> dict:
+    """`folder/mmkd-model.json`, checked: a damaged one is one line saying to rebuild."""
+    path = folder / PROVENANCE
+    fix = f"move {folder} away and run `mmkd models build {folder.name}` to rebuild it"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise MMKDError(f"{path}: unreadable ({str(e).splitlines()[0][:100]}); {fix}") from None
+    ok = (isinstance(record, dict) and isinstance(record.get("original"), str)
+          and isinstance(record.get("packages"), list)
+          and all(isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("version"), str)
+                  for p in record["packages"]))
+    if not ok:
+        raise MMKDError(f"{path}: not a record mmkd wrote (it needs 'original', and 'packages' with a name and "
+                        f"version each); {fix}")
+    files = record.get("files")
+    if not (isinstance(files, dict) and files and all(isinstance(k, str) and isinstance(v, str) and "/" not in k
+                                                      and k not in ("", ".", "..") for k, v in files.items())):
+        raise MMKDError(f"{path}: no checksums of the folder's files (built by an older mmkd, or edited); {fix}")
+    return record
+
+
+def _stats(folder: Path, names) -> dict:
+    out = {}
+    for n in names:
+        st = os.stat(folder / n)
+        out[n] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return out
+
+
+def _remember(folder: Path, record: dict) -> None:
+    from mmkd.atomic import write_text
+
+    try:
+        write_text(folder / _VERIFIED, json.dumps(_stats(folder, record["files"])))
+    except OSError:          # a read-only models folder: hashed again on every use
+        pass
+
+
+def check_files(folder: Path, record: dict) -> None:
+    """Every file the record lists is there with its checksum, and no other file was added. Hashing is
+    skipped while no file changed since the last check (size, mtime, ctime, inode: any write moves
+    ctime, which no user can set back)."""
+    fix = f"move {folder} away and run `mmkd models build {folder.name}` to rebuild it"
+    listed = record["files"]
+    present = {p.name for p in folder.iterdir() if p.name not in (PROVENANCE, _VERIFIED)
+               and not p.name.startswith(f".{_VERIFIED}.tmp")}
+    extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
+    if missing or extra:
+        raise MMKDError(f"{folder}: {'missing ' + ', '.join(missing) if missing else 'a file was added: ' + ', '.join(extra)}"
+                        f" since it was built; {fix}")
+    try:
+        remembered = json.loads((folder / _VERIFIED).read_text())
+    except (OSError, ValueError):
+        remembered = None
+    if remembered == _stats(folder, listed):
+        return
+    for name, digest in sorted(listed.items()):
+        if file_sha256(folder / name) != digest:
+            raise MMKDError(f"{folder / name}: changed since it was built (its sha256 differs from the one in "
+                            f"{PROVENANCE}); {fix}")
+    _remember(folder, record)
 
 
 def _version() -> str:
@@ -210,8 +290,13 @@ def describe(name_or_path: str) -> str:
             return name_or_path                     # a hub id
         return f"a local model folder named {path.name!r}"
     provenance = path / PROVENANCE
+    rec = None
     if provenance.is_file():
-        rec = json.loads(provenance.read_text())
+        try:
+            rec = read_record(path)
+        except MMKDError:
+            rec = None
+    if rec is not None:
         packages = ", ".join(f"{p['name']}=={p['version']}" for p in rec.get("packages", [])[:2])
         return f"{rec['original']} (rebuilt by mmkd from PyPI {packages}{', ...' if len(rec.get('packages', [])) > 2 else ''})"
     resolved = path.resolve()

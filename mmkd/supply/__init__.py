@@ -199,8 +199,9 @@ def model_folder(name: str, progress: bool = True, log=None) -> Path:
 _VERIFIED = ".mmkd-verified.json"      # (size, mtime, ctime, inode) of each file when last hashed
 
 
-def read_record(folder: Path) -> dict:
-    """`folder/mmkd-model.json`, checked: a damaged one is one line saying to rebuild."""
+def read_record(folder: Path, need_files: bool = True) -> dict:
+    """`folder/mmkd-model.json`, checked: a damaged one is one line saying to rebuild. `need_files`:
+    it must list its files' checksums (to use the folder; a model card's name needs only the rest)."""
     path = folder / PROVENANCE
     fix = f"move {folder} away and run `mmkd models build {folder.name}` to rebuild it"
     try:
@@ -215,7 +216,7 @@ def read_record(folder: Path) -> dict:
         raise MMKDError(f"{path}: not a record mmkd wrote (it needs 'original', and 'packages' with a name and "
                         f"version each); {fix}")
     files = record.get("files")
-    if not (isinstance(files, dict) and files and all(isinstance(k, str) and isinstance(v, str) and "/" not in k
+    if need_files and not (isinstance(files, dict) and files and all(isinstance(k, str) and isinstance(v, str) and "/" not in k
                                                       and k not in ("", ".", "..") for k, v in files.items())):
         raise MMKDError(f"{path}: no checksums of the folder's files (built by an older mmkd, or edited); {fix}")
     return record
@@ -293,7 +294,7 @@ def describe(name_or_path: str) -> str:
     rec = None
     if provenance.is_file():
         try:
-            rec = read_record(path)
+            rec = read_record(path, need_files=False)
         except MMKDError:
             rec = None
     if rec is not None:

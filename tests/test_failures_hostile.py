@@ -655,7 +655,9 @@ def _built_folder(tmp_path, tiny_student) -> Path:
 
     folder = tmp_path / "built"
     shutil.copytree(tiny_student, folder)
-    files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / "1_Pooling").mkdir()                   # as sentence-transformers folders have
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     (folder / PROVENANCE).write_text(json.dumps({"name": "built", "original": "org/tiny", "licence": "MIT",
                                                  "packages": [{"name": "tiny", "version": "1"}], "files": files}))
     return folder
@@ -675,6 +677,15 @@ def test_a_built_model_folder_is_checked_on_every_use(tmp_path, tiny_student):
     folder = _built_folder(tmp_path, tiny_student)
     (folder / "extra.bin").write_bytes(b"x")
     with pytest.raises(MMKDError, match="a file was added: extra.bin"):
+        load_tokenizer(str(folder))
+    shutil.rmtree(folder)
+    folder = _built_folder(tmp_path, tiny_student)
+    assert load_tokenizer(str(folder)) is not None     # a subfolder's files are listed, so this is no change
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    with pytest.raises(MMKDError, match="1_Pooling/config.json: changed since it was built"):
+        load_tokenizer(str(folder))
+    (folder / "1_Pooling" / "extra.txt").write_text("x")
+    with pytest.raises(MMKDError, match="a file was added: 1_Pooling/extra.txt"):
         load_tokenizer(str(folder))
 
 

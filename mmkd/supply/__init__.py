@@ -175,7 +175,7 @@ def model_folder(name: str, progress: bool = True, log=None) -> Path:
                                     "sha256": p.sha256 or None} for p in s.packages],
                       "checks": checks, "built": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "mmkd_version": _version(),
-                      "files": {f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}}
+                      "files": {n: file_sha256(tmp / n) for n in _tree(tmp)}}
             (tmp / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
         except MMKDError:
             raise
@@ -216,10 +216,29 @@ def read_record(folder: Path, need_files: bool = True) -> dict:
         raise MMKDError(f"{path}: not a record mmkd wrote (it needs 'original', and 'packages' with a name and "
                         f"version each); {fix}")
     files = record.get("files")
-    if need_files and not (isinstance(files, dict) and files and all(isinstance(k, str) and isinstance(v, str) and "/" not in k
-                                                      and k not in ("", ".", "..") for k, v in files.items())):
+    if need_files and not (isinstance(files, dict) and files and all(isinstance(k, str) and isinstance(v, str)
+                                                                      and _relative(k) for k, v in files.items())):
         raise MMKDError(f"{path}: no checksums of the folder's files (built by an older mmkd, or edited); {fix}")
     return record
+
+
+def _relative(name: str) -> bool:
+    """A file name inside the folder: relative, '/'-separated, no empty, '.' or '..' part."""
+    return not name.startswith("/") and all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _tree(folder: Path) -> list[str]:
+    """Every file under `folder` (sentence-transformers folders have subfolders such as 1_Pooling/),
+    as '/'-separated relative names, except the record and the verification memo."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if name in (PROVENANCE, _VERIFIED) or name.startswith(f".{_VERIFIED}.tmp"):
+            continue
+        out.append(name)
+    return out
 
 
 def _stats(folder: Path, names) -> dict:
@@ -245,8 +264,7 @@ def check_files(folder: Path, record: dict) -> None:
     ctime, which no user can set back)."""
     fix = f"move {folder} away and run `mmkd models build {folder.name}` to rebuild it"
     listed = record["files"]
-    present = {p.name for p in folder.iterdir() if p.name not in (PROVENANCE, _VERIFIED)
-               and not p.name.startswith(f".{_VERIFIED}.tmp")}
+    present = set(_tree(folder))
     extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
     if missing or extra:
         raise MMKDError(f"{folder}: {'missing ' + ', '.join(missing) if missing else 'a file was added: ' + ', '.join(extra)}"

@@ -83,7 +83,8 @@ class TrainConfig:
     teacher_max_length: int = setting(128, "Online teacher: input length in tokens.", min=3)
     # ------------------------------------------------------------------ running
     seed: int = setting(0, "Seed of the data order, the masks and the heads.", min=0, max=SEED_MAX)
-    mixed_precision: str = setting("auto", "auto = bf16 on GPUs, fp32 on CPU.", choices=("auto", "no", "bf16", "fp16"))
+    mixed_precision: str = setting("auto", "auto = what `accelerate launch`/`accelerate config` says; "
+                                   "else bf16 on GPUs that have it, fp16 (loss-scaled) on others, fp32 on CPU.", choices=("auto", "no", "bf16", "fp16"))
     checkpoint_every: int = setting(500, "Steps between checkpoints.", min=1)
     keep_checkpoints: int = setting(3, "Checkpoints kept.", min=1)
     num_workers: int = setting(2, "Data-loader workers per process (they read the cache and build inputs).",

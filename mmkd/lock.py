@@ -10,6 +10,11 @@ one. While held it names the holder (pid, host, start), for the refusal message.
 created if absent, which two writers starting within the same instant can both pass
 (docs/failures.md says so).
 
+Where the filesystem has no flock, `MMKD_LOCK=file` takes a soft lock instead: the file
+`lock.held`, created with O_EXCL (atomic on local disks, NFSv3+ and Lustre) and holding the holder's
+record, removed on release. A holder killed by kill -9 leaves it: the next writer is refused, naming
+the holder, and told to delete it once that process is gone.
+
 The lock file is opened without following links and must be a plain file that is empty or holds a
 holder's record: a link or a user's own file named `lock` is refused, never emptied. A filesystem
 without flock (NFS or Lustre mounted without it answer ENOSYS/ENOLCK) is named as such, not
@@ -30,12 +35,25 @@ from fsspec.implementations.local import LocalFileSystem
 from mmkd.errors import MMKDError
 
 LOCK = "lock"
+HELD = "lock.held"                   # MMKD_LOCK=file's soft lock
+LOCK_FILES = {LOCK, HELD}
+_NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
+
+def mode() -> str:
+    """MMKD_LOCK: `flock` (the default) or `file` (for filesystems without flock)."""
+    value = os.environ.get("MMKD_LOCK", "flock") or "flock"
+    if value not in ("flock", "file"):
+        raise MMKDError(f"MMKD_LOCK={value!r}: it is `flock` (the default) or `file` (a soft lock for filesystems "
+                        "without flock; docs/failures.md)")
+    return value
 
 
 class Lock:
     def __init__(self, fs, folder: str, url: str, what: str, error=MMKDError):
         self.fs, self.path, self.url, self.what, self.error = fs, f"{folder}/{LOCK}", url, what, error
         self.fd: int | None = None
+        self.soft: str | None = None         # the MMKD_LOCK=file lock this process made
         self.held = False
 
     def _record(self) -> str:
@@ -51,6 +69,9 @@ class Lock:
             return "another process"
 
     def acquire(self) -> None:
+        if isinstance(self.fs, LocalFileSystem) and mode() == "file":
+            self._acquire_soft()
+            return
         if isinstance(self.fs, LocalFileSystem):
             import fcntl
 
@@ -59,10 +80,13 @@ class Lock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 os.close(fd)
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise self.error(f"{self.path}: this filesystem cannot lock files ({os.strerror(e.errno)}; NFS "
-                                     "or Lustre mounted without flock); mount it with flock, or write on a local "
-                                     "disk") from None
+                if e.errno in _NO_FLOCK:
+                    raise self.error(f"{self.path}: this filesystem cannot lock files ({os.strerror(e.errno)}: NFS "
+                                     "or Lustre mounted without flock); mount it with flock (Lustre: -o flock), "
+                                     "write on a local disk, or set MMKD_LOCK=file for a soft lock "
+                                     "(docs/failures.md)") from None
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise self.error(f"{self.path}: cannot lock it ({os.strerror(e.errno)})") from None
                 raise self.error(f"{self.url} is being written by {self._holder()} ({self.what}); wait for it to "
                                  "finish, or stop it") from None
             try:
@@ -81,6 +105,30 @@ class Lock:
         with self.fs.open(self.path, "w") as f:
             f.write(self._record())
         self.held = True
+
+    def _acquire_soft(self) -> None:
+        held = f"{self.path[:-len(LOCK)]}{HELD}"
+        try:
+            fd = os.open(held, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            holder = self._holder_of(held)
+            raise self.error(f"{self.url} is being written by {holder} ({self.what}; MMKD_LOCK=file); wait for it to "
+                             f"finish. If that process is gone, delete {held}") from None
+        except OSError as e:
+            raise self.error(f"{held}: cannot create the lock file ({e.strerror})") from None
+        try:
+            os.write(fd, self._record().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.soft, self.held = held, True
+
+    def _holder_of(self, path: str) -> str:
+        saved, self.path = self.path, path
+        try:
+            return self._holder()
+        finally:
+            self.path = saved
 
     def _open_local(self) -> int:
         """Open (or create) the lock file, never through a link and never anything but a plain file: a
@@ -117,7 +165,13 @@ class Lock:
     def release(self) -> None:
         if not self.held:
             return
-        if self.fd is not None:
+        if self.soft is not None:
+            try:
+                os.unlink(self.soft)
+            except OSError:
+                pass
+            self.soft = None
+        elif self.fd is not None:
             import fcntl
 
             os.ftruncate(self.fd, 0)

@@ -1,5 +1,6 @@
 """What a run reports while it trains: `metrics.csv` (one row a step: each objective's loss and
-collapse indicators, learning rates, gradient norm, time waiting for data) and the console warning
+collapse indicators, learning rates, gradient norm, `skipped` = 1 when fp16's loss scaler skipped the
+step after an overflow, time waiting for data) and the console warning
 when a head collapses."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from mmkd.atomic import write_text
 
 def metric_columns() -> list[str]:
     """metrics.csv's columns, from mmkd.objectives."""
-    return (["step", "epoch", "loss", *objs.names(), objs.TEACHER_HEADS_LOSS.name, "lr", "lr_heads", "grad_norm"]
+    return (["step", "epoch", "loss", *objs.names(), objs.TEACHER_HEADS_LOSS.name, "lr", "lr_heads", "grad_norm",
+             "skipped"]
             + objs.indicator_names() + ["data_wait", "step_seconds"])
 
 

@@ -7,6 +7,10 @@
   being trained on, or a folder holding it.
 - One writer: the folder's lock (mmkd/lock.py) is held for the whole run; a second `train` on the
   same `--out` is refused naming the first.
+- Shared or node-local: `--out` may be one folder every machine sees or one per machine. Each
+  distinct folder gets one writer process (mmkd/writers.py), which locks it and writes its
+  config.json and checkpoints (every rank adds its RNG state); metrics.csv and student/ are
+  written by process 0 only, so on node-local disks they are on machine 0.
 - `--resume` refuses a checkpoint made with other settings, naming each setting that differs.
 """
 
@@ -22,15 +26,17 @@ from fsspec.implementations.local import LocalFileSystem
 
 from mmkd.checkpoint import CheckpointError, latest_checkpoint
 from mmkd.config import TrainConfig, TrainingError, differences, from_saved
-from mmkd.lock import Lock
+from mmkd.lock import LOCK_FILES, Lock
 from mmkd.paths import check_deletable
+from mmkd.writers import CLAIM, elect
 
 # What `mmkd train` writes into its run folder (accelerate's tracker writes `mmkd/`).
 RUN_ENTRIES = {"config.json", "metrics.csv", "checkpoints", "student", "student.tmp", "student.old",
-               "heads.safetensors", "heads.safetensors.tmp", "head_phase.json", "lock", "verified-cache", "mmkd"}
+               "heads.safetensors", "heads.safetensors.tmp", "head_phase.json", "lock", "lock.held", "verified-cache", "mmkd"}
 _ASIDE = re.compile(r"\.(config\.json|head_phase\.json|latest)\.tmp-\d+")       # mmkd/atomic.py's, left by a crash
 _STEP = re.compile(r"step-\d{7}(\.tmp)?")
-_STEP_FILES = re.compile(r"model\.safetensors|optimizer\.pt|scheduler\.pt|meta\.json|rng-rank\d+\.safetensors")
+_STEP_FILES = re.compile(r"model\.safetensors|optimizer\.pt|scheduler\.pt|scaler\.pt|meta\.json|"
+                         r"rng-rank\d+\.safetensors")
 _MARKER = re.compile(r"\.?\d{5}\.json(\.tmp-?\d+)?|\.probe-\d+")
 _TRACKER = re.compile(r"events\.out\.tfevents\..+")
 
@@ -78,7 +84,8 @@ def _ours(out: Path, parts: tuple[str, ...]) -> bool:
     top = parts[0]
     if len(parts) == 1:
         return (top in RUN_ENTRIES and top not in ("checkpoints", "student", "student.tmp", "student.old",
-                                                   "verified-cache", "mmkd")) or bool(_ASIDE.fullmatch(top))
+                                                   "verified-cache", "mmkd")) or bool(_ASIDE.fullmatch(top)
+                                                                                      or CLAIM.fullmatch(top))
     if top == "checkpoints":
         if len(parts) == 2:
             return parts[1] in ("latest", "latest.tmp") or bool(_ASIDE.fullmatch(parts[1]))
@@ -117,6 +124,7 @@ class RunFolder:
     def __init__(self, out: Path, accelerator):
         self.out, self.accelerator = Path(out), accelerator
         self.lock = None
+        self.writes = False       # this process is the writer of its copy of the folder (set by open)
 
     def open(self, cfg: TrainConfig, resume: bool, overwrite: bool, open_features):
         """Check the folder, take its lock, open the run's data (`open_features()`), then clear it if
@@ -125,10 +133,9 @@ class RunFolder:
         and a folder made here only to hold the lock is removed again."""
         out, acc = self.out, self.accelerator
         self._check(cfg, resume, overwrite)
-        made = False
-        if acc.is_main_process:
-            made = not out.exists()
-            out.mkdir(parents=True, exist_ok=True)
+        self.writes, existed = elect(out, acc)
+        made = self.writes and not existed
+        if self.writes:
             self.lock = Lock(LocalFileSystem(), str(out), str(out), "mmkd train", TrainingError)
             try:
                 self.lock.acquire()
@@ -141,8 +148,8 @@ class RunFolder:
         except BaseException:
             self._undo(made)
             raise
-        if acc.is_main_process and overwrite:
-            for name in sorted(entries - {"lock"}):
+        if self.writes and overwrite:
+            for name in sorted(entries - LOCK_FILES):
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         acc.wait_for_everyone()
@@ -152,9 +159,10 @@ class RunFolder:
         out = self.out
         if out.exists() and not out.is_dir():
             raise TrainingError(f"{out} is a file, not a folder; choose another --out")
-        entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+        # A writer's claim left by a kill during the election is the run's, like an empty lock.
+        entries = {p.name for p in out.iterdir() if not CLAIM.fullmatch(p.name)} if out.is_dir() else set()
         run = is_run(out)
-        if entries - {"lock"} and not run:
+        if entries - LOCK_FILES and not run:
             raise TrainingError(f"{out} exists and is not an mmkd run folder ({', '.join(sorted(entries)[:3])} ...); "
                                 "mmkd trains only into a new or empty folder or a run of its own: choose another --out")
         existing = latest_checkpoint(out) if run else None

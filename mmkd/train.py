@@ -40,7 +40,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     from transformers import AutoModelForMaskedLM
 
     from mmkd.cache.integrity import verify_before_training
-    from mmkd.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from mmkd.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
     from mmkd.dist import use_cpu
     from mmkd.features import open_features
     from mmkd.hf import load, load_tokenizer, missing_parts
@@ -51,11 +51,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     from mmkd.step_data import StepData, raise_failure
     from mmkd.student import save_student
     from mmkd.words import require_fast
+    from mmkd.writers import gather
 
     validate(cfg)
+    refuse_sharded_engines()
     out = Path(cfg.out)
     cpu = use_cpu()
-    mixed = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("no" if cpu else "bf16")
+    mixed = resolve_precision(cfg.mixed_precision, cpu)
     log_with = cfg.log_with
     if log_with == "auto":
         import importlib.util
@@ -79,8 +81,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     with run:
         if cfg.verify_cache and not cfg.online_teacher:
             try:
-                verify_before_training(features.caches, accelerator.process_index, accelerator.num_processes,
-                                       lambda flag: _any(flag, accelerator),
+                verify_before_training(features.caches, accelerator.process_index,
+                                       lambda value: gather(value, accelerator), lambda flag: _any(flag, accelerator),
                                        lambda name: str(out / "verified-cache" / name), progress and main)
             except CacheError as e:
                 raise TrainingError(f"{e}; training did not start") from None
@@ -112,12 +114,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                     "total_steps": total_steps, "steps_per_epoch": schedule.steps_per_epoch,
                     "processes": accelerator.num_processes}
         start = 0
-        existing = latest_checkpoint(out) if resume else None
+        existing = agreed_checkpoint(out, accelerator) if resume else None
         if existing:
             run.check_resume(existing, cfg, features.identities)
             start = load_checkpoint(existing, model, optimizer, scheduler, accelerator)["step"]
-        if main:
+        if run.writes:           # every copy of a node-local run folder is a run folder
             write_text(out / "config.json", json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
+        if main:
             if start and not (out / "metrics.csv").is_file():
                 from mmkd.console import say
                 say(f"warning: {out / 'metrics.csv'} is missing (the run was moved without it?): the rows of steps "
@@ -169,7 +172,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                 accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total_steps:
                 save_checkpoint(out, step + 1, model, optimizer, scheduler, run_meta, accelerator,
-                                cfg.keep_checkpoints)
+                                cfg.keep_checkpoints, writes=run.writes)
         bar.close()
         if main:
             save_student(out, accelerator.unwrap_model(model), tokenizer, run_meta, features.manifests,
@@ -227,21 +230,55 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
     # Finite or nothing: a finite loss can still give an inf/NaN gradient (a huge cached value), and
     # clipping would turn it into a NaN or a zero update. The norm (clip at inf = measure only) must be
     # finite on every process before the optimiser may step.
+    # With fp16 the norm is of the unscaled gradients; an inf there is the loss scale overflowing, not
+    # bad data: the scaler skips that step and lowers the scale (a NaN *loss* stopped the run above).
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-    if _any(not torch.isfinite(grad_norm).item(), accelerator):
+    overflow = _any(not torch.isfinite(grad_norm).item(), accelerator)
+    if overflow and accelerator.scaler is None:
         optimizer.zero_grad(set_to_none=True)
         raise TrainingError(_grad_message(step, grad_norm, logged, parts, accelerator))
     used = {g["name"]: g["lr"] for g in optimizer.param_groups}     # the lr of this step
-    optimizer.step()
-    scheduler.step()
+    optimizer.step()                  # under fp16, accelerate's optimizer steps through the scaler
+    skipped = bool(getattr(optimizer, "step_was_skipped", False))
+    if not skipped:                   # a skipped step leaves the schedule where it was (as transformers' Trainer)
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     reduced = {o: accelerator.reduce(v, reduction="sum").item() for o, v in logged.items()}
     logs = {name: reduced.get(name) for name in (*objs.names(), objs.TEACHER_HEADS_LOSS.name)}
     logs["loss"] = sum(o.weight(cfg) * reduced[o.name] for o in chosen)
     logs["lr"], logs["lr_heads"] = used.get("encoder", 0.0), used.get("heads", 0.0)
     logs["grad_norm"] = float(grad_norm) if grad_norm is not None else None
+    logs["skipped"] = int(skipped)
     logs.update(stds)
     return logs
+
+
+def resolve_precision(setting: str, cpu: bool) -> str:
+    """--mixed-precision auto: what an explicit accelerate configuration says (`accelerate launch` and
+    `accelerate config` set ACCELERATE_MIXED_PRECISION); otherwise fp32 on CPU, bf16 on GPUs that have
+    it and fp16 (with a loss scaler) on those that do not (V100, T4)."""
+    import os
+
+    if setting != "auto":
+        return setting
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return os.environ["ACCELERATE_MIXED_PRECISION"]
+    if cpu:
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def refuse_sharded_engines() -> None:
+    """FSDP and DeepSpeed shard the optimiser state, which mmkd's checkpoints (one optimizer.pt from the
+    writer) and its gathered StrucA would not survive: refused before any model loads."""
+    import os
+
+    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+                      ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            raise TrainingError(f"{name} is not supported by mmkd train (its checkpoints hold whole optimiser "
+                                "states): use plain DDP (`accelerate launch --multi_gpu`, one or several machines), "
+                                "with --mixed-precision bf16 or fp16 and --grad-accum for memory")
 
 
 def _start_fresh_head(student, tokenizer, features, pairs: int, main: bool) -> None:

@@ -122,6 +122,21 @@ def mpnet(real_models) -> str:
     return str(model_folder("all-mpnet-base-v2", progress=False))
 
 
+@pytest.fixture(scope="session")
+def student_nodrop(tmp_path_factory, tiny_student) -> str:
+    """The tiny student without dropout: runs that differ only in how the batch is split across
+    processes must then agree to float rounding."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("student-nodrop")
+    model = AutoModelForMaskedLM.from_pretrained(tiny_student)
+    model.config.hidden_dropout_prob = 0.0
+    model.config.attention_probs_dropout_prob = 0.0
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_student).save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture(scope="module")
 def clean_cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
     """A small fp32 en-fr cache of 5 shards, for tests that damage a copy of it (`copy_cache`)."""

@@ -39,19 +39,6 @@ def cache_root(tmp_path_factory, tiny_teacher, data_dir) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def student_nodrop(tmp_path_factory, tiny_student) -> str:
-    """The tiny student without dropout: runs that differ only in how the batch is split across
-    processes must then agree to float rounding."""
-    out = tmp_path_factory.mktemp("student-nodrop")
-    model = AutoModelForMaskedLM.from_pretrained(tiny_student)
-    model.config.hidden_dropout_prob = 0.0
-    model.config.attention_probs_dropout_prob = 0.0
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_student).save_pretrained(out)
-    return str(out)
-
-
 def config(tmp_path, cache_root, student, data_dir, **kw) -> TrainConfig:
     """A small run's settings; `kw` by setting name (`alpha`, `xwcl_temperature` or `xwcl.temperature`)."""
     base = dict(cache=[str(cache_root)], student=student, out=str(tmp_path / "run"), data_dir=str(data_dir),

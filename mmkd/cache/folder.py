@@ -13,7 +13,7 @@ import re
 from mmkd.cache.manifest import MEMBER
 
 # What a cache folder holds; `--overwrite` deletes nothing else.
-CACHE_ENTRIES = {"build.json", "manifest.json", "summary.json", "shards", "lock", "verified"}
+CACHE_ENTRIES = {"build.json", "manifest.json", "summary.json", "shards", "lock", "lock.held", "verified"}
 _SHARD = re.compile(r"\d{5}(\.tmp)?")
 _MARKER = re.compile(r"(\.?\d{5}\.json(\.tmp-?\d+)?|\.probe-\d+)")
 # A file being replaced atomically (mmkd/atomic.py), left by a crash: `.manifest.json.tmp-123`.

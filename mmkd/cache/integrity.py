@@ -1,7 +1,6 @@
 """Trust, but verify on read: training never uses shard data whose checksums were not checked.
 
-Before the first step every process hashes its share of the shards (shard k goes to process
-k mod world) against the manifest's sha256 of every file, after checking that the shard holds
+Before the first step every process hashes its share of the shards against the manifest's sha256 of every file, after checking that the shard holds
 exactly the files the manifest lists (a file without a checksum is refused), and remembers each
 verified shard in a small marker, `verified/<shard>.json`: the digests it checked and, per file,
 what identifies these bytes without reading them again. On a local disk that is (device, inode,
@@ -11,14 +10,19 @@ re-hashed. On an object store it is the store's content tag (ETag, MD5 or versio
 gives none is re-hashed every run. The markers live beside the cache, or in the run folder when
 the cache cannot be written (a read-only copy, an object store without write access).
 
-So a paper-scale cache (~400 GB) is read once, in parallel, by all processes together, not once
-per epoch or per process. A mismatch stops training naming the cache, shard and file.
+Every distinct copy of a cache is hashed in full: the processes that read the same copy (the same
+file on the same machine, or the same URL) share its shards (shard k goes to the i-th of n such
+processes when k mod n = i). A cache copied to each machine's local disk is therefore hashed once per
+machine, and a shared folder once per machine that mounts it (which machines share a mount cannot be
+told from a path; hashing it again is the safe side). So a paper-scale cache (~400 GB) is read once
+per copy, in parallel, not once per epoch or per process. A mismatch stops training naming the cache, shard and file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 
 from mmkd.atomic import fs_write_text
@@ -128,10 +132,27 @@ def writable(fs, root: str) -> bool:
         return False
 
 
-def verify_before_training(caches, rank: int, world: int, any_process, run_markers, progress: bool) -> None:
-    """Every shard's checksums, checked once per cache before any step: process `rank` hashes the
-    shards k with k % world == rank that no earlier run verified. `any_process(flag)` is True when
-    the flag is True on any process; `run_markers(name)` is where a read-only cache's markers go."""
+def copy_key(cache) -> list:
+    """What tells copies of a cache apart: (machine, device, inode) of a local manifest; an URL's text."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(cache.fs, LocalFileSystem):
+        st = os.stat(f"{cache.root}/manifest.json")
+        return ["local", socket.gethostname(), st.st_dev, st.st_ino]
+    return ["url", cache.url]
+
+
+def my_share(keys: list, rank: int) -> tuple[int, int]:
+    """(i, n): this process is the i-th of the n processes whose copy is `keys[rank]`."""
+    readers = [r for r, key in enumerate(keys) if key == keys[rank]]
+    return readers.index(rank), len(readers)
+
+
+def verify_before_training(caches, rank: int, gather, any_process, run_markers, progress: bool) -> None:
+    """Every shard's checksums, checked once per copy of each cache before any step: the processes
+    reading one copy share its shards that no earlier run verified. `gather(value)` is every
+    process's value in rank order; `any_process(flag)` is True when the flag is True on any process;
+    `run_markers(name)` is where a read-only cache's markers go."""
     from tqdm.auto import tqdm
 
     from mmkd.console import say
@@ -140,8 +161,9 @@ def verify_before_training(caches, rank: int, world: int, any_process, run_marke
     for cache in caches:
         here = writable(cache.fs, cache.root)
         verifier = ShardVerifier(cache, None if here else run_markers(cache.manifest.corpus_name))
+        i, n = my_share(gather(copy_key(cache)), rank)
         todo += [(verifier, k) for k in range(len(cache.manifest.shards))
-                 if k % world == rank and not verifier.is_verified(k)]
+                 if k % n == i and not verifier.is_verified(k)]
     error, started, nbytes = None, time.perf_counter(), 0
     with tqdm(total=len(todo), desc="verify cache", unit=" shard", disable=not (progress and todo)) as bar:
         try:

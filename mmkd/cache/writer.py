@@ -29,7 +29,7 @@ from mmkd.cache.settings import CacheConfig
 from mmkd.atomic import fs_publish, fs_write_text
 from mmkd.capacity import check_batch, check_length
 from mmkd.cache.folder import CACHE_ENTRIES, foreign_files, is_build_record
-from mmkd.lock import Lock
+from mmkd.lock import LOCK_FILES, Lock
 from mmkd.supply import describe
 from mmkd.corpus import PreparedCorpus, open_corpus
 from mmkd.dist import process_state
@@ -281,7 +281,7 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
             raise CacheError(f"{url} is a file, not a folder; choose another --out")
         entries = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)} if fs.exists(root) else set()
         ours = "build.json" in entries and is_build_record(fs, root)
-        if entries - {"lock"} and not ours:
+        if entries - LOCK_FILES and not ours:
             raise CacheError(f"{url} exists and is not an mmkd cache (it holds {', '.join(sorted(entries)[:3])}"
                              f"{' ...' if len(entries) > 3 else ''}, and no build record of mmkd's); nothing was "
                              "changed: choose another --out")
@@ -310,7 +310,7 @@ def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state,
     if state.is_main_process:
         if fs.exists(f"{root}/build.json"):
             if overwrite:     # checked above: only mmkd's own files are there
-                for entry in CACHE_ENTRIES - {"lock"}:
+                for entry in CACHE_ENTRIES - LOCK_FILES:
                     if fs.exists(f"{root}/{entry}"):
                         fs.rm(f"{root}/{entry}", recursive=True)
             elif not resume:

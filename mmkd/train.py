@@ -238,8 +238,10 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
         optimizer.zero_grad(set_to_none=True)
         raise TrainingError(_grad_message(step, grad_norm, logged, parts, accelerator))
     used = {g["name"]: g["lr"] for g in optimizer.param_groups}     # the lr of this step
+    scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else None
     optimizer.step()                  # under fp16, accelerate's optimizer steps through the scaler
-    skipped = bool(getattr(optimizer, "step_was_skipped", False))
+    # The scaler lowers its scale exactly when it skipped the step (it found an inf/NaN gradient).
+    skipped = scale is not None and accelerator.scaler.get_scale() < scale
     if not skipped:                   # a skipped step leaves the schedule where it was (as transformers' Trainer)
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ its own working folder, its own copy of the cache and its own node-local `--out`
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -160,3 +161,121 @@ def test_a_corrupt_cache_copy_on_the_second_machine_is_refused(tmp_path, clean_c
     text = done[1][1]
     assert f"{folders[1] / 'cache' / 'en-fr'} shard 00000" in text and "does not match its checksum" in text, text[-3000:]
     assert not (folders[0] / "run" / "checkpoints").exists() and not (folders[1] / "run" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------ fp16 GPUs, tested on the CPU
+def test_an_fp16_overflow_is_skipped_by_the_scaler_and_its_state_is_checkpointed(tmp_path, clean_cache, tiny_student,
+                                                                                 data_dir, monkeypatch, request):
+    """A forced overflow: accelerate gives no loss scaler on the CPU, so the test hands the run torch's
+    CPU GradScaler, starting at 2**127. The first step's scaled gradients overflow float32; the scaler
+    skips that step and lowers the scale to 2**10, and training goes on. (A NaN *loss* still stops a
+    run: tests/test_failures_cache_train.py.)"""
+    import accelerate
+
+    from mmkd import settings as st
+    from mmkd.config import TrainConfig
+    from mmkd.train import train
+
+    class WithScaler(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, backoff_factor=2.0 ** -117)
+            self.native_amp = True
+
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(accelerate, "Accelerator", WithScaler)
+    AcceleratorState._reset_state(reset_partial_state=True)     # this process's earlier runs were fp32
+    request.addfinalizer(lambda: AcceleratorState._reset_state(reset_partial_state=True))
+    cfg = st.from_mapping(TrainConfig, dict(
+        cache=[str(clean_cache)], student=tiny_student, out=str(tmp_path / "run"), data_dir=str(data_dir),
+        batch_size=8, max_steps=4, lr=1e-3, warmup_ratio=0.5, checkpoint_every=2, num_workers=0, log_with="none",
+        head_hidden=32, head_out=16, mixed_precision="fp16"), "test")
+    run = train(cfg, progress=False)
+    rows = _metrics(run)
+    assert [r["skipped"] for r in rows] == ["1", "0", "0", "0"]
+    assert rows[0]["grad_norm"] in ("inf", "nan") and all(float(r["grad_norm"]) < 1e6 for r in rows[1:])
+    # The skipped step left the schedule where it was: step 2 trains at step 1's warm-up lr.
+    assert float(rows[1]["lr"]) == pytest.approx(float(rows[0]["lr"]))
+    assert float(rows[2]["lr"]) > float(rows[1]["lr"])
+    saved = torch.load(run / "checkpoints" / "step-0000004" / "scaler.pt", weights_only=True)
+    assert saved["scale"] == 2.0 ** 10
+    from mmkd.run_folder import foreign_files
+    assert foreign_files(run) == []          # scaler.pt is one of a checkpoint's files
+
+
+def test_sharded_engines_are_refused_before_any_model_loads(tmp_path, monkeypatch):
+    from mmkd.config import TrainingError
+    from mmkd.train import refuse_sharded_engines, resolve_precision
+
+    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        monkeypatch.setenv(var, "true")
+        with pytest.raises(TrainingError, match=f"^{name} is not supported.*accelerate launch --multi_gpu"):
+            refuse_sharded_engines()
+        monkeypatch.delenv(var)
+    refuse_sharded_engines()
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert resolve_precision("auto", cpu=True) == "no" and resolve_precision("bf16", cpu=True) == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")    # what `accelerate launch`'s configuration says
+    assert resolve_precision("auto", cpu=True) == "fp16" and resolve_precision("no", cpu=True) == "no"
+
+
+# ------------------------------------------------------------------ locks on cluster filesystems
+@pytest.mark.parametrize("code", ["ENOSYS", "ENOLCK", "EOPNOTSUPP"])
+def test_a_filesystem_without_flock_is_named_and_mmkd_lock_file_works_there(tmp_path, monkeypatch, code):
+    """Lustre or NFS mounted without flock answer ENOSYS (ENOLCK, EOPNOTSUPP): that is not another
+    writer. MMKD_LOCK=file is the soft lock for them."""
+    import errno
+    import fcntl
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from mmkd.errors import MMKDError
+    from mmkd.lock import Lock
+
+    real = fcntl.flock
+
+    def no_flock(fd, op):
+        if op & fcntl.LOCK_UN:
+            return real(fd, op)
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with pytest.raises(MMKDError) as e:
+        Lock(LocalFileSystem(), str(folder), str(folder), "mmkd train").acquire()
+    text = str(e.value)
+    assert text.startswith(f"{folder / 'lock'}: this filesystem cannot lock files") and "MMKD_LOCK=file" in text
+    assert "being written" not in text
+    monkeypatch.setenv("MMKD_LOCK", "file")
+    first = Lock(LocalFileSystem(), str(folder), str(folder), "mmkd train")
+    first.acquire()
+    assert json.loads((folder / "lock.held").read_text())["pid"] == os.getpid()
+    with pytest.raises(MMKDError, match=rf"being written by process {os.getpid()} .*MMKD_LOCK=file.*delete "
+                                        rf"{folder / 'lock.held'}"):
+        Lock(LocalFileSystem(), str(folder), str(folder), "mmkd train").acquire()
+    first.release()
+    assert not (folder / "lock.held").exists()
+    with Lock(LocalFileSystem(), str(folder), str(folder), "mmkd train"):
+        pass
+    monkeypatch.setenv("MMKD_LOCK", "maybe")
+    with pytest.raises(MMKDError, match="MMKD_LOCK='maybe'"):
+        Lock(LocalFileSystem(), str(folder), str(folder), "mmkd train").acquire()
+
+
+def test_a_train_under_mmkd_lock_file_runs_and_refuses_a_second(tmp_path, clean_cache, tiny_student, data_dir,
+                                                                monkeypatch):
+    from mmkd import settings as st
+    from mmkd.config import TrainConfig, TrainingError
+    from mmkd.train import train
+
+    monkeypatch.setenv("MMKD_LOCK", "file")
+    cfg = st.from_mapping(TrainConfig, dict(
+        cache=[str(clean_cache)], student=tiny_student, out=str(tmp_path / "run"), data_dir=str(data_dir),
+        batch_size=8, max_steps=1, num_workers=0, log_with="none", head_hidden=32, head_out=16), "test")
+    run = train(cfg, progress=False)
+    assert (run / "student").is_dir() and not (run / "lock.held").exists()
+    (run / "lock.held").write_text(json.dumps({"pid": 1, "host": "node7", "started": "2026-12-04 00:00:00"}))
+    with pytest.raises(TrainingError, match="being written by process 1 on node7"):
+        train(cfg, resume=True, progress=False)

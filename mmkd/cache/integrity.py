@@ -1,6 +1,7 @@
 """Trust, but verify on read: training never uses shard data whose checksums were not checked.
 
-Before the first step every process hashes its share of the shards against the manifest's sha256 of every file, after checking that the shard holds
+Before the first step every process hashes its share of the shards against the manifest's sha256
+of every file (which share: below), after checking that the shard holds
 exactly the files the manifest lists (a file without a checksum is refused), and remembers each
 verified shard in a small marker, `verified/<shard>.json`: the digests it checked and, per file,
 what identifies these bytes without reading them again. On a local disk that is (device, inode,

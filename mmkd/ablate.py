@@ -55,14 +55,16 @@ def _evaluate(model: str, out: Path, cfg: AblationConfig, log) -> dict[str, dict
     from mmkd.eval.runner import run_task, write_result
 
     state = process_state()
+    # Evaluations follow the runs' precision unless --eval-mixed-precision says otherwise.
+    precision = cfg.base.mixed_precision if cfg.eval.mixed_precision == "auto" else cfg.eval.mixed_precision
     results = {}
     for task in cfg.evals:
         dest = out / task
         if state.is_main_process and not (dest / "results.json").is_file():
             if task == "retrieval":
-                result = run_retrieval(model, cfg.retrieval_pairs)
+                result = run_retrieval(model, cfg.retrieval_pairs, precision=precision)
             else:
-                result = run_task(dataclasses.replace(cfg.eval, task=task, model=model))
+                result = run_task(dataclasses.replace(cfg.eval, task=task, model=model, mixed_precision=precision))
             write_result(result, dest)
         elif (dest / "results.json").is_file():
             log(f"  {task}: reusing {dest}/results.json")

@@ -92,6 +92,13 @@ class TrainConfig:
     log_with: str = setting("auto", "Tracker besides metrics.csv (auto = tensorboard when installed).",
                             choices=("auto", "tensorboard", "none"))
     trust_remote_code: bool = setting(False, "Allow custom model code from the hub (off by default).", cli=False)
+    cache_local: str | None = setting(None, "A node-local folder (e.g. /nvme/mmkd) that each shard of a cache in object "
+                                            "storage (--cache s3://...) or on a slow shared filesystem is fetched into "
+                                            "once per node, checked against the manifest's sha256, then memory-mapped; "
+                                            "docs/gpu.md.")
+    cache_local_limit_gb: float = setting(0.0, "Size limit of --cache-local in GB (0 = none): the least recently used "
+                                               "shards are removed to make room. Give it room for the whole cache: a "
+                                               "shuffled step reads from most shards.", min=0)
     verify_cache: bool = setting(True, "Check every cache shard's checksums before its first use (remembered in "
                                        "CACHE/verified/).", flag="--verify")
     assign: str = setting("length", "How a global batch's pairs go to processes: by length (little padding) or by "
@@ -107,7 +114,7 @@ class TrainConfig:
 # Settings a resumed run may change without changing its results. `out` too: a run folder identifies
 # itself by its checkpoints, so a moved folder or another spelling of its path resumes.
 RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora",
-             "out", "verify_cache"}
+             "out", "verify_cache", "cache_local", "cache_local_limit_gb"}
 
 
 def validate(cfg: TrainConfig) -> None:

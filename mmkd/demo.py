@@ -151,7 +151,7 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
 
     log("[3/7] retrieval of the initial student (held-out pairs)")
     if not _cached_result(root / "eval" / "before"):
-        write_result(run_retrieval(student, files["heldout"]), root / "eval" / "before")
+        write_result(run_retrieval(student, files["heldout"], precision=train.mixed_precision), root / "eval" / "before")
     before = json.loads((root / "eval" / "before" / "results.json").read_text())
 
     from mmkd.objectives import by_name
@@ -167,10 +167,11 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
 
     log("[5/7] retrieval of the trained student")
     if not _cached_result(root / "eval" / "after"):
-        write_result(run_retrieval(str(run / "student"), files["heldout"]), root / "eval" / "after")
+        write_result(run_retrieval(str(run / "student"), files["heldout"], precision=train.mixed_precision),
+                     root / "eval" / "after")
     after = json.loads((root / "eval" / "after" / "results.json").read_text())
 
-    xnli = _xnli(cfg, student, str(run / "student"), root, log)
+    xnli = _xnli(cfg, student, str(run / "student"), root, log, train.mixed_precision)
 
     log("[7/7] t-SNE picture (TICO-19, 3-way parallel)")
     png = root / "tsne.png"
@@ -223,7 +224,7 @@ def xnli_languages(where: Path) -> list[str]:
     return sorted(p.name[len("test-"):-len(".tsv")] for p in (where / "xnli").glob("test-*.tsv"))
 
 
-def _xnli(cfg: DemoConfig, student: str, trained: str, root: Path, log) -> dict | None:
+def _xnli(cfg: DemoConfig, student: str, trained: str, root: Path, log, precision: str = "auto") -> dict | None:
     """Zero-shot XNLI of the initial and the trained student: fine-tuned on English, tested on every
     XNLI language found (a small budget, one seed: docs/results.md has the evidence over seeds)."""
     from mmkd.eval.runner import run_task, write_result
@@ -242,7 +243,8 @@ def _xnli(cfg: DemoConfig, student: str, trained: str, root: Path, log) -> dict 
             ecfg = EvalConfig(task="xnli", model=model, data_dir=str(where), train_file=str(where / "xnli" / "dev-en.tsv"),
                               languages=xnli_languages(where), seeds=[cfg.xnli_seed], epochs=cfg.xnli_epochs,
                               lr=cfg.xnli_lr, max_train_examples=cfg.xnli_train_examples,
-                              max_eval_examples=cfg.xnli_test_examples, test_offset=cfg.xnli_test_offset)
+                              max_eval_examples=cfg.xnli_test_examples, test_offset=cfg.xnli_test_offset,
+                              mixed_precision=precision)
             write_result(run_task(ecfg), dest)
         out[name] = json.loads((dest / "results.json").read_text())
     return out

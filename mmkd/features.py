@@ -136,9 +136,11 @@ def find_caches(paths: list[str]) -> list[str]:
     return found
 
 
-def open_cached(paths: list[str]) -> CachedFeatures:
+def open_cached(paths: list[str], local: str | None = None, limit_bytes: int = 0) -> CachedFeatures:
+    """The caches at `paths`; with `local`, each shard is read from a node-local copy (cache/fetch.py)."""
     # Corpus index = rank of the corpus name, whatever the order on the command line.
-    caches = sorted((TeacherCache(p) for p in find_caches(paths)), key=lambda c: c.manifest.corpus_name)
+    caches = sorted((TeacherCache(p, local, limit_bytes) for p in find_caches(paths)),
+                    key=lambda c: c.manifest.corpus_name)
     first = caches[0].manifest
     seen = set()
     for cache in caches:
@@ -162,7 +164,7 @@ def open_features(cfg, device="cpu") -> TeacherFeatures:
     if not cfg.online_teacher:
         if cfg.corpora:
             raise SourceError("--corpus is for --online-teacher: a teacher cache holds the pairs' text itself")
-        return open_cached(cfg.cache)
+        return open_cached(cfg.cache, cfg.cache_local, int(cfg.cache_local_limit_gb * 1e9))
     if not cfg.corpora:
         raise SourceError("--online-teacher needs the corpora to train on: --corpus NAME (repeatable)")
     from mmkd.corpus import open_corpus

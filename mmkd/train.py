@@ -31,6 +31,7 @@ from mmkd.config import TrainConfig, TrainingError, validate
 from mmkd.errors import CacheError
 from mmkd.monitor import CollapseWatch, append_metrics, trim_metrics
 from mmkd.objectives import Objective
+from mmkd.precision import resolve as resolve_precision
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
@@ -253,21 +254,6 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
     logs["skipped"] = int(skipped)
     logs.update(stds)
     return logs
-
-
-def resolve_precision(setting: str, cpu: bool) -> str:
-    """--mixed-precision auto: what an explicit accelerate configuration says (`accelerate launch` and
-    `accelerate config` set ACCELERATE_MIXED_PRECISION); otherwise fp32 on CPU, bf16 on GPUs that have
-    it and fp16 (with a loss scaler) on those that do not (V100, T4)."""
-    import os
-
-    if setting != "auto":
-        return setting
-    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
-        return os.environ["ACCELERATE_MIXED_PRECISION"]
-    if cpu:
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def refuse_sharded_engines() -> None:

@@ -277,3 +277,48 @@ def test_window_longer_than_the_model_is_a_clear_error(tmp_path, tiny_student, s
                                   "--languages", "en", "--max-train-examples", "8", "--max-eval-examples", "2",
                                   "--out", str(tmp_path)])          # default --max-length 384 > 160 positions
     assert r.exit_code == 2 and "--max-length 384 exceeds the model's 160 positions" in r.output
+
+
+# ------------------------------------------------------------------ precision follows the run's
+def test_evaluation_follows_the_runs_precision_fp16_with_a_loss_scaler(tmp_path, tiny_student, shared, monkeypatch):
+    """`auto` resolves as training's does; fp16 fine-tuning runs its forward under fp16 autocast with
+    torch's GradScaler (CPU autocast and the CPU GradScaler exist in this torch, so this is the real
+    path, not a stand-in), and the result records the precision."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from mmkd.eval.finetune import fine_tune, resolve_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert resolve_precision("auto") == "no"            # CPU
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert resolve_precision("auto") == "bf16" and resolve_precision("no") == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_student, num_labels=3)
+    seen, scales = [], []
+    model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    real = torch.amp.GradScaler
+
+    class Recording(real):
+        def update(self, *a, **k):
+            super().update(*a, **k)
+            scales.append(self.get_scale())
+    monkeypatch.setattr(torch.amp, "GradScaler", Recording)
+    ids = torch.randint(5, 100, (8, 12))
+    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.arange(8) % 3}]
+    before = model.classifier.weight.detach().clone()
+    fine_tune(model, lambda epoch: batches, 1, 2, 1e-3, 0.0, 0.0, lambda: {"dev-en": 0.0}, ["dev-en"], "t",
+              precision="fp16")
+    assert seen == [torch.float16, torch.float16] and len(scales) == 2
+    assert not torch.equal(model.classifier.weight.detach(), before)     # the scaler stepped the optimiser
+    seen.clear()
+    fine_tune(model, lambda epoch: batches, 1, 1, 1e-3, 0.0, 0.0, lambda: {"dev-en": 0.0}, ["dev-en"], "t",
+              precision="no")
+    assert seen == [torch.float32] and len(scales) == 2                  # no scaler without fp16
+
+    out = tmp_path / "xnli"
+    r = CliRunner().invoke(main, _xnli_args(tiny_student, shared, out, "--languages", "fr", "--mixed-precision", "bf16"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "results.json").read_text())["runs"][0]["mixed_precision"] == "bf16"

@@ -134,9 +134,13 @@ def writable(fs, root: str) -> bool:
 
 
 def copy_key(cache) -> list:
-    """What tells copies of a cache apart: (machine, device, inode) of a local manifest; an URL's text."""
+    """What tells copies of a cache apart: (machine, device, inode) of a local manifest, or of the
+    node-local folder shards are fetched into; an URL's text."""
     from fsspec.implementations.local import LocalFileSystem
 
+    if cache.fetcher is not None:
+        st = os.stat(cache.fetcher.base)
+        return ["fetch", socket.gethostname(), st.st_dev, st.st_ino]
     if isinstance(cache.fs, LocalFileSystem):
         st = os.stat(f"{cache.root}/manifest.json")
         return ["local", socket.gethostname(), st.st_dev, st.st_ino]
@@ -158,24 +162,40 @@ def verify_before_training(caches, rank: int, gather, any_process, run_markers, 
 
     from mmkd.console import say
 
-    todo = []
+    todo, fetches = [], []
     for cache in caches:
+        if cache.fetcher is not None:
+            # Fetched shards are hashed as they stream in, once per node: fetch this process's share of
+            # the node's missing ones now (when the limit holds them all), so a bad object stops the run here.
+            i, n = my_share(gather(copy_key(cache)), rank)
+            f = cache.fetcher
+            if not f.limit or sum(f.shard_bytes(k) for k in range(len(cache.manifest.shards))) <= f.limit:
+                fetches += [(f, k) for k in range(len(cache.manifest.shards)) if k % n == i and not f.intact(k)]
+            continue
         here = writable(cache.fs, cache.root)
         verifier = ShardVerifier(cache, None if here else run_markers(cache.manifest.corpus_name))
         i, n = my_share(gather(copy_key(cache)), rank)
         todo += [(verifier, k) for k in range(len(cache.manifest.shards))
                  if k % n == i and not verifier.is_verified(k)]
     error, started, nbytes = None, time.perf_counter(), 0
-    with tqdm(total=len(todo), desc="verify cache", unit=" shard", disable=not (progress and todo)) as bar:
+    with tqdm(total=len(todo) + len(fetches), desc="verify cache" if todo else "fetch cache", unit=" shard",
+              disable=not (progress and (todo or fetches))) as bar:
         try:
             for verifier, k in todo:
                 nbytes += verifier.verify(k)
+                bar.update(1)
+            for fetcher, k in fetches:
+                fetcher.local_root(k)
+                nbytes += fetcher.shard_bytes(k)
                 bar.update(1)
         except CacheError as e:
             error = str(e)
     if any_process(error is not None):
         raise CacheError(error or "another process found a corrupt cache shard (its message names it); "
                                   "training did not start")
-    if progress and todo:
+    if progress and fetches:
+        say(f"fetched {len(fetches)} cache shards ({nbytes / 1e6:.1f} MB, checked against the manifest) in "
+            f"{time.perf_counter() - started:.1f}s into {fetches[0][0].folder}")
+    elif progress and todo:
         say(f"verified {len(todo)} cache shards ({nbytes / 1e6:.1f} MB) in {time.perf_counter() - started:.1f}s "
             "(remembered: later runs re-check only changed files; --no-verify skips this)")

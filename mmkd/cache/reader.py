@@ -132,8 +132,11 @@ class _Shard:
 class TeacherCache:
     """A teacher cache opened for reading. `get(pair_ids)` returns a padded `TeacherBatch`."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, local: str | None = None, limit_bytes: int = 0):
+        """`local`: a node-local folder each shard is fetched into (once per node, checked against the
+        manifest's sha256) before it is read, for a cache in object storage (mmkd/cache/fetch.py)."""
         self.url = str(path).rstrip("/")
+        self.local, self.limit_bytes = local, limit_bytes
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         raw = read_json(self.fs, f"{self.root}/manifest.json", "cache manifest "
                         "(an unfinished cache-teacher run? finish it with --resume)")
@@ -141,23 +144,34 @@ class TeacherCache:
         self.dtype, self.hidden_size = m.dtype, m.hidden_size
         self.shard_size, self.n = m.shard_size, m.n_sentences
         self.memmap = isinstance(self.fs, LocalFileSystem) and m.compression is None
-        for rec in m.shards:
+        for rec in m.shards if not local else ():     # fetched shards are checked as they arrive
             shard_path(self.fs, self.root, rec.name, self.url)
             if not self.fs.exists(f"{self.root}/shards/{rec.name}/shard.json"):
                 raise CacheError(f"{self.url}: shard {rec.name} is missing (listed in the manifest)")
         self._shards: dict[int, _Shard] = {}
+        self.fetcher = None
+        if local:
+            from mmkd.cache.fetch import ShardFetcher
+            self.fetcher = ShardFetcher(self, local, limit_bytes)
 
     def __len__(self) -> int:
         return self.n
 
     def __getstate__(self):
         # Data-loader workers and ranks re-open their own shards.
-        return {"url": self.url}
+        return {"url": self.url, "local": self.local, "limit_bytes": self.limit_bytes}
 
     def __setstate__(self, state):
-        self.__init__(state["url"])
+        self.__init__(state["url"], state.get("local"), state.get("limit_bytes", 0))
 
     def shard(self, k: int) -> _Shard:
+        if self.fetcher is not None:
+            if k in self._shards and not self.fetcher.present(k):
+                del self._shards[k]                  # evicted by another process: drop its maps, fetch again
+            if k not in self._shards:
+                self._shards[k] = _Shard(LocalFileSystem(), self.fetcher.local_root(k), self.manifest.shards[k],
+                                         self.dtype, self.hidden_size, self.manifest.compression is None)
+            return self._shards[k]
         if k not in self._shards:
             self._shards[k] = _Shard(self.fs, self.root, self.manifest.shards[k], self.dtype,
                                      self.hidden_size, self.memmap)

@@ -13,7 +13,7 @@ import torch
 
 from mmkd.eval.data import (PAWSX, XNLI, EvalDataError, PairExample, PairTask, check_languages, load_pair_split,
                             load_pair_train)
-from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune
+from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune, resolve_precision
 from mmkd.eval.settings import EvalConfig
 from mmkd.eval.metrics import accuracy
 
@@ -36,13 +36,14 @@ def _batches(tokenizer, enc, labels, batch_size: int, order: np.ndarray):
 
 
 @torch.no_grad()
-def predict(model, tokenizer, examples: list[PairExample], max_length: int, batch_size: int = 64) -> list[int]:
+def predict(model, tokenizer, examples: list[PairExample], max_length: int, batch_size: int = 64,
+            precision: str = "no") -> list[int]:
     enc, labels = _encode(tokenizer, examples, max_length)
     dev = device()
     preds = []
     for batch in _batches(tokenizer, enc, labels, batch_size, np.arange(len(examples))):
         batch.pop("labels")
-        with autocast(dev):
+        with autocast(dev, precision):
             logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits
         preds += logits.argmax(-1).tolist()
     return preds
@@ -57,6 +58,7 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
 
     task: PairTask = TASKS[cfg.task]
     hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
+    mixed = resolve_precision(cfg.mixed_precision)
     languages = check_languages(cfg.languages or list(task.default_languages), task.all_languages, task.name)
     train = load_pair_train(task, cfg.train_file, cfg.max_train_examples, cfg.data_dir)
     if cfg.dev_file:
@@ -86,9 +88,9 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     rng = np.random.default_rng(seed)
 
     def evaluate():
-        scores = {"dev-en": accuracy(predict(model, tokenizer, dev_en, hp["max_length"]), [e.label for e in dev_en])}
+        scores = {"dev-en": accuracy(predict(model, tokenizer, dev_en, hp["max_length"], precision=mixed), [e.label for e in dev_en])}
         for lang, ex in oracle_devs.items():
-            scores[f"dev-{lang}"] = accuracy(predict(model, tokenizer, ex, hp["max_length"]), [e.label for e in ex])
+            scores[f"dev-{lang}"] = accuracy(predict(model, tokenizer, ex, hp["max_length"], precision=mixed), [e.label for e in ex])
         return scores
 
     steps = -(-len(train) // cfg.batch_size)
@@ -96,17 +98,18 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     states, info = fine_tune(model, lambda epoch: _batches(tokenizer, enc, labels, cfg.batch_size,
                                                            rng.permutation(len(train))),
                              steps, hp["epochs"], hp["lr"], hp["weight_decay"], hp["warmup_ratio"], evaluate,
-                             keep, desc=f"{task.name} seed {seed}")
+                             keep, desc=f"{task.name} seed {seed}", precision=mixed)
     result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en),
-              "test_examples": {lang: len(ex) for lang, ex in tests.items()}, **info, "test": {}}
+              "test_examples": {lang: len(ex) for lang, ex in tests.items()}, **info, "test": {},
+              "mixed_precision": mixed}
     model.load_state_dict(states["dev-en"])
     for lang, ex in tests.items():
-        result["test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"]), [e.label for e in ex])
+        result["test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"], precision=mixed), [e.label for e in ex])
     if oracle_devs:
         result["oracle_test"] = {}
         for lang, ex in tests.items():
             model.load_state_dict(states.get(f"dev-{lang}", states["dev-en"]))
-            result["oracle_test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"]),
+            result["oracle_test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"], precision=mixed),
                                                    [e.label for e in ex])
     result["hyper_parameters"] = {**hp, "batch_size": cfg.batch_size}
     return result

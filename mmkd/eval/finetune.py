@@ -9,23 +9,30 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from mmkd import precision as prec
+from mmkd.optim import adamw
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast(dev: torch.device):
-    import contextlib
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+def resolve_precision(setting: str) -> str:
+    """--mixed-precision of an evaluation, by training's rule (mmkd/precision.py) on this device."""
+    return prec.resolve(setting, cpu=device().type != "cuda")
+
+
+def autocast(dev: torch.device, precision: str):
+    return prec.autocast(dev, precision)
 
 
 def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epoch: int, epochs: float, lr: float,
               weight_decay: float, warmup_ratio: float, evaluate: Callable[[], dict[str, float]],
-              keep: list[str], desc: str) -> tuple[dict, dict]:
+              keep: list[str], desc: str, precision: str = "no") -> tuple[dict, dict]:
     """Train; after each epoch `evaluate()` returns {name: score}. For every name in `keep`
     ("dev-en", and each "dev-xx" for the oracle) the weights of its best epoch are kept.
-    Returns ({name: state_dict}, {"history": [...], "best": {name: score}})."""
+    `precision` is resolved (no, bf16, fp16: autocast, and a loss scaler for fp16 whose overflowing
+    steps are skipped). Returns ({name: state_dict}, {"history": [...], "best": {name: score}})."""
     from transformers import get_linear_schedule_with_warmup
 
     dev = device()
@@ -33,10 +40,9 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
     total = max(1, int(round(n_steps_per_epoch * epochs)))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
-    from mmkd.optim import adamw
-
     opt = adamw([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
+    scaler = prec.grad_scaler(dev, precision)
     best: dict[str, tuple[float, dict]] = {}
     history = []
     step = 0
@@ -48,12 +54,22 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
             if step >= total:
                 break
             batch = {k: v.to(dev) for k, v in batch.items()}
-            with autocast(dev):
+            with autocast(dev, precision):
                 loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            if scaler is None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+            else:
+                scale = scaler.get_scale()
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(opt)                # skipped when a gradient overflowed
+                scaler.update()
+                if scaler.get_scale() >= scale:  # the scale drops only after a skipped step
+                    sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mmkd.eval.data import XQUAD_ALL, XQUAD_LANGUAGES, EvalDataError, QAExample, check_languages, load_qa
-from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune
+from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune, resolve_precision
 from mmkd.eval.settings import EvalConfig
 from mmkd.eval.metrics import squad_scores
 
@@ -82,13 +82,13 @@ def featurize(tokenizer, examples: list[QAExample], max_length: int, stride: int
 
 @torch.no_grad()
 def predict(model, feats: dict, examples: list[QAExample], n_best: int, max_answer_length: int,
-            batch_size: int = 32) -> dict[str, str]:
+            batch_size: int = 32, precision: str = "no") -> dict[str, str]:
     """The best span of each example, from its windows `feats` (featurize(..., train=False))."""
     dev = device()
     inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats]
     best: dict[int, tuple[float, str]] = {}
     for i in range(0, len(feats["input_ids"]), batch_size):
-        with autocast(dev):
+        with autocast(dev, precision):
             out = model(**{k: feats[k][i:i + batch_size].to(dev) for k in inputs})
         starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for j in range(len(starts)):
@@ -118,6 +118,7 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     from mmkd.eval.finetune import seed_everything
 
     hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
+    mixed = resolve_precision(cfg.mixed_precision)
     languages = check_languages(cfg.languages or list(XQUAD_LANGUAGES), XQUAD_ALL, "xquad")
     if cfg.doc_stride >= hp["max_length"] // 2:
         raise EvalDataError(f"--doc-stride {cfg.doc_stride} must be under half of --max-length {hp['max_length']} "
@@ -156,16 +157,17 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
             yield {k: feats[k][idx] for k in names}
 
     def run(name, examples):
-        return predict(model, windows[name], examples, cfg.n_best, cfg.max_answer_length)
+        return predict(model, windows[name], examples, cfg.n_best, cfg.max_answer_length, precision=mixed)
 
     def evaluate():
         return {"dev-en": squad_scores(run("dev-en", dev_en), _answers(dev_en), "en")["f1"]}
 
     states, info = fine_tune(model, batches, -(-n // cfg.batch_size), hp["epochs"], hp["lr"], hp["weight_decay"],
-                             hp["warmup_ratio"], evaluate, ["dev-en"], desc=f"xquad seed {seed}")
+                             hp["warmup_ratio"], evaluate, ["dev-en"], desc=f"xquad seed {seed}",
+                             precision=mixed)
     model.load_state_dict(states["dev-en"])
     result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en), **info,
-              "test": {}, "test_exact_match": {}, "hyper_parameters": {**hp, "batch_size": cfg.batch_size,
+              "test": {}, "test_exact_match": {}, "mixed_precision": mixed, "hyper_parameters": {**hp, "batch_size": cfg.batch_size,
                                                                     "question_tokens": limit}}
     for lang, ex in tests.items():
         scores = squad_scores(run(lang, ex), _answers(ex), lang)

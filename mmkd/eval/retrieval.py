@@ -15,7 +15,7 @@ import torch
 
 from mmkd.eval.data import EvalDataError
 from mmkd.lines import split_lines
-from mmkd.eval.finetune import autocast, device
+from mmkd.eval.finetune import autocast, device, resolve_precision
 from mmkd.eval.metrics import alignment_infonce, retrieval_accuracy
 
 
@@ -73,17 +73,20 @@ def _lines(path: Path) -> list[str]:
 
 
 @torch.no_grad()
-def embed(model, tokenizer, sentences: list[str], batch_size: int = 64, max_length: int = 128) -> dict[str, torch.Tensor]:
+def embed(model, tokenizer, sentences: list[str], batch_size: int = 64, max_length: int = 128,
+          precision: str = "auto") -> dict[str, torch.Tensor]:
     """{"cls": [N, H], "mean": [N, H]} from the last hidden layer, L2-normalised. Sentences are
-    batched by length (little padding) and returned in their input order."""
+    batched by length (little padding) and returned in their input order. `precision`: as
+    --mixed-precision (auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU)."""
     dev = device()
+    precision = resolve_precision(precision)
     lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
     cls, mean = [], []
     for i in range(0, len(sentences), batch_size):
         enc = tokenizer([sentences[j] for j in order[i:i + batch_size]], truncation=True, max_length=max_length,
                         padding=True, return_tensors="pt").to(dev)
-        with autocast(dev):
+        with autocast(dev, precision):
             h = model(**enc).last_hidden_state.float()
         m = enc["attention_mask"].unsqueeze(-1).float()
         cls.append(h[:, 0])
@@ -93,8 +96,9 @@ def embed(model, tokenizer, sentences: list[str], batch_size: int = 64, max_leng
     return {"cls": norm(torch.cat(cls)[inverse], dim=-1).cpu(), "mean": norm(torch.cat(mean)[inverse], dim=-1).cpu()}
 
 
-def retrieval_scores(model, tokenizer, data: ParallelSet) -> dict[str, float]:
-    a, b = embed(model, tokenizer, data.english), embed(model, tokenizer, data.other)
+def retrieval_scores(model, tokenizer, data: ParallelSet, precision: str = "auto") -> dict[str, float]:
+    a = embed(model, tokenizer, data.english, precision=precision)
+    b = embed(model, tokenizer, data.other, precision=precision)
     out = {}
     for pooling in ("cls", "mean"):
         sim = (b[pooling] @ a[pooling].T).numpy()
@@ -105,7 +109,8 @@ def retrieval_scores(model, tokenizer, data: ParallelSet) -> dict[str, float]:
     return out
 
 
-def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, trust_remote_code: bool = False) -> dict:
+def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, trust_remote_code: bool = False,
+                  precision: str = "auto") -> dict:
     from transformers import AutoModel
 
     from mmkd.hf import load, load_tokenizer
@@ -115,7 +120,7 @@ def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, t
     sets = [read_parallel(s, limit) for s in specs]
     tokenizer = load_tokenizer(model_name, trust_remote_code)
     model = load(AutoModel, model_name, "encoder", trust_remote_code, tokenizer=tokenizer).to(device()).eval()
-    per_set = {s.name: {"n": len(s.english), **retrieval_scores(model, tokenizer, s)} for s in sets}
+    per_set = {s.name: {"n": len(s.english), **retrieval_scores(model, tokenizer, s, precision)} for s in sets}
     return {"task": "retrieval", "model": model_name, "sets": per_set,
             "average": {k: float(np.mean([v[k] for v in per_set.values()]))
                         for k in ("cls", "mean", "cls_infonce", "mean_infonce")}}

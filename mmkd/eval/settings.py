@@ -42,4 +42,8 @@ class EvalConfig:
                                            "--doc-stride.", min=1)
     max_answer_length: int = setting(30, "XQuAD: longest answer span, in tokens.", min=1)
     n_best: int = setting(20, "XQuAD: start and end candidates considered.", min=1)
+    mixed_precision: str = setting("auto", "Precision of fine-tuning and prediction, by training's rule: auto = "
+                                           "ACCELERATE_MIXED_PRECISION if set, else bf16 on GPUs that have it, fp16 "
+                                           "(loss-scaled) on others, fp32 on CPU. A run's own evaluations (demo, "
+                                           "ablate) use the run's setting.", choices=("auto", "no", "bf16", "fp16"))
     trust_remote_code: bool = setting(False, "Allow custom model code (off by default).", cli=False)

@@ -38,6 +38,7 @@ class TeacherFeatures(Protocol):
     identities: list[dict]       # recorded in the run and its checkpoints; a resume must match
     manifests: dict              # {corpus: Manifest} of the caches read (empty online), saved with the student
     teacher_source: str          # the teacher as a reader can look it up (model card)
+    has_teacher_mean: bool       # TeacherBatch.mean is filled (format-3 caches, the online teacher)
 
     def text(self, keys) -> tuple[list[list[str]], list[str], list[str]]: ...   # English words, English, targets
 
@@ -62,6 +63,7 @@ class CachedFeatures:
         self.manifests = {c.manifest.corpus_name: c.manifest for c in caches}
         self.identities = [c.manifest.identity for c in caches]
         self.teacher_source = caches[0].manifest.teacher_source
+        self.has_teacher_mean = all(c.manifest.has_mean for c in caches)
 
     def text(self, keys) -> tuple[list[list[str]], list[str], list[str]]:
         words: list[list[str]] = [[] for _ in keys]
@@ -80,7 +82,8 @@ class CachedFeatures:
         batch = TeacherBatch.concat(parts)
         inverse = np.argsort(np.concatenate(order), kind="stable")
         return TeacherBatch(word_states=batch.word_states[inverse], word_mask=batch.word_mask[inverse],
-                            cls=batch.cls[inverse], words=[])
+                            cls=batch.cls[inverse], words=[],
+                            mean=None if batch.mean is None else batch.mean[inverse])
 
 
 class OnlineFeatures:
@@ -94,6 +97,7 @@ class OnlineFeatures:
         self.sizes = [len(c) for c in corpora]
         self.manifests: dict = {}
         self.teacher_source = source
+        self.has_teacher_mean = True
         self.identities = [{"corpus": c.name, "fingerprint": c.fingerprint, "teacher_hash": teacher_hash,
                             "layer": layer, "max_length": max_length, "source": "online"} for c in corpora]
 
@@ -117,7 +121,8 @@ class OnlineFeatures:
                                     self.max_length)
         for b, e in enumerate(encoded):
             words[b] = [words[b][j] for j in e.kept]
-        return TeacherBatch.from_sentences([e.word_states for e in encoded], [e.cls for e in encoded], words)
+        return TeacherBatch.from_sentences([e.word_states for e in encoded], [e.cls for e in encoded], words,
+                                           [e.mean for e in encoded])
 
 
 def find_caches(paths: list[str]) -> list[str]:

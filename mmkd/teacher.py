@@ -79,6 +79,9 @@ class EncodedSentence:
     cls: np.ndarray           # [H] float32: chosen layer at position 0 ([CLS])
     kept: np.ndarray          # [n_kept] int64: indices (into the input word list) of the kept words
     truncated: bool           # the teacher's max_length cut words off the end
+    mean: np.ndarray | None = None   # [H] float32: chosen layer averaged over every token of the input,
+    #                                  special tokens included (a sentence-transformers teacher's own
+    #                                  sentence embedding, before any normalisation)
 
 
 def autocast_for(device: torch.device):
@@ -162,7 +165,10 @@ def encode_prepared(model, batch: PreparedBatch, layer: int = -1) -> list[Encode
     rows = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(flat).to(device)].float().cpu().numpy()
     counts = [len(p) for p in batch.positions]
     word_rows, cls_rows = rows[:sum(counts)], rows[sum(counts):]
-    return [EncodedSentence(word_states=states, cls=cls_rows[b], kept=batch.kept[b], truncated=batch.truncated[b])
+    mask = inputs["attention_mask"][..., None].to(hidden.dtype)
+    means = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
+    return [EncodedSentence(word_states=states, cls=cls_rows[b], kept=batch.kept[b], truncated=batch.truncated[b],
+                            mean=means[b])
             for b, states in enumerate(np.split(word_rows, np.cumsum(counts)[:-1]))]
 
 

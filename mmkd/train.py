@@ -97,6 +97,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             _start_fresh_head(student, tokenizer, features, cfg.tlm.unigram_pairs, main)
         for o in chosen:
             o.check(student, features.hidden_size, cfg)
+            o.check_features(features, cfg)
         model = build_model(student, features.hidden_size, cfg)
         if not objs.TEACHER_HEAD_MODES[cfg.teacher_heads].trained:
             for head in model.teacher_projectors():

@@ -178,3 +178,22 @@ def make_format_1(cache: Path) -> None:
     manifest["format_version"] = 1
     manifest["corpus"]["path"] = f"/where/it/was/corpora/{manifest['corpus']['name']}"
     (cache / "manifest.json").write_text(dumps(manifest))
+
+
+def make_format_2(cache: Path) -> None:
+    """What mmkd 0.4 wrote: no `mean` array (the teacher's mean pooling) in its shards."""
+    import json
+    import shutil
+
+    from mmkd.cache.format import dumps
+
+    manifest = json.loads((cache / "manifest.json").read_text())
+    for record in manifest["shards"]:
+        base = cache / "shards" / record["name"]
+        for array in ("mean", "mean_scale"):
+            shutil.rmtree(base / array, ignore_errors=True)
+        for table in ("sha256", "bytes"):
+            record[table] = {k: v for k, v in record[table].items() if not k.startswith(("mean/", "mean_scale/"))}
+        (base / "shard.json").write_text(dumps(record))
+    manifest["format_version"] = 2
+    (cache / "manifest.json").write_text(dumps(manifest))

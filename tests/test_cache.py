@@ -304,7 +304,7 @@ def test_manifest_from_another_format_version_is_refused(tmp_path, tiny_teacher,
     m = json.loads((out / "manifest.json").read_text())
     m["format_version"] = 99
     (out / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(CacheError, match="cache format version 99, but this mmkd reads version 2"):
+    with pytest.raises(CacheError, match="cache format version 99, but this mmkd reads versions 2 and 3"):
         TeacherCache(str(out))
     r = CliRunner().invoke(main, ["cache", "info", str(out)])
     assert r.exit_code == 2 and "format version 99" in r.output

@@ -22,7 +22,7 @@ from mmkd.errors import CacheError
 from mmkd.features import SourceError
 from mmkd.train import TrainConfig, train
 
-from conftest import make_format_1
+from conftest import make_format_1, make_format_2
 
 
 def losses(run: Path) -> list[tuple[str, ...]]:
@@ -50,7 +50,7 @@ def cfg(tmp_path, cache, student, name, **kw) -> TrainConfig:
 def test_a_cache_alone_trains_moved_without_its_corpus_or_in_memory(tmp_path, own_cache, tiny_student):
     cache, data = own_cache
     manifest = json.loads((cache / "en-es" / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and "path" not in manifest["corpus"]
+    assert manifest["format_version"] == 3 and "path" not in manifest["corpus"]
     want = losses(train(cfg(tmp_path, cache, tiny_student, "here"), progress=False))
     shutil.rmtree(data)                                             # the corpora are gone
     moved = tmp_path / "elsewhere" / "c"
@@ -94,10 +94,10 @@ def test_a_format_1_cache_is_refused_then_upgraded(tmp_path, own_cache, tiny_stu
     r = CliRunner().invoke(main, ["cache", "upgrade", str(cache / "en-es"), "--data-dir", str(other)])
     assert r.exit_code == 2 and "give the corpus it was made from" in r.output
     r = CliRunner().invoke(main, ["cache", "upgrade", str(cache / "en-es"), "--data-dir", str(data)])
-    assert r.exit_code == 0 and "upgraded to format 2" in r.output, r.output
+    assert r.exit_code == 0 and "upgraded to format 2" in r.output and "upgraded to format 3" in r.output, r.output
     assert losses(train(cfg(tmp_path, cache, tiny_student, "upgraded"), progress=False)) == want
     r = CliRunner().invoke(main, ["cache", "upgrade", str(cache / "en-es"), "--data-dir", str(data)])
-    assert "already format 2" in r.output
+    assert "already format 3" in r.output
     assert CliRunner().invoke(main, ["cache", "verify", str(cache / "en-es"), "-k", "0"]).exit_code == 0
 
 
@@ -109,3 +109,49 @@ def test_stage_two_imports_no_stage_one_code():
             "'mmkd.download') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_the_teacher_mean_vector_and_its_upgrade_from_format_2(tmp_path, own_cache, tiny_student, tiny_teacher):
+    """Format 3 stores the teacher's mean pooling (worked out here from the teacher's own hidden states);
+    `--senta-teacher-vector mean` trains from it, is refused on a format-2 cache naming the upgrade, and
+    `cache upgrade` re-runs the teacher to give the same vectors."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from mmkd.cache import TeacherCache
+    from mmkd.config import TrainingError
+    from mmkd.words import split_words
+
+    cache, _ = own_cache
+    reader = TeacherCache(str(cache / "en-es"))
+    ids = [0, 7, 60]
+    batch = reader.get(ids)
+    english, _ = reader.texts(ids)
+    model, tok = AutoModel.from_pretrained(tiny_teacher).eval(), AutoTokenizer.from_pretrained(tiny_teacher)
+    for b, text in enumerate(english):
+        enc = tok(split_words(text), is_split_into_words=True, truncation=True, max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**enc).last_hidden_state[0]
+        want = hidden.mean(0).numpy()                     # every token, [CLS] and [SEP] included
+        assert np.allclose(batch.mean[b].numpy(), want, atol=1e-5)
+        assert np.allclose(batch.cls[b].numpy(), hidden[0].numpy(), atol=1e-5)
+    mean_run = cfg(tmp_path, cache, tiny_student, "mean", without=["tlm", "xwcl"])
+    mean_run.senta.teacher_vector = "mean"
+    mean_run.struca.teacher_vector = "mean"
+    cls_run = cfg(tmp_path, cache, tiny_student, "cls", without=["tlm", "xwcl"])
+    mean_losses = losses(train(mean_run, progress=False))
+    assert mean_losses != losses(train(cls_run, progress=False))
+    old = tmp_path / "old"
+    shutil.copytree(cache / "en-es", old, ignore=shutil.ignore_patterns("verified"))
+    make_format_2(old)
+    assert TeacherCache(str(old)).get(ids).mean is None            # format 2 still reads
+    with pytest.raises(TrainingError, match=r"--senta-teacher-vector mean: .*old is format 2.*mmkd cache upgrade"):
+        train(dataclasses.replace(mean_run, cache=[str(old)], out=str(tmp_path / "refused")), progress=False)
+    r = CliRunner().invoke(main, ["cache", "upgrade", str(old)])    # the teacher the manifest names
+    assert r.exit_code == 0 and "upgraded to format 3" in r.output, r.output
+    again = TeacherCache(str(old))
+    assert np.allclose(again.get(ids).mean.numpy(), batch.mean.numpy(), atol=1e-5)
+    assert CliRunner().invoke(main, ["cache", "verify", str(old), "-k", "0"]).exit_code == 0
+    assert losses(train(dataclasses.replace(mean_run, cache=[str(old)], out=str(tmp_path / "upgraded")),
+                        progress=False)) == pytest.approx(mean_losses, rel=1e-5)

@@ -31,7 +31,7 @@ def test_card_metadata_and_settings_for_a_hub_start():
     assert "| objectives | TLM + SentA + StrucA (weights: tlm 1, senta 1, struca 2) |" in card
     assert "| teacher | bert-base-cased (weights sha256 efefefefefefefef, layer -1) |" in card
     assert "| starting model | bert-base-multilingual-cased |" in card
-    assert "StrucA: student_vector cls, temperature 0.1, alpha 2.0, exclude_diagonal False" in card
+    assert "StrucA: student_vector cls, teacher_vector cls, temperature 0.1, alpha 2.0, exclude_diagonal False" in card
     assert "| steps | 1000 of global batch 256 on 8 process(es) (100 steps per epoch) |" in card
 
 

@@ -196,8 +196,8 @@ def test_guard_of_each_head_is_weighted_like_its_objective():
 
     g = torch.Generator().manual_seed(0)
     cls = torch.randn(6, 12, generator=g)
-    out = {"senta": {"teacher": torch.randn(6, 8, generator=g), "teacher_cls": cls},
-           "struca": {"teacher": torch.randn(6, 8, generator=g), "teacher_cls": cls}}
+    out = {"senta": {"teacher": torch.randn(6, 8, generator=g), "teacher_vector": cls},
+           "struca": {"teacher": torch.randn(6, 8, generator=g), "teacher_vector": cls}}
     same = lambda t: t   # noqa: E731
     for alpha in (1.0, 50.0):
         got = objs.TEACHER_HEADS_LOSS.loss(out, settings(teacher_heads="guard", alpha=alpha), same)

@@ -1,8 +1,10 @@
-"""The teacher-cache format, version 2 (specified in docs/cache-format.md; keep the two in step).
+"""The teacher-cache format, version 3 (specified in docs/cache-format.md; keep the two in step).
 
 Version 2 made the cache self-contained: each shard's meta.arrow also holds the pair's English and
 target text (`en`, `x`), and the manifest records the corpus's fingerprint, not its path.
-`mmkd cache upgrade` turns a version-1 cache into version 2.
+Version 3 adds `mean`, the teacher's own sentence embedding for a sentence-transformers teacher
+(its states averaged over every token of the input). `mmkd cache upgrade` turns a version-1 cache
+into version 2 (from the prepared corpus) and a version-2 cache into version 3 (with the teacher).
 
 One cache folder per prepared corpus:
 
@@ -14,6 +16,9 @@ One cache folder per prepared corpus:
         words_scale [n_words]      float32, int8 only: per-vector absmax / 127
         cls     [n, H]             teacher [CLS] states, same dtype rule
         cls_scale [n]              float32, int8 only
+        mean    [n, H]             format 3: the teacher's states averaged over every token of the
+                                   input (special tokens included), same dtype rule
+        mean_scale [n]             float32, int8 only
         offsets [n + 1]            int64: sentence i's words are rows offsets[i]:offsets[i+1]
         meta.arrow                 Arrow IPC: pair_id, words (list<string>), n_words,
                                    n_words_split, truncated, en, x (the pair's text)
@@ -31,7 +36,10 @@ import torch
 from mmkd.errors import CacheError
 
 FORMAT_NAME = "mmkd-teacher-cache"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Format 2 (no `mean`) is still read: everything but a teacher vector of `mean` trains from it, and
+# `mmkd cache upgrade CACHE --teacher NAME` adds the mean (re-running the teacher on the stored text).
+READABLE_VERSIONS = (2, 3)
 
 # --dtype -> (zarr dtype of the stored tensors, needs a per-vector scale)
 STORAGE = {
@@ -155,6 +163,6 @@ def check_manifest(manifest: dict, path: str) -> None:
         raise CacheError(f"{path}: cache format version 1 holds no text, so training would need the prepared "
                          "corpus beside it; make it self-contained with `mmkd cache upgrade "
                          f"{path.rsplit('/manifest.json', 1)[0]} --data-dir DIR` (DIR holds corpora/<name>/)")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise CacheError(f"{path}: cache format version {manifest.get('format_version')}, but this mmkd "
                          f"reads version {FORMAT_VERSION}; rebuild the cache with `mmkd cache-teacher`")

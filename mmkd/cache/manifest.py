@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mmkd.cache.format import FORMAT_NAME, FORMAT_VERSION, STORAGE, shard_name
+from mmkd.cache.format import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, STORAGE, shard_name
 from mmkd.errors import CacheError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -21,6 +21,8 @@ MEMBER = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _SHA = re.compile(r"[0-9a-f]{64}")
 # What every shard's checksum list must cover: the files the reader opens (docs/cache-format.md).
 REQUIRED_MEMBERS = ("meta.arrow", "zarr.json", "words/zarr.json", "cls/zarr.json", "offsets/zarr.json")
+# Format 3 adds the teacher's mean pooling of every sentence.
+REQUIRED_MEMBERS_3 = REQUIRED_MEMBERS + ("mean/zarr.json",)
 
 
 class _Check:
@@ -70,7 +72,7 @@ class ShardRecord:
     bytes: dict[str, int] | None
 
     @classmethod
-    def parse(cls, d: Any, k: int, shard_size: int, c: _Check) -> "ShardRecord":
+    def parse(cls, d: Any, k: int, shard_size: int, c: _Check, version: int = FORMAT_VERSION) -> "ShardRecord":
         p = f"shards[{k}]."
         name = c.get(d, "name", str, p)
         if name != shard_name(k):
@@ -87,7 +89,7 @@ class ShardRecord:
             if not MEMBER.fullmatch(member) or any(part in (".", "..") for part in member.split("/")):
                 c.fail(f"{p}sha256", f"file name {member!r} is not a path inside the shard")
             c.sha(digest, f"{p}sha256[{member!r}]")
-        missing = [m for m in REQUIRED_MEMBERS if m not in sha]
+        missing = [m for m in (REQUIRED_MEMBERS_3 if version >= 3 else REQUIRED_MEMBERS) if m not in sha]
         if missing:
             c.fail(f"{p}sha256", f"no checksum for {missing[0]}")
         sizes = c.get(d, "bytes", dict, p, optional=True)
@@ -130,9 +132,9 @@ class Manifest:
             raise CacheError(f"{where}: cache format version 1 holds no text, so training would need the prepared "
                              "corpus beside it; make it self-contained with `mmkd cache upgrade "
                              f"{where.rsplit('/manifest.json', 1)[0]} --data-dir DIR` (DIR holds corpora/<name>/)")
-        if version != FORMAT_VERSION:
-            raise CacheError(f"{where}: cache format version {version!r}, but this mmkd reads version "
-                             f"{FORMAT_VERSION}; rebuild the cache with `mmkd cache-teacher`")
+        if version not in READABLE_VERSIONS:
+            raise CacheError(f"{where}: cache format version {version!r}, but this mmkd reads versions "
+                             f"{' and '.join(map(str, READABLE_VERSIONS))}; rebuild the cache with `mmkd cache-teacher`")
         teacher = c.get(data, "teacher", dict)
         t_name = c.get(teacher, "name_or_path", str, "teacher.")
         source = c.get(teacher, "source", str, "teacher.", optional=True) or t_name
@@ -154,7 +156,7 @@ class Manifest:
         fingerprint = c.sha(c.get(corpus, "fingerprint", str, "corpus."), "corpus.fingerprint")
         n_pairs = c.get(corpus, "n_pairs", int, "corpus.", least=1)
         records = c.get(data, "shards", list)
-        shards = tuple(ShardRecord.parse(r, k, shard_size, c) for k, r in enumerate(records))
+        shards = tuple(ShardRecord.parse(r, k, shard_size, c, version) for k, r in enumerate(records))
         n = c.get(data, "n_sentences", int, least=1)
         if c.get(data, "n_shards", int, least=1) != len(shards):
             c.fail("n_shards", f"{data['n_shards']} but {len(shards)} shards are listed")
@@ -172,6 +174,11 @@ class Manifest:
         word_rule = c.get(data, "word_rule", str)
         return cls(data, version, t_name, source, t_hash, t_type, hidden, word_rule, layer, max_length, dtype,
                    compression, shard_size, corpus_name, pair, fingerprint, n, words, shards)
+
+    @property
+    def has_mean(self) -> bool:
+        """Does the cache hold the teacher's mean pooling of each sentence (format 3)?"""
+        return self.format_version >= 3
 
     @property
     def identity(self) -> dict:

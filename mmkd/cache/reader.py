@@ -30,10 +30,11 @@ class TeacherBatch:
     word_mask: torch.Tensor     # [B, W] bool
     cls: torch.Tensor           # [B, H] float32
     words: list[list[str]]      # the cached word lists (word i of the student = words[b][i])
+    mean: torch.Tensor | None = None   # [B, H] float32: the teacher's mean pooling (format 3), else None
 
     @classmethod
     def from_sentences(cls, states: list[np.ndarray], cls_vectors: list[np.ndarray],
-                       words: list[list[str]]) -> "TeacherBatch":
+                       words: list[list[str]], means: list[np.ndarray] | None = None) -> "TeacherBatch":
         """Pad per-sentence [n_i, H] word states into a batch."""
         b, hidden = len(states), cls_vectors[0].shape[-1]
         width = max((len(s) for s in states), default=0)
@@ -43,7 +44,8 @@ class TeacherBatch:
             out[i, :len(s)] = s
             mask[i, :len(s)] = True
         return cls(word_states=torch.from_numpy(out), word_mask=torch.from_numpy(mask),
-                   cls=torch.from_numpy(np.stack(cls_vectors).astype(np.float32)), words=words)
+                   cls=torch.from_numpy(np.stack(cls_vectors).astype(np.float32)), words=words,
+                   mean=None if means is None else torch.from_numpy(np.stack(means).astype(np.float32)))
 
     @classmethod
     def concat(cls, parts: list["TeacherBatch"]) -> "TeacherBatch":
@@ -53,11 +55,13 @@ class TeacherBatch:
         return cls(word_states=torch.cat([pad(p.word_states) for p in parts]),
                    word_mask=torch.cat([torch.nn.functional.pad(p.word_mask, (0, width - p.word_mask.shape[1]))
                                         for p in parts]),
-                   cls=torch.cat([p.cls for p in parts]), words=[w for p in parts for w in p.words])
+                   cls=torch.cat([p.cls for p in parts]), words=[w for p in parts for w in p.words],
+                   mean=None if any(p.mean is None for p in parts) else torch.cat([p.mean for p in parts]))
 
 
 class _Shard:
-    def __init__(self, fs, root: str, record: ShardRecord, dtype: str, hidden: int, memmap: bool):
+    def __init__(self, fs, root: str, record: ShardRecord, dtype: str, hidden: int, memmap: bool,
+                 has_mean: bool = False):
         self.fs, self.root, self.record, self.dtype = fs, root, record, dtype
         self.path = f"{root}/shards/{record.name}"
         stored = STORAGE[dtype][0]
@@ -93,6 +97,9 @@ class _Shard:
         self.offsets = np.asarray(mm("offsets", "int64", (n + 1,))[:])
         self.words_scale = mm("words_scale", "float32", (nw,)) if self.has_scale else None
         self.cls_scale = mm("cls_scale", "float32", (n,)) if self.has_scale else None
+        self.has_mean = has_mean
+        self.mean = mm("mean", stored, (n, hidden)) if has_mean else None
+        self.mean_scale = mm("mean_scale", "float32", (n,)) if has_mean and self.has_scale else None
         try:
             if memmap:  # zero-copy: the word lists stay on disk until touched
                 self.meta = pa.ipc.open_file(pa.memory_map(f"{self.path}/meta.arrow")).read_all()
@@ -115,18 +122,24 @@ class _Shard:
         return idx, lengths
 
     def read(self, local: np.ndarray):
+        """(word rows, [CLS] rows, mean rows or None, sentence lengths) of local sentence indices."""
         idx, lengths = self.rows(local)
         if isinstance(self.words, np.ndarray):
             w = self.words[idx]
             c = self.cls[local]
             ws = self.words_scale[idx] if self.has_scale else None
             cs = self.cls_scale[local] if self.has_scale else None
+            m = self.mean[local] if self.has_mean else None
+            ms = self.mean_scale[local] if self.has_mean and self.has_scale else None
         else:  # zarr: orthogonal selection reads only the chunks touched
             w = self.words.get_orthogonal_selection((idx, slice(None))) if len(idx) else np.zeros((0, self.words.shape[1]), self.words.dtype)
             c = self.cls.get_orthogonal_selection((local, slice(None)))
             ws = self.words_scale.get_orthogonal_selection(idx) if self.has_scale and len(idx) else (np.zeros(0, np.float32) if self.has_scale else None)
             cs = self.cls_scale.get_orthogonal_selection(local) if self.has_scale else None
-        return decode(w, ws, self.dtype), decode(c, cs, self.dtype), lengths
+            m = self.mean.get_orthogonal_selection((local, slice(None))) if self.has_mean else None
+            ms = self.mean_scale.get_orthogonal_selection(local) if self.has_mean and self.has_scale else None
+        mean = decode(m, ms, self.dtype) if self.has_mean else None
+        return decode(w, ws, self.dtype), decode(c, cs, self.dtype), mean, lengths
 
 
 class TeacherCache:
@@ -170,11 +183,12 @@ class TeacherCache:
                 del self._shards[k]                  # evicted by another process: drop its maps, fetch again
             if k not in self._shards:
                 self._shards[k] = _Shard(LocalFileSystem(), self.fetcher.local_root(k), self.manifest.shards[k],
-                                         self.dtype, self.hidden_size, self.manifest.compression is None)
+                                         self.dtype, self.hidden_size, self.manifest.compression is None,
+                                         self.manifest.has_mean)
             return self._shards[k]
         if k not in self._shards:
             self._shards[k] = _Shard(self.fs, self.root, self.manifest.shards[k], self.dtype,
-                                     self.hidden_size, self.memmap)
+                                     self.hidden_size, self.memmap, self.manifest.has_mean)
         return self._shards[k]
 
     def _check_ids(self, pair_ids: np.ndarray) -> np.ndarray:
@@ -209,10 +223,10 @@ class TeacherCache:
         b = len(pair_ids)
         parts = []
         for k, pos in _group_by_shard(pair_ids, self.shard_size):
-            words, cls, lens = self.shard(k).read(pair_ids[pos] - k * self.shard_size)
+            words, cls, mean, lens = self.shard(k).read(pair_ids[pos] - k * self.shard_size)
             # Every value read is finite, whether or not an objective will use it: a NaN or inf in a
             # cache is damage (checksums re-recorded over it, or written so), never data.
-            for name, values in (("words", words), ("cls", cls)):
+            for name, values in (("words", words), ("cls", cls)) + ((("mean", mean),) if mean is not None else ()):
                 if not np.isfinite(values).all():
                     bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(1))[0]
                     pair = int(pair_ids[pos][np.searchsorted(np.cumsum(lens), bad, side="right")]
@@ -220,23 +234,27 @@ class TeacherCache:
                     raise CacheError(f"{self.url} shard {shard_name(k)}: a non-finite value ({values.reshape(-1)[~np.isfinite(values.reshape(-1))][0]}) "
                                      f"in {name} (pair {pair}); the cache is damaged: `mmkd cache verify "
                                      f"{self.url}` re-runs the teacher to confirm; rebuild the cache")
-            parts.append((pos, words, cls, lens))
+            parts.append((pos, words, cls, mean, lens))
         lengths = np.zeros(b, dtype=np.int64)
-        for pos, _, _, lens in parts:
+        for pos, _, _, _, lens in parts:
             lengths[pos] = lens
         width = int(lengths.max()) if b else 0
         states = np.zeros((b, width, self.hidden_size), dtype=np.float32)
         mask = np.zeros((b, width), dtype=bool)
         cls = np.zeros((b, self.hidden_size), dtype=np.float32)
-        for pos, w, c, lens in parts:
+        mean = np.zeros((b, self.hidden_size), dtype=np.float32) if self.manifest.has_mean else None
+        for pos, w, c, m, lens in parts:
             cls[pos] = c
+            if mean is not None:
+                mean[pos] = m
             start = 0
             for p, n in zip(pos, lens):
                 states[p, :n] = w[start:start + n]
                 mask[p, :n] = True
                 start += n
         return TeacherBatch(word_states=torch.from_numpy(states), word_mask=torch.from_numpy(mask),
-                            cls=torch.from_numpy(cls), words=self.words(pair_ids) if with_words else [])
+                            cls=torch.from_numpy(cls), words=self.words(pair_ids) if with_words else [],
+                            mean=None if mean is None else torch.from_numpy(mean))
 
 
 def shard_path(fs, root: str, name: str, url: str) -> str:

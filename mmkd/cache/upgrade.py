@@ -1,4 +1,11 @@
-"""`mmkd cache upgrade`: a format-1 cache made self-contained (format 2).
+"""`mmkd cache upgrade`: a format-1 cache made self-contained (format 2), and a format-2 cache given
+the teacher's mean pooling (format 3).
+
+Format 2 to 3 loads the teacher (by default the one the manifest names; it must have the recorded
+hash and tokenizer), re-runs it on each shard's stored English text with the cache's own word rule,
+batching and max length, and checks that the [CLS] states it gets back equal the stored ones within
+the dtype's tolerance before it adds `mean` (and `mean_scale` for int8) to the shard, re-records the
+shard's checksums and finally writes the manifest as format 3.
 
 Format 1 stored the teacher's word lists but not the pairs' text, so training also opened the
 prepared corpus the manifest pointed at. The upgrade reads that corpus (it must have the
@@ -20,20 +27,115 @@ import fsspec
 import pyarrow as pa
 
 from mmkd.atomic import fs_write_bytes, fs_write_text
-from mmkd.cache.format import FORMAT_VERSION, dumps, member_path, read_json, sha256_file, shard_name
+from mmkd.cache.format import (FORMAT_VERSION, TOLERANCE, decode, dumps, encode, member_path, read_json, sha256_file,
+                               shard_name, zarr_location)
 from mmkd.cache.reader import shard_path
 from mmkd.errors import CacheError
 from mmkd.lock import Lock
 
 
-def upgrade_cache(path: str, data_dir: str, corpus: str | None = None, log=print) -> str:
-    """Upgrade the format-1 cache at `path` in place, holding its writer lock from the first read."""
+def upgrade_cache(path: str, data_dir: str, corpus: str | None = None, log=print, teacher: str | None = None,
+                  trust_remote_code: bool = False) -> str:
+    """Upgrade the cache at `path` in place to the current format, holding its writer lock from the
+    first read: format 1 -> 2 (text from the prepared corpus), then 2 -> 3 (the teacher's mean)."""
     url = path.rstrip("/")
     fs, root = fsspec.core.url_to_fs(url)
     if not fs.isdir(root) or not fs.exists(f"{root}/manifest.json"):
         raise CacheError(f"{url}: no teacher cache here (no manifest.json); give the folder `cache-teacher` wrote")
     with Lock(fs, root, url, "mmkd cache upgrade", CacheError):    # a writer running: refused before any read
-        return _upgrade(url, fs, root, data_dir, corpus, log)
+        manifest = read_json(fs, f"{root}/manifest.json", "cache manifest")
+        if isinstance(manifest, dict) and manifest.get("format_version") == FORMAT_VERSION:
+            log(f"{url}: already format {FORMAT_VERSION}; nothing to do")
+            return url
+        if isinstance(manifest, dict) and manifest.get("format_version") == 1:
+            _upgrade(url, fs, root, data_dir, corpus, log)
+        return _add_mean(url, fs, root, teacher, trust_remote_code, log)
+
+
+def _verify_all(url: str, fs, manifest: dict, bases: list[str]) -> None:
+    """Every file of every shard against the manifest, before anything is changed."""
+    for record, base in zip(manifest["shards"], bases):
+        where = f"{url} shard {record['name']}"
+        for name, digest in sorted(record["sha256"].items()):
+            if sha256_file(fs, member_path(fs, base, name, where)) != digest:
+                raise CacheError(f"{where}: file {name} does not match its checksum in the manifest (corrupt); "
+                                 "nothing was upgraded: rebuild the cache")
+
+
+def _write_manifest(fs, root: str, manifest: dict, version: int, **changes) -> None:
+    manifest.update(format_version=version, **changes)
+    for name in ("build.json", "manifest.json"):     # the manifest last: it says the upgrade is complete
+        if fs.exists(f"{root}/{name}"):
+            record = manifest if name == "manifest.json" else {
+                **read_json(fs, f"{root}/{name}", "build record"), "format_version": version, **changes}
+            fs_write_text(fs, f"{root}/{name}", dumps(record))
+
+
+def _add_mean(url: str, fs, root: str, teacher: str | None, trust_remote_code: bool, log) -> str:
+    """Format 2 -> 3: the teacher's mean pooling of every sentence, from the stored text."""
+    import numpy as np
+    import torch
+    import zarr
+    from tqdm.auto import tqdm
+
+    from mmkd.cache.manifest import Manifest
+    from mmkd.cache.writer import _array
+    from mmkd.teacher import (collate, encode_prepared, length_grouped_batches, load_teacher, model_hash,
+                              token_lengths, tokenize_words, tokenizer_hash)
+    from mmkd.words import WORD_RULE_VERSION, split_words
+
+    raw = read_json(fs, f"{root}/manifest.json", "cache manifest")
+    m = Manifest.parse(raw, f"{url}/manifest.json")
+    if m.format_version != 2:
+        raise CacheError(f"{url}: cache format version {m.format_version}; `cache upgrade` turns 1 into 2 and 2 into 3")
+    if m.word_rule != WORD_RULE_VERSION:
+        raise CacheError(f"{url}: words were split with rule {m.word_rule!r}, this mmkd uses {WORD_RULE_VERSION!r}; "
+                         "the teacher cannot be re-run as it was: rebuild the cache")
+    name = teacher or m.teacher_name
+    model, tokenizer = load_teacher(name, "cuda" if torch.cuda.is_available() else "cpu", trust_remote_code)
+    recorded_tokenizer = (raw.get("tokenizer") or {}).get("hash")
+    if model_hash(model) != m.teacher_hash or recorded_tokenizer not in (None, tokenizer_hash(tokenizer)):
+        raise CacheError(f"{url}: {name} is not the teacher the cache was made with (its weights or tokenizer differ "
+                         f"from the recorded hash {m.teacher_hash[:12]}); give that teacher with --teacher")
+    bases = [shard_path(fs, root, rec.name, url) for rec in m.shards]
+    _verify_all(url, fs, raw, bases)
+    batch_size = int(raw.get("batch_size") or 64)
+    with tqdm(total=m.n_sentences, desc="teacher mean", unit=" sent", disable=None) as bar:
+        for record, rec, base in zip(raw["shards"], m.shards, bases):
+            where = f"{url} shard {rec.name}"
+            with fs.open(member_path(fs, base, "meta.arrow", where), "rb") as f:
+                table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+            words = [split_words(s) for s in table.column("en").to_pylist()]
+            enc = tokenize_words(tokenizer, words, m.max_length)
+            mean = np.zeros((len(words), m.hidden_size), np.float32)
+            cls = np.zeros_like(mean)
+            for idx in length_grouped_batches(token_lengths(enc), batch_size):
+                for i, e in zip(idx, encode_prepared(model, collate(tokenizer, enc, idx, words, m.max_length), m.layer)):
+                    mean[i], cls[i] = e.mean, e.cls
+                bar.update(len(idx))
+            group = zarr.open_group(zarr_location(fs, base), mode="r+")
+            stored_cls = decode(group["cls"][...], group["cls_scale"][...] if "cls_scale" in group else None, m.dtype)
+            error = float(np.max(np.linalg.norm(stored_cls - cls, axis=1) / np.maximum(np.linalg.norm(cls, axis=1), 1e-12)))
+            if error > TOLERANCE[m.dtype]:
+                raise CacheError(f"{where}: the teacher re-run gives [CLS] states {error:.1e} (relative) from the stored "
+                                 f"ones, above the {m.dtype} tolerance {TOLERANCE[m.dtype]:.0e}: not the run that "
+                                 "made the cache (another layer, library or device?); nothing of this shard was "
+                                 "changed; rebuild the cache")
+            stored, scale = encode(mean, m.dtype)
+            for array in ("mean", "mean_scale"):
+                if array in group:
+                    del group[array]
+            _array(group, "mean", stored, m.compression)
+            if scale is not None:
+                _array(group, "mean_scale", scale, m.compression)
+            files = sorted(p[len(base) + 1:] for p in fs.find(base) if not p.endswith("/shard.json"))
+            record["sha256"] = {f: sha256_file(fs, f"{base}/{f}") for f in files}
+            if "bytes" in record:
+                record["bytes"] = {f: int(fs.size(f"{base}/{f}")) for f in files}
+            fs_write_text(fs, f"{base}/shard.json", dumps(record))
+    _write_manifest(fs, root, raw, 3)
+    log(f"{url}: upgraded to format 3 ({len(m.shards)} shards; the teacher's mean pooling added by {name})")
+    return url
 
 
 def _upgrade(url: str, fs, root: str, data_dir: str, corpus: str | None, log) -> str:
@@ -45,11 +147,8 @@ def _upgrade(url: str, fs, root: str, data_dir: str, corpus: str | None, log) ->
     if not isinstance(manifest, dict):
         raise CacheError(f"{url}/manifest.json: not a cache manifest (a JSON {type(manifest).__name__})")
     version = manifest.get("format_version")
-    if version == FORMAT_VERSION:
-        log(f"{url}: already format {FORMAT_VERSION}; nothing to do")
-        return url
     if version != 1:
-        raise CacheError(f"{url}: cache format version {version}; `cache upgrade` turns version 1 into {FORMAT_VERSION}")
+        raise CacheError(f"{url}: cache format version {version}; `cache upgrade` turns 1 into 2 and 2 into 3")
     if not isinstance(manifest.get("shards"), list) or not isinstance(manifest.get("corpus"), dict):
         raise CacheError(f"{url}/manifest.json: no shards or corpus record; not a cache mmkd can upgrade")
     bases = []
@@ -68,12 +167,7 @@ def _upgrade(url: str, fs, root: str, data_dir: str, corpus: str | None, log) ->
         raise CacheError(f"{url} was written for corpus {want['name']!r} with fingerprint {want['fingerprint'][:16]} "
                          f"({manifest['n_sentences']} pairs), but {prepared.path} has {prepared.fingerprint[:16]} "
                          f"({len(prepared)} pairs): give the corpus it was made from (--data-dir / --corpus)")
-    for record, base in zip(manifest["shards"], bases):      # verify everything before changing anything
-        where = f"{url} shard {record['name']}"
-        for name, digest in sorted(record["sha256"].items()):
-            if sha256_file(fs, member_path(fs, base, name, where)) != digest:
-                raise CacheError(f"{where}: file {name} does not match its checksum in the manifest (corrupt); "
-                                 "nothing was upgraded: rebuild the cache")
+    _verify_all(url, fs, manifest, bases)      # verify everything before changing anything
     for record, base in zip(manifest["shards"], bases):
         where = f"{url} shard {record['name']}"
         meta_path = member_path(fs, base, "meta.arrow", where)
@@ -94,14 +188,7 @@ def _upgrade(url: str, fs, root: str, data_dir: str, corpus: str | None, log) ->
         if "bytes" in record:
             record["bytes"]["meta.arrow"] = int(fs.size(meta_path))
         fs_write_text(fs, f"{base}/shard.json", dumps(record))
-    manifest["format_version"] = FORMAT_VERSION
-    manifest["corpus"] = {k: v for k, v in want.items() if k != "path"}
-    for name in ("build.json", "manifest.json"):     # the manifest last: it says the upgrade is complete
-        if fs.exists(f"{root}/{name}"):
-            record = manifest if name == "manifest.json" else {
-                **read_json(fs, f"{root}/{name}", "build record"), "format_version": FORMAT_VERSION,
-                "corpus": manifest["corpus"]}
-            fs_write_text(fs, f"{root}/{name}", dumps(record))
-    log(f"{url}: upgraded to format {FORMAT_VERSION} ({len(manifest['shards'])} shards; the text of "
+    _write_manifest(fs, root, manifest, 2, corpus={k: v for k, v in want.items() if k != "path"})
+    log(f"{url}: upgraded to format 2 ({len(manifest['shards'])} shards; the text of "
         f"{manifest['n_sentences']} pairs added from {prepared.path})")
     return url

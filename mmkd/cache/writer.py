@@ -138,6 +138,7 @@ def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) ->
     word_states = (np.concatenate([e.word_states for e in encoded]) if counts.sum()
                    else np.zeros((0, hidden), np.float32))
     cls = np.stack([e.cls for e in encoded])
+    mean = np.stack([e.mean for e in encoded])
 
     tmp = f"{root}/shards/{shard_name(k)}.tmp"
     if fs.exists(tmp):
@@ -151,6 +152,10 @@ def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) ->
     _array(group, "cls", stored, cfg.compression)
     if scale is not None:
         _array(group, "cls_scale", scale, cfg.compression)
+    stored, scale = encode(mean, cfg.dtype)
+    _array(group, "mean", stored, cfg.compression)
+    if scale is not None:
+        _array(group, "mean_scale", scale, cfg.compression)
     _array(group, "offsets", offsets, None)
     meta = pa.table({
         "pair_id": pa.array(shard.pair_ids),

@@ -146,15 +146,22 @@ def cache_verify(path, k, teacher, seed):
 @click.argument("path")
 @click.option("--corpus", default=None, metavar="NAME_OR_PATH",
               help="The prepared corpus the cache was made from (default: the one its manifest names).")
+@click.option("--teacher", default=None, metavar="NAME_OR_PATH",
+              help="Format 2 -> 3: the teacher the cache was made with, re-run on the stored text to add its mean "
+                   "pooling (default: the one its manifest names; its hash must match).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the teacher's custom model code (off by default).")
 @data_dir_option
 @friendly
-def cache_upgrade(path, corpus, data_dir):
-    """Make a format-1 cache at PATH self-contained (format 2): add the pairs' text from the prepared
-    corpus it was made from (checked against its fingerprint). Tensors are not touched."""
+def cache_upgrade(path, corpus, teacher, trust_remote_code, data_dir):
+    """Upgrade the cache at PATH in place to format 3. Format 1 -> 2 adds the pairs' text from the
+    prepared corpus it was made from (checked against its fingerprint); format 2 -> 3 re-runs the
+    teacher on that text to add its mean pooling (`--senta-teacher-vector mean`), after checking
+    that it reproduces the stored [CLS] states. Existing tensors are not changed."""
     from mmkd.cache.upgrade import upgrade_cache
     from mmkd.paths import default_data_dir
 
-    upgrade_cache(path, data_dir or default_data_dir(), corpus, log=click.echo)
+    upgrade_cache(path, data_dir or default_data_dir(), corpus, log=click.echo, teacher=teacher,
+                  trust_remote_code=trust_remote_code)
 
 
 @cache_group.command("info")

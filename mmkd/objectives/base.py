@@ -29,6 +29,9 @@ class Objective:
     def check(self, student, teacher_hidden: int, cfg) -> None:
         """Refuse a student or teacher this objective cannot train (one line naming the fix)."""
 
+    def check_features(self, features, cfg) -> None:
+        """Refuse teacher features (a cache, the online teacher) that lack what this objective reads."""
+
     def student_heads(self, student_hidden: int, teacher_hidden: int, cfg) -> dict:
         return {}
 

@@ -142,6 +142,8 @@ def _sentence(p: Pairs) -> dict:
     enc = p.tokenizer(p.targets, truncation=True, max_length=p.cfg.max_length, padding=True, return_tensors="pt",
                       return_token_type_ids=p.cfg.segments)
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "teacher_cls": p.teacher.cls}
+    if p.teacher.mean is not None:      # format-3 caches and the online teacher
+        out["teacher_mean"] = p.teacher.mean
     if enc.get("token_type_ids") is not None:
         out["token_type_ids"] = enc["token_type_ids"]
     return out

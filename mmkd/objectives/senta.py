@@ -17,6 +17,10 @@ class SentASettings:
     student_vector: str = setting("cls", "The student's sentence vector: its [CLS] state (the paper) or the mean of "
                                          "its last hidden states (mean; what retrieval measures).",
                                   choices=("cls", "mean"))
+    teacher_vector: str = setting("cls", "The teacher's sentence vector: its [CLS] state (the paper) or its mean "
+                                         "pooling over every token (mean; a sentence-transformers teacher's own "
+                                         "sentence embedding; needs a format-3 cache, `mmkd cache upgrade`).",
+                                  choices=("cls", "mean"))
     center: bool = setting(False, "SentA on batch-centred vectors (not the paper): one output for every input can "
                                   "no longer lower the loss (docs/method.md).")
 

@@ -40,11 +40,20 @@ class SentenceObjective(Objective):
     def forward(self, model, encoded, batch):
         mine = batch.inputs["sentence"]
         hidden = encoded.hidden("sentence")
-        cls = sentence_vector(hidden, mine["attention_mask"], self.settings_of(model).student_vector)
-        teacher_cls = mine["teacher_cls"].to(cls.dtype)
+        settings = self.settings_of(model)
+        cls = sentence_vector(hidden, mine["attention_mask"], settings.student_vector)
+        teacher_vector = mine[f"teacher_{settings.teacher_vector}"].to(cls.dtype)
         return {"student": getattr(model, f"{self.name}_predictor")(getattr(model, f"{self.name}_projector")(cls)),
-                "teacher": getattr(model, f"teacher_{self.name}_projector")(teacher_cls),
-                "teacher_cls": teacher_cls}
+                "teacher": getattr(model, f"teacher_{self.name}_projector")(teacher_vector),
+                "teacher_vector": teacher_vector}
+
+    def check_features(self, features, cfg):
+        from mmkd.errors import TrainingError
+
+        if self.settings(cfg).teacher_vector == "mean" and not features.has_teacher_mean:
+            old = next((c.url for c in getattr(features, "caches", []) if not c.manifest.has_mean), "the cache")
+            raise TrainingError(f"--{self.name}-teacher-vector mean: {old} is format 2, which holds the teacher's [CLS] but "
+                            f"not its mean pooling; add it with `mmkd cache upgrade {old}` (re-runs the teacher)")
 
     def count(self, batch):
         return len(batch.keys["sentence"]) if "sentence" in batch.inputs else 0

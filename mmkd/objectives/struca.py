@@ -17,6 +17,10 @@ class StrucASettings:
     student_vector: str = setting("cls", "The student's sentence vector: its [CLS] state (the paper) or the mean of "
                                          "its last hidden states (mean; what retrieval measures).",
                                   choices=("cls", "mean"))
+    teacher_vector: str = setting("cls", "The teacher's sentence vector: its [CLS] state (the paper) or its mean "
+                                         "pooling over every token (mean; a sentence-transformers teacher's own "
+                                         "sentence embedding; needs a format-3 cache, `mmkd cache upgrade`).",
+                                  choices=("cls", "mean"))
     temperature: float = setting(0.1, "τ of eq. (4).", above=0)
     alpha: float = setting(1.0, "α, the weight of StrucA in L (eq. 6).", min=0, flag="--alpha")
     exclude_diagonal: bool = setting(False, "Each row's softmax over the other sentences only (not the paper): the "

@@ -69,7 +69,7 @@ class _TeacherHeadsLoss(Objective):
                 continue
             mine = out[o.name]
             if TEACHER_HEAD_MODES[cfg.teacher_heads].loss == "structure_loss":
-                total = total + losses.structure_loss(gather(mine["teacher"]), gather(mine["teacher_cls"]),
+                total = total + losses.structure_loss(gather(mine["teacher"]), gather(mine["teacher_vector"]),
                                                       cfg.struca.temperature)
             else:
                 total = total + o.weight(cfg) * losses.variance_covariance(gather(mine["teacher"]))

@@ -139,6 +139,11 @@ def prepare(cfg: DemoConfig, train, root: Path, progress: bool, log) -> tuple[st
     return teacher, student, str(cache), files
 
 
+# `mmkd demo --small`: fewer pairs read and evaluated (its training settings are the preset demo-small).
+SMALL = {"train_pairs": 120, "heldout_pairs": 40, "xnli_train_examples": 40, "xnli_test_examples": 20,
+         "xnli_epochs": 1.0}
+
+
 def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
     """The demo with training settings `train` (a TrainConfig; cache, student and out are the demo's)."""
     from mmkd.eval.retrieval import run_retrieval
@@ -158,11 +163,8 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
 
     log("[4/7] training against the cache (" + " + ".join(by_name(o).title for o in train.objectives) + ")")
     run = root / "run"
-    steps = train.max_steps or 0
-    tcfg = dataclasses.replace(train, cache=[cache], student=student, out=str(run), data_dir=str(root / "data"),
-                               head_warmup_steps=min(train.head_warmup_steps, steps // 2) if steps else
-                               train.head_warmup_steps,
-                               checkpoint_every=max(1, steps // 4) if steps else train.checkpoint_every)
+    # Only the paths are the demo's: every setting is the preset's (or the command line's) as given.
+    tcfg = dataclasses.replace(train, cache=[cache], student=student, out=str(run), data_dir=str(root / "data"))
     _train_once(tcfg, run, root, progress)
 
     log("[5/7] retrieval of the trained student")

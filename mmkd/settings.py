@@ -232,8 +232,24 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.json"))
 
 
-def read_settings_file(name_or_path: str) -> tuple[dict, str]:
-    """(mapping, where) of a preset name or a JSON file (a run's config.json: its "config")."""
+def settings_chain(name_or_path: str) -> list[tuple[dict, str]]:
+    """The settings files `name_or_path` stands for, the one it extends first: a file whose
+    `"_extends"` names a preset (or file) changes only what it lists on top of that one."""
+    chain, seen, name = [], [], name_or_path
+    while name is not None:
+        mapping, where, parent = _read(name)
+        if where in seen:
+            raise SettingsError(f"{where}: \"_extends\" leads back to itself ({' -> '.join(seen + [where])})")
+        seen.append(where)
+        chain.insert(0, (mapping, where))
+        if parent is not None and not isinstance(parent, str):
+            raise SettingsError(f"{where}: \"_extends\" is {parent!r}, not a preset name or file")
+        name = parent
+    return chain
+
+
+def _read(name_or_path: str) -> tuple[dict, str, Any]:
+    """(mapping, where, what it extends) of a preset name or a JSON file (a run's config.json: its "config")."""
     path = Path(name_or_path)
     if not path.is_file():
         preset = PRESETS / f"{name_or_path}.json"
@@ -249,9 +265,11 @@ def read_settings_file(name_or_path: str) -> tuple[dict, str]:
         raise SettingsError(f"{path}: not a settings file (nested too deeply to read)") from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict) and "mmkd_version" in data:
         data = data["config"]     # a run folder's config.json
+    parent = None
     if isinstance(data, dict):
+        parent = data.get("_extends")
         data = {k: v for k, v in data.items() if not k.startswith("_")}    # "_about" and other notes
-    return data, str(path)
+    return data, str(path), parent
 
 
 def load(cls, config: str | None, overrides: dict[tuple[str, ...], Any] | None = None, base=None):
@@ -259,8 +277,8 @@ def load(cls, config: str | None, overrides: dict[tuple[str, ...], Any] | None =
     validated."""
     obj = base if base is not None else cls()
     if config:
-        mapping, where = read_settings_file(config)
-        obj = from_mapping(cls, mapping, where, obj)
+        for mapping, where in settings_chain(config):
+            obj = from_mapping(cls, mapping, where, obj)
     if overrides:
         obj = replace(obj, overrides)
     validate(obj)

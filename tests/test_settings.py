@@ -71,6 +71,43 @@ def test_presets_are_complete_files_of_known_settings():
     assert demo.max_steps and demo.senta.center and demo.struca.alpha == 1.0 and demo.xwcl.temperature == 0.1
 
 
+def test_the_paper_preset_restates_the_defaults_exactly():
+    """presets/paper.json lists the paper's values; the defaults are the paper's: they cannot drift apart."""
+    listed = json.loads((REPO / "mmkd" / "presets" / "paper.json").read_text())
+    default = TrainConfig()
+
+    def walk(mapping, obj, prefix=""):
+        n = 0
+        for key, value in mapping.items():
+            if key.startswith("_"):
+                continue
+            if isinstance(value, dict):
+                n += walk(value, getattr(obj, key), f"{prefix}{key}.")
+            else:
+                assert getattr(obj, key) == value, f"paper.json {prefix}{key} = {value!r}, default {getattr(obj, key)!r}"
+                n += 1
+        return n
+    assert walk(listed, default) >= 15
+    assert st.load(TrainConfig, "paper") == default
+
+
+def test_a_preset_extends_another_and_a_cycle_is_one_line(tmp_path):
+    small, demo = st.load(TrainConfig, "demo-small"), st.load(TrainConfig, "demo")
+    assert (small.max_steps, small.batch_size, small.head_warmup_steps, small.checkpoint_every) == (6, 14, 3, 6)
+    import dataclasses
+    assert dataclasses.replace(small, max_steps=demo.max_steps, batch_size=demo.batch_size,
+                               head_warmup_steps=demo.head_warmup_steps, checkpoint_every=demo.checkpoint_every) == demo
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"_extends": str(b), "lr": 1e-4}))
+    b.write_text(json.dumps({"_extends": "demo", "seed": 7}))
+    cfg = st.load(TrainConfig, str(a))
+    assert (cfg.lr, cfg.seed, cfg.max_steps) == (1e-4, 7, demo.max_steps)       # the nearer file wins
+    b.write_text(json.dumps({"_extends": str(a)}))
+    with pytest.raises(SettingsError, match="leads back to itself") as e:
+        st.load(TrainConfig, str(a))
+    assert "\n" not in str(e.value)
+
+
 def test_config_files_and_run_configs_load_with_old_flat_names(tmp_path):
     f = tmp_path / "s.json"
     f.write_text(json.dumps({"alpha": 3.0, "xwcl_temperature": 0.5, "senta": {"center": True}, "lr": 1e-4}))

@@ -159,8 +159,9 @@ def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline
 @settings_options(DemoConfig, param="d__")
 @settings_options(TrainConfig)
 @click.option("--small", is_flag=True,
-              help="A reduced run for smoke tests: 120 training pairs and 40 held out per language, 6 steps of 14 "
-                   "pairs, XNLI on 40 English pairs and 20 test pairs per language.")
+              help="A reduced run for smoke tests: 120 training pairs and 40 held out per language, XNLI on 40 "
+                   "English pairs and 20 test pairs per language, and the training preset demo-small (6 steps of "
+                   "14 pairs) unless --config names another.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
 def demo_cmd(out, teacher, student, config, small, quiet, **given):
@@ -174,17 +175,14 @@ def demo_cmd(out, teacher, student, config, small, quiet, **given):
     import dataclasses
 
     from mmkd import settings as st
-    from mmkd.demo import run_demo
+    from mmkd.demo import SMALL, run_demo
 
-    cfg = st.load(DemoConfig, None, overrides(given, "d__"))
+    # --small starts from smaller sizes; options given on the command line still win.
+    cfg = st.load(DemoConfig, None, overrides(given, "d__"),
+                  dataclasses.replace(DemoConfig(), **SMALL, settings="demo-small") if small else None)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (("out", out), ("teacher", teacher), ("student", student),
                                                           ("settings", config)) if v is not None})
-    train = train_settings(cfg.settings, given)
-    if small:
-        cfg = dataclasses.replace(cfg, train_pairs=min(cfg.train_pairs, 120), heldout_pairs=min(cfg.heldout_pairs, 40),
-                                  xnli_train_examples=40, xnli_test_examples=20, xnli_epochs=1.0)
-        train = dataclasses.replace(train, max_steps=min(train.max_steps or 6, 6), batch_size=min(train.batch_size, 14))
-    run_demo(cfg, train, progress=not quiet, log=click.echo)
+    run_demo(cfg, train_settings(cfg.settings, given), progress=not quiet, log=click.echo)
 
 
 @click.command("settings")

@@ -137,15 +137,19 @@ class ShardFetcher:
 
     # ------------------------------------------------------------------ fetching
     def local_root(self, k: int) -> str:
-        if k in self._checked and self.present(k):
-            return str(self.base)
-        if not self.intact(k):
-            with _flock(self.base / "locks" / self.cache.manifest.shards[k].name):
-                if not self.intact(k):              # nobody on this node fetched it while we waited
-                    self._fetch(k)
-        self._checked[k] = 0.0
-        self.present(k)
-        return str(self.base)
+        for _ in range(3):           # another process may evict it between its fetch and our look
+            if k in self._checked and self.present(k):
+                return str(self.base)
+            if not self.intact(k):
+                with _flock(self.base / "locks" / self.cache.manifest.shards[k].name):
+                    if not self.intact(k):              # nobody on this node fetched it while we waited
+                        self._fetch(k)
+            self._checked[k] = 0.0
+            if self.present(k):
+                return str(self.base)
+        raise CacheError(f"{self.cache.url} shard {self.cache.manifest.shards[k].name}: evicted from {self.folder} "
+                         "as soon as it was fetched, three times: --cache-local-limit-gb is too small for the "
+                         "processes sharing the folder; raise it")
 
     def _fetch(self, k: int) -> None:
         record = self.cache.manifest.shards[k]

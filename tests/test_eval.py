@@ -20,7 +20,43 @@ def test_squad_normalisation():
     assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert normalize_answer("an apple, a pear") == "apple pear"
     assert normalize_answer("theatre") == "theatre"            # 'the' only as a word
-    assert normalize_answer("«Die Katze»", "de") == "die katze"  # Unicode punctuation; no English articles
+    # SQuAD v1.1 (XTREME's XQuAD): ASCII punctuation only, a/an/the in every language, no other articles.
+    assert normalize_answer("«Die Katze»", "de") == "«die katze»"
+    assert normalize_answer("a casa", "es") == "casa" and normalize_answer("la casa", "es") == "la casa"
+    assert normalize_answer("北京大学。", "zh") == "北京大学。"         # "。" is not ASCII punctuation
+
+
+def test_squad_and_mlqa_scoring_by_hand():
+    """Worked out by hand from the two official scripts' rules (SQuAD v1.1's evaluate-v1.1.py, MLQA's
+    mlqa_evaluation_v1.py)."""
+    from mmkd.eval.metrics import answer_tokens
+
+    # MLQA: Unicode punctuation, each language's articles.
+    assert normalize_answer("«Die Katze»", "de", "mlqa") == "katze"
+    assert normalize_answer("la casa", "es", "mlqa") == "casa"
+    assert normalize_answer("the end", "en", "mlqa") == "end"
+    assert normalize_answer("الكتاب", "ar", "mlqa") == "كتاب"          # every "ال" goes
+    assert normalize_answer("भारत।", "hi", "mlqa") == "भारत"            # the danda is punctuation (Po)
+    assert answer_tokens("北京大学 in 2008。", "zh", "mlqa") == ["北", "京", "大", "学", "in", "2008"]
+    # Chinese F1: SQuAD sees one token per answer, MLQA one per character.
+    # pred 北京大学 (4 chars) vs gold 北京 (2): 2 common; P = 2/4, R = 2/2, F1 = 2·0.5·1/1.5 = 2/3.
+    assert f1_score("北京大学", "北京", "zh", "squad") == 0.0
+    assert f1_score("北京大学", "北京", "zh", "mlqa") == pytest.approx(2 / 3)
+    # German "die Katze im Haus" vs gold "Katze": SQuAD keeps "die" (4 tokens, 1 common: P = 1/4, R = 1,
+    # F1 = 0.4); MLQA drops it (3 tokens: P = 1/3, R = 1, F1 = 0.5).
+    assert f1_score("die Katze im Haus", "Katze", "de", "squad") == pytest.approx(0.4)
+    assert f1_score("die Katze im Haus", "Katze", "de", "mlqa") == pytest.approx(0.5)
+    # Spanish "a" is an article to SQuAD's English rule: "a Madrid" == "Madrid" under squad, not under mlqa
+    # (mlqa: tokens ["a", "madrid"] vs ["madrid"]: P = 1/2, R = 1, F1 = 2/3; EM 0).
+    assert exact_match("a Madrid", "Madrid", "es", "squad") == 1.0
+    assert exact_match("a Madrid", "Madrid", "es", "mlqa") == 0.0
+    assert f1_score("a Madrid", "Madrid", "es", "mlqa") == pytest.approx(2 / 3)
+    # Several gold answers: the best one counts; a missing prediction scores 0.
+    scores = squad_scores({"q1": "Katze", "q2": "Hund"}, {"q1": ["die Katze", "eine Katze"], "q2": ["Pferd"],
+                                                         "q3": ["Maus"]}, "de", "mlqa")
+    assert scores == {"exact_match": pytest.approx(100 / 3), "f1": pytest.approx(100 / 3)}
+    with pytest.raises(ValueError, match="MLQA's scoring is defined for en, es, de, vi, ar, hi, zh only, not 'ru'"):
+        f1_score("a", "b", "ru", "mlqa")
 
 
 def test_exact_match_and_f1_by_hand():
@@ -36,14 +72,15 @@ def test_exact_match_and_f1_by_hand():
     assert scores["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
 
 
-def test_chinese_answers_are_scored_by_character():
-    # Without character segmentation any partial answer would score 0 (no spaces).
-    # pred 北京大学 (4 chars), gold 北京 (2 chars): P = 2/4, R = 1 -> F1 = 2/3.
-    assert f1_score("北京大学", "北京", "zh") == pytest.approx(2 / 3)
-    assert f1_score("北京大学", "北京", "en") == 0.0
-    assert exact_match("“北京”。", "北京", "zh") == 1.0          # Chinese punctuation removed
+def test_chinese_answers_are_scored_by_character_under_mlqa_and_whole_under_squad():
+    # MLQA: pred 北京大学 (4 chars), gold 北京 (2 chars): P = 2/4, R = 1 -> F1 = 2/3.
+    assert f1_score("北京大学", "北京", "zh", "mlqa") == pytest.approx(2 / 3)
+    assert exact_match("“北京”。", "北京", "zh", "mlqa") == 1.0      # Chinese punctuation removed
+    # SQuAD v1.1 (XTREME): no spaces, so one token; its punctuation is not ASCII, so it stays.
+    assert f1_score("北京大学", "北京", "zh") == 0.0
+    assert exact_match("“北京”。", "北京", "zh") == 0.0 and exact_match("北京.", "北京", "zh") == 1.0
     # Latin words inside Chinese stay whole: [2008, 年] vs [2008, 年, 夏] -> P 1, R 2/3 -> F1 0.8
-    assert f1_score("2008年", "2008年夏", "zh") == pytest.approx(0.8)
+    assert f1_score("2008年", "2008年夏", "zh", "mlqa") == pytest.approx(0.8)
 
 
 def test_accuracy_and_retrieval_accuracy_by_hand():
@@ -123,6 +160,15 @@ def test_xnli_end_to_end_with_seeds_and_oracle(tmp_path, tiny_student, shared):
     avg = result["summary"]["avg"]
     assert avg["mean"] == pytest.approx(np.mean([np.mean(list(r["test"].values())) for r in result["runs"]]))
     assert set(result["summary_oracle"]) == {"fr", "zh"}
+    # Each seed's predicted labels, one per test row, in XTREME's layout; they re-score to the reported accuracy.
+    from mmkd.eval.data import XNLI as task, load_pair_split
+
+    for run in result["runs"]:
+        for lang in ("fr", "zh"):
+            labels = (out / run["predictions"] / f"test-{lang}.tsv").read_text().splitlines()
+            gold = [task.labels[e.label] for e in load_pair_split(task, lang, "test", str(shared), 24)]
+            assert len(labels) == 24 and set(labels) <= set(task.labels)
+            assert 100 * sum(a == b for a, b in zip(labels, gold)) / 24 == pytest.approx(run["test"][lang])
     assert "| English dev |" in (out / "results.md").read_text()
 
 
@@ -161,6 +207,18 @@ def test_xquad_end_to_end_with_strided_windows(tmp_path, tiny_student, shared):
     run = result["runs"][0]
     assert set(run["test"]) == {"en", "zh"} and set(run["test_exact_match"]) == {"en", "zh"}
     assert all(0 <= v <= 100 for v in run["test"].values())
+    # Scored as XTREME scores XQuAD, and the predictions re-score to the same numbers (XTREME's layout).
+    from mmkd.eval.data import load_qa
+
+    assert result["scoring"] == "squad" and run["predictions"] == "predictions/seed-1/xquad"
+    for lang in ("en", "zh"):
+        predicted = json.loads((out / run["predictions"] / f"test-{lang}.json").read_text())
+        gold = {e.id: [a["text"] for a in e.answers] for e in load_qa(lang, None, str(shared), 8)}
+        assert set(predicted) == set(gold)
+        assert squad_scores(predicted, gold, lang)["f1"] == pytest.approx(run["test"][lang])
+    r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--eval-data-dir", str(shared),
+                                  "--languages", "en,ru", "--qa-scoring", "mlqa", "--out", str(tmp_path / "no")])
+    assert r.exit_code == 2 and "--qa-scoring mlqa: MLQA's script scores" in r.output and "not ru" in r.output
 
 
 def test_qa_decoding_recovers_gold_spans_across_windows(tiny_student, shared):

@@ -103,8 +103,11 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
               "test_examples": {lang: len(ex) for lang, ex in tests.items()}, **info, "test": {},
               "mixed_precision": mixed}
     model.load_state_dict(states["dev-en"])
+    result["predictions"] = {}
     for lang, ex in tests.items():
-        result["test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"], precision=mixed), [e.label for e in ex])
+        predicted = predict(model, tokenizer, ex, hp["max_length"], precision=mixed)
+        result["test"][lang] = accuracy(predicted, [e.label for e in ex])
+        result["predictions"][lang] = [task.labels[p] for p in predicted]
     if oracle_devs:
         result["oracle_test"] = {}
         for lang, ex in tests.items():

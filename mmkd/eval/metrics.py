@@ -1,9 +1,16 @@
-"""Scoring functions, each checked by hand-worked examples in tests/test_eval_metrics.py.
+"""Scoring functions, each checked by hand-worked examples in tests/test_eval.py.
 
-QA follows the official SQuAD v1.1 evaluation (lower-case, strip punctuation and the articles
-a/an/the, collapse white space; EM and token-F1, maximum over the gold answers). Chinese has no
-spaces, so for `zh` the normalised strings are split into characters for CJK and into words
-elsewhere (MLQA's "mixed segmentation"); otherwise one answer = one token and F1 is EM.
+QA answers are scored by one of two published rule sets (`--qa-scoring`, named in results.json):
+- `squad` (the default for XQuAD, as XTREME scores it: google-research/xtreme's evaluate.py uses
+  the official SQuAD v1.1 script for xquad): lower case; remove ASCII punctuation
+  (`string.punctuation`); replace the English articles a/an/the (as whole words, in any language)
+  by a space; split on white space. EM compares the joined tokens, F1 the token bags.
+- `mlqa` (MLQA's evaluation script, v1): lower case; remove every Unicode punctuation character
+  (category P*) and ASCII punctuation; remove the language's articles (en: a an the; es: un una unos
+  unas el la los las; de: ein eine einen einem eines einer der die das den dem des; vi: của là cái
+  chiếc những; ar: every "ال"; hi, zh: none); split on white space, and for zh also into single
+  characters of U+4E00-U+9FA5 ("mixed segmentation"). It is defined for en es hi vi de ar zh only.
+The maximum over the gold answers is taken per question; a missing prediction scores 0.
 """
 
 from __future__ import annotations
@@ -11,54 +18,66 @@ from __future__ import annotations
 import collections
 import re
 import string
+import sys
 import unicodedata
 
-_PUNCT = set(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_NO_SPACE_LANGS = {"zh"}
+SCORINGS = ("squad", "mlqa")
+_ASCII_PUNCT = set(string.punctuation)
+_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_MLQA_PUNCT = {chr(i) for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)).startswith("P")} | _ASCII_PUNCT
+_MLQA_ARTICLES = {
+    "en": re.compile(r"\b(a|an|the)\b"),
+    "es": re.compile(r"\b(un|una|unos|unas|el|la|los|las)\b"),
+    "de": re.compile(r"\b(ein|eine|einen|einem|eines|einer|der|die|das|den|dem|des)\b"),
+    "vi": re.compile(r"\b(của|là|cái|chiếc|những)\b"),
+    "ar": re.compile("ال"),
+    "hi": None,
+    "zh": None,
+}
+MLQA_LANGUAGES = tuple(_MLQA_ARTICLES)
+_MLQA_CJK = re.compile("[\u4e00-\u9fa5]")
 
 
-def _is_punct(ch: str) -> bool:
-    return ch in _PUNCT or unicodedata.category(ch).startswith("P")
-
-
-def normalize_answer(text: str, lang: str = "en") -> str:
-    """SQuAD v1.1: lower case, no punctuation, no articles, single spaces. For languages other
-    than English, Unicode punctuation is removed too (MLQA's extension); articles only in English."""
-    text = text.lower()
-    if lang == "en":
-        text = "".join(ch for ch in text if ch not in _PUNCT)
-        text = _ARTICLES.sub(" ", text)
-    else:
-        text = "".join(ch for ch in text if not _is_punct(ch))
-    return " ".join(text.split())
-
-
-def _tokens(text: str, lang: str) -> list[str]:
-    if lang not in _NO_SPACE_LANGS:
-        return text.split()
-    out, word = [], []
+def _mixed_segmentation(text: str) -> list[str]:
+    """MLQA's zh tokens: each CJK character alone, white-space words for the rest."""
+    out, run = [], []
     for ch in text:
-        if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" or ch.isspace():
-            if word:
-                out.append("".join(word))
-                word = []
-            if not ch.isspace():
-                out.append(ch)
+        if _MLQA_CJK.match(ch) or ch in _MLQA_PUNCT:
+            out += "".join(run).split()
+            run = []
+            out.append(ch)
         else:
-            word.append(ch)
-    if word:
-        out.append("".join(word))
-    return out
+            run.append(ch)
+    return out + "".join(run).split()
 
 
-def exact_match(prediction: str, gold: str, lang: str = "en") -> float:
-    return float(normalize_answer(prediction, lang) == normalize_answer(gold, lang))
+def answer_tokens(text: str, lang: str = "en", scoring: str = "squad") -> list[str]:
+    """The normalised tokens of an answer under `scoring`."""
+    text = text.lower()
+    if scoring == "squad":
+        text = "".join(ch for ch in text if ch not in _ASCII_PUNCT)
+        return _SQUAD_ARTICLES.sub(" ", text).split()
+    if scoring == "mlqa":
+        if lang not in _MLQA_ARTICLES:
+            raise ValueError(f"MLQA's scoring is defined for {', '.join(MLQA_LANGUAGES)} only, not {lang!r}; "
+                             "use --qa-scoring squad")
+        text = "".join(ch for ch in text if ch not in _MLQA_PUNCT)
+        if _MLQA_ARTICLES[lang] is not None:
+            text = _MLQA_ARTICLES[lang].sub(" ", text)
+        return _mixed_segmentation(text) if lang == "zh" else text.split()
+    raise ValueError(f"unknown QA scoring {scoring!r}; choose {', '.join(SCORINGS)}")
 
 
-def f1_score(prediction: str, gold: str, lang: str = "en") -> float:
-    pred = _tokens(normalize_answer(prediction, lang), lang)
-    ref = _tokens(normalize_answer(gold, lang), lang)
+def normalize_answer(text: str, lang: str = "en", scoring: str = "squad") -> str:
+    return " ".join(answer_tokens(text, lang, scoring))
+
+
+def exact_match(prediction: str, gold: str, lang: str = "en", scoring: str = "squad") -> float:
+    return float(normalize_answer(prediction, lang, scoring) == normalize_answer(gold, lang, scoring))
+
+
+def f1_score(prediction: str, gold: str, lang: str = "en", scoring: str = "squad") -> float:
+    pred, ref = answer_tokens(prediction, lang, scoring), answer_tokens(gold, lang, scoring)
     common = collections.Counter(pred) & collections.Counter(ref)
     same = sum(common.values())
     if same == 0:
@@ -67,13 +86,14 @@ def f1_score(prediction: str, gold: str, lang: str = "en") -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: dict[str, str], answers: dict[str, list[str]], lang: str = "en") -> dict:
+def squad_scores(predictions: dict[str, str], answers: dict[str, list[str]], lang: str = "en",
+                 scoring: str = "squad") -> dict:
     """Mean EM and F1 (in %) over the questions of `answers`; a missing prediction scores 0."""
     em = f1 = 0.0
     for qid, golds in answers.items():
         pred = predictions.get(qid, "")
-        em += max(exact_match(pred, g, lang) for g in golds)
-        f1 += max(f1_score(pred, g, lang) for g in golds)
+        em += max(exact_match(pred, g, lang, scoring) for g in golds)
+        f1 += max(f1_score(pred, g, lang, scoring) for g in golds)
     n = max(1, len(answers))
     return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
 

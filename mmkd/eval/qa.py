@@ -22,7 +22,7 @@ import torch
 from mmkd.eval.data import XQUAD_ALL, XQUAD_LANGUAGES, EvalDataError, QAExample, check_languages, load_qa
 from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune, resolve_precision
 from mmkd.eval.settings import EvalConfig
-from mmkd.eval.metrics import squad_scores
+from mmkd.eval.metrics import MLQA_LANGUAGES, squad_scores
 
 DEFAULTS = {"epochs": 3.0, "lr": 3e-5, "max_length": 384, "weight_decay": 1e-4, "warmup_ratio": 0.1}
 
@@ -120,6 +120,10 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
     mixed = resolve_precision(cfg.mixed_precision)
     languages = check_languages(cfg.languages or list(XQUAD_LANGUAGES), XQUAD_ALL, "xquad")
+    outside = [lang for lang in languages if lang not in MLQA_LANGUAGES]
+    if cfg.qa_scoring == "mlqa" and outside:      # before any fine-tuning, not after it
+        raise EvalDataError(f"--qa-scoring mlqa: MLQA's script scores {', '.join(MLQA_LANGUAGES)} only, not "
+                            f"{', '.join(outside)}; use --qa-scoring squad (XTREME's) or drop those languages")
     if cfg.doc_stride >= hp["max_length"] // 2:
         raise EvalDataError(f"--doc-stride {cfg.doc_stride} must be under half of --max-length {hp['max_length']} "
                             "(the window also holds the question)")
@@ -160,7 +164,7 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
         return predict(model, windows[name], examples, cfg.n_best, cfg.max_answer_length, precision=mixed)
 
     def evaluate():
-        return {"dev-en": squad_scores(run("dev-en", dev_en), _answers(dev_en), "en")["f1"]}
+        return {"dev-en": squad_scores(run("dev-en", dev_en), _answers(dev_en), "en", cfg.qa_scoring)["f1"]}
 
     states, info = fine_tune(model, batches, -(-n // cfg.batch_size), hp["epochs"], hp["lr"], hp["weight_decay"],
                              hp["warmup_ratio"], evaluate, ["dev-en"], desc=f"xquad seed {seed}",
@@ -169,8 +173,11 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en), **info,
               "test": {}, "test_exact_match": {}, "mixed_precision": mixed, "hyper_parameters": {**hp, "batch_size": cfg.batch_size,
                                                                     "question_tokens": limit}}
+    result["scoring"], result["predictions"] = cfg.qa_scoring, {}
     for lang, ex in tests.items():
-        scores = squad_scores(run(lang, ex), _answers(ex), lang)
+        predicted = run(lang, ex)
+        scores = squad_scores(predicted, _answers(ex), lang, cfg.qa_scoring)
         result["test"][lang] = scores["f1"]
         result["test_exact_match"][lang] = scores["exact_match"]
+        result["predictions"][lang] = {e.id: predicted.get(e.id, "") for e in ex}
     return result

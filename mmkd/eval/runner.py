@@ -47,14 +47,36 @@ def run_task(cfg: EvalConfig) -> dict:
               "languages": languages, "seeds": cfg.seeds, "summary": summary, "runs": runs,
               "config": dataclasses.asdict(cfg), "mmkd_version": __version__}
     if cfg.task == "xquad":
+        result["scoring"] = cfg.qa_scoring
         result["summary_exact_match"] = {lang: _mean_std([r["test_exact_match"][lang] for r in runs]) for lang in languages}
     if cfg.oracle:
         result["summary_oracle"] = {lang: _mean_std([r["oracle_test"][lang] for r in runs]) for lang in languages}
     return result
 
 
+def write_predictions(result: dict, out: Path) -> None:
+    """Each seed's test predictions in XTREME's layout, under OUT/predictions/seed-N/TASK/: xnli and
+    pawsx `test-LANG.tsv` (one predicted label per line, in the test file's order), xquad
+    `test-LANG.json` ({question id: answer text}), so the official scripts can re-score them. They
+    are taken out of the runs in results.json (which says where they are)."""
+    for run in result.get("runs", []):
+        predictions = run.pop("predictions", None)
+        if predictions is None:
+            continue
+        folder = out / "predictions" / f"seed-{run['seed']}" / result["task"]
+        folder.mkdir(parents=True, exist_ok=True)
+        split = result.get("config", {}).get("test_split", "test")      # XNLI/PAWS-X scored on dev rows: dev-LANG
+        for lang, values in predictions.items():
+            if isinstance(values, dict):
+                write_text(folder / f"test-{lang}.json", json.dumps(values, ensure_ascii=False, indent=1) + "\n")
+            else:
+                write_text(folder / f"{split}-{lang}.tsv", "".join(f"{v}\n" for v in values))
+        run["predictions"] = str(folder.relative_to(out))
+
+
 def write_result(result: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    write_predictions(result, out)
     write_text(out / "results.md", markdown_table(result) + "\n")
     write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")   # last: says complete
     from mmkd.model_card import record_eval

@@ -41,6 +41,10 @@ class EvalConfig:
                                            "(BERT's SQuAD recipe); always fewer than --max-length minus "
                                            "--doc-stride.", min=1)
     max_answer_length: int = setting(30, "XQuAD: longest answer span, in tokens.", min=1)
+    qa_scoring: str = setting("squad", "XQuAD: how answers are scored. squad = the official SQuAD v1.1 rules, as XTREME "
+                                       "scores XQuAD (the paper's Table 4); mlqa = MLQA's script (Unicode punctuation, "
+                                       "each language's articles, zh by character; en es hi vi de ar zh only). Named in "
+                                       "results.json.", choices=("squad", "mlqa"))
     n_best: int = setting(20, "XQuAD: start and end candidates considered.", min=1)
     mixed_precision: str = setting("auto", "Precision of fine-tuning and prediction, by training's rule: auto = "
                                            "ACCELERATE_MIXED_PRECISION if set, else bf16 on GPUs that have it, fp16 "

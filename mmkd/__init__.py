@@ -1,3 +1,37 @@
-"""mmkd — multi-level multilingual knowledge distillation with a precomputed teacher cache."""
+"""mmkd — multi-level multilingual knowledge distillation with a precomputed teacher cache.
+
+The Python API (docs/api.md):
+
+    from mmkd import CacheConfig, build_cache, TeacherCache, TrainConfig, train, EvalConfig, evaluate, retrieval
+
+Each name is imported from its module when first used: `import mmkd` alone loads no torch (about
+two seconds of start-up, which `mmkd --help` and the CLI's error paths should not pay).
+"""
 
 __version__ = "0.1.0"
+
+_API = {
+    "CacheConfig": ("mmkd.cache.settings", "CacheConfig"),
+    "build_cache": ("mmkd.cache.writer", "build_cache"),
+    "TeacherCache": ("mmkd.cache.reader", "TeacherCache"),
+    "CorpusConfig": ("mmkd.corpus", "CorpusConfig"),
+    "prepare_corpus": ("mmkd.corpus", "prepare_corpus"),
+    "TrainConfig": ("mmkd.config", "TrainConfig"),
+    "train": ("mmkd.train", "train"),
+    "EvalConfig": ("mmkd.eval.settings", "EvalConfig"),
+    "evaluate": ("mmkd.eval.api", "evaluate"),
+    "retrieval": ("mmkd.eval.api", "retrieval"),
+    "load_settings": ("mmkd.settings", "load"),
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmkd' has no attribute {name!r}")

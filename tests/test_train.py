@@ -104,6 +104,18 @@ def test_tiny_model_overfits_a_tiny_batch(tmp_path, tiny_student, tiny_teacher, 
     # TLM draws fresh masks every step (ln 6000 = 8.7 at the start), so it falls slowest.
     for term, factor in (("loss", 0.7), ("xwcl", 0.4), ("senta", 0.1), ("tlm", 0.7)):
         assert float(last[term]) < factor * float(first[term]), (term, first[term], last[term])
+    # `mmkd plot metrics`: the run's 80 rows in one picture, four panels (losses, lr, grad norm, collapse).
+    import matplotlib.image
+    from click.testing import CliRunner
+
+    from mmkd.cli import main
+    r = CliRunner().invoke(main, ["plot", "metrics", cfg.out])
+    assert r.exit_code == 0 and r.output.strip() == f"wrote {cfg.out}/metrics.png", r.output
+    png = Path(cfg.out) / "metrics.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert matplotlib.image.imread(png).shape[:2] == (4 * 280, 900)
+    r = CliRunner().invoke(main, ["plot", "metrics", str(tmp_path)])
+    assert r.exit_code == 2 and "no metrics.csv here" in r.output and r.output.count("\n") == 1
 
 
 # ------------------------------------------------------------------ ablations

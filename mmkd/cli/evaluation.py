@@ -85,7 +85,7 @@ def eval_retrieval(model, specs, max_eval_examples, out, trust_remote_code):
 
 @click.group("plot")
 def plot_group():
-    """Pictures of the representation space."""
+    """Pictures: a run's metrics over steps, the representation space (t-SNE)."""
 
 
 @plot_group.command("tsne")
@@ -111,6 +111,18 @@ def plot_tsne_cmd(models, files, xnli_dir, languages, n, seed, out):
         pairs[lang] = path
     sentences = read_multiway(pairs, n, seed, xnli_dir, languages.split(",") if languages else None)
     click.echo(f"wrote {plot_tsne(list(models), sentences, out, seed)}")
+
+
+@plot_group.command("metrics")
+@click.argument("run", metavar="RUN")
+@click.option("--out", default=None, metavar="FILE", help="PNG file (default: RUN/metrics.png).")
+@friendly
+def plot_metrics_cmd(run, out):
+    """Every loss, the learning rates, the gradient norm and the collapse indicators of a run
+    (RUN/metrics.csv) over steps, in one PNG; no TensorBoard needed."""
+    from mmkd.plot_metrics import plot_metrics
+
+    click.echo(f"wrote {plot_metrics(run, out)}")
 
 
 @click.command("report")

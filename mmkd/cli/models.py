@@ -42,5 +42,26 @@ def models_list():
     click.echo(f"(folders in {models_dir()}; $MMKD_MODELS_DIR moves them)")
 
 
+@click.command("export")
+@click.argument("student", metavar="STUDENT_DIR")
+@click.option("--format", "fmt", type=click.Choice(["sentence-transformers"]), default="sentence-transformers",
+              show_default=True, help="What to write: a folder sentence-transformers loads (SentenceTransformer(DIR)).")
+@click.option("--out", default=None, metavar="DIR", help="The folder to write (default: STUDENT_DIR-st); must not exist.")
+@click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True,
+              help="The sentence vector: mean of the last hidden states (what retrieval measures) or [CLS].")
+@click.option("--max-seq-length", type=click.IntRange(min=8), default=128, show_default=True,
+              help="Tokens per sentence (retrieval's 128).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
+@friendly
+def export_cmd(student, fmt, out, pooling, max_seq_length, trust_remote_code):
+    """Export a trained student (`RUN/student`) for other libraries. sentence-transformers: its vectors
+    equal the ones `mmkd eval retrieval` uses."""
+    from mmkd.export import export_sentence_transformers
+
+    target = out or f"{str(student).rstrip('/')}-st"
+    click.echo(f"wrote {export_sentence_transformers(student, target, pooling, max_seq_length, trust_remote_code)}")
+
+
 def register(main) -> None:
     main.add_command(models_group)
+    main.add_command(export_cmd)

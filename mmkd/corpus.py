@@ -54,6 +54,8 @@ class CorpusConfig:
     hf_dataset: str | None = setting(None, "A Hugging Face dataset with a 'translation' column.", cli=False)
     hf_config: str | None = setting(None, "Dataset config, e.g. de-en.")
     hf_split: str = setting("train", "Dataset split.")
+    hf_columns: str | None = setting(None, "Two text columns EN,X instead of 'translation' (sentence-transformers' "
+                                           "parallel-sentences-*: english,non_english).")
     opus_base_url: str = setting(help="Mirror of the OPUS object store, used when no source is given "
                                       "(default: $MMKD_OPUS_BASE_URL, else the OPUS object store).",
                                  factory=lambda: os.environ.get("MMKD_OPUS_BASE_URL", OPUS_BASE_URL))
@@ -98,7 +100,8 @@ def _sources(cfg: CorpusConfig, progress: bool = True) -> Iterator[tuple[str, It
             path = fetch(path, os.path.join(cfg.data_dir, "downloads", name), progress)
         yield f"zip:{cfg.zip}", read_opus_zip(path, ref, cfg.max_line_chars)
     elif cfg.hf_dataset:
-        yield f"hf:{cfg.hf_dataset}", read_hf(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, lang, cfg.max_line_chars)
+        label = f"hf:{cfg.hf_dataset}" + (f"[{cfg.hf_columns}]" if cfg.hf_columns else "")
+        yield label, read_hf(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, lang, cfg.max_line_chars, cfg.hf_columns)
     else:  # the paper's OPUS corpora
         for ref in opus_refs(cfg.pair):
             path = download_opus(ref, os.path.join(cfg.data_dir, "downloads"), cfg.opus_base_url, progress)

@@ -265,9 +265,12 @@ def download_opus(ref: OpusRef, download_dir: str, base_url: str = OPUS_BASE_URL
     return fetch(ref.url(base_url), dest, progress, desc=f"download {ref.corpus} {ref.moses_pair}")
 
 
-def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int) -> Iterator[Pair]:
+def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int,
+            columns: str | None = None) -> Iterator[Pair]:
     """A Hugging Face dataset (hub name or local folder) whose rows hold
-    `translation: {"en": ..., lang: ...}` (the layout of opus_books, wmt*, europarl_bilingual, ...)."""
+    `translation: {"en": ..., lang: ...}` (the layout of opus_books, wmt*, europarl_bilingual, ...),
+    or, with `columns="EN,X"`, two text columns (sentence-transformers' parallel-sentences-*:
+    `english,non_english`)."""
     import datasets
 
     from mmkd.console import is_verbose
@@ -283,6 +286,9 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
         raise CorpusError(f"--hf-dataset {name!r} (config {config!r}, split {split!r}): not a dataset with a "
                           f"'translation' column that `datasets` can load ({type(e).__name__}: {first}); for "
                           "TSV files use --tsv") from None
+    if columns:
+        yield from _two_columns(ds, name, columns, max_chars)
+        return
     if "translation" not in ds.column_names:
         raise CorpusError(f"--hf-dataset {name!r}: no 'translation' column (columns: {ds.column_names[:4]}); a dataset "
                           "with rows {'translation': {'en': ..., 'xx': ...}} is needed; for TSV files use --tsv")
@@ -295,6 +301,23 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
             if len(side) > max_chars:
                 raise CorpusError(f"dataset {name!r} row {i}: {len(side)} characters, over --max-line-chars {max_chars}")
         yield i, en, x
+
+
+def _two_columns(ds, name: str, columns: str, max_chars: int) -> Iterator[Pair]:
+    picked = [c.strip() for c in columns.split(",")]
+    if len(picked) != 2 or not all(picked):
+        raise CorpusError(f"--hf-columns {columns!r}: give two column names, English first (e.g. english,non_english)")
+    missing = [c for c in picked if c not in ds.column_names]
+    if missing:
+        raise CorpusError(f"--hf-dataset {name!r}: no column {missing[0]!r} (columns: {', '.join(ds.column_names[:8])})")
+    for i, row in enumerate(ds, start=1):
+        en, x = row[picked[0]], row[picked[1]]
+        for side, column in ((en, picked[0]), (x, picked[1])):
+            if side is not None and not isinstance(side, str):
+                raise CorpusError(f"dataset {name!r} row {i}: column {column!r} holds {type(side).__name__}, not text")
+            if side and len(side) > max_chars:
+                raise CorpusError(f"dataset {name!r} row {i}: {len(side)} characters, over --max-line-chars {max_chars}")
+        yield i, en or "", x or ""
 
 
 __all__ = ["OPUS_BASE_URL", "PAPER_PAIRS", "OpusRef", "parse_pair", "opus_refs", "read_moses",

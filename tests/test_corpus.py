@@ -117,6 +117,27 @@ def test_hf_dataset_with_translation_column(tmp_path, shared):
     assert set(corpus.table.column("en").to_pylist()) <= {r[0] for r in rows}
 
 
+def test_hf_dataset_with_two_text_columns_as_sentence_transformers_lays_them_out(tmp_path, shared):
+    """parallel-sentences-* on the hub: rows {"english": ..., "non_english": ...} (`--hf-columns`)."""
+    rows = [line.split("\t") for line in (shared / "parallel/tatoeba_challenge/eng-deu.tsv").read_text().splitlines()[:150]]
+    ds_dir = tmp_path / "parallel-sentences-like"
+    ds_dir.mkdir()
+    with open(ds_dir / "train.jsonl", "w") as f:
+        for en, de in rows:
+            f.write(json.dumps({"english": en, "non_english": de}, ensure_ascii=False) + "\n")
+    cfg = CorpusConfig(pair="en-de", hf_dataset=str(ds_dir), hf_columns="english,non_english", min_tokens=1,
+                       data_dir=str(tmp_path / "d"))
+    corpus = open_corpus(str(prepare_corpus(cfg, progress=False)))
+    assert len(corpus) == len({tuple(r) for r in rows})
+    pairs = set(zip(corpus.table.column("en").to_pylist(), corpus.table.column("x").to_pylist()))
+    assert pairs <= {tuple(r) for r in rows}
+    assert corpus.meta["sources"] == [f"hf:{ds_dir}[english,non_english]"]
+    r = CliRunner().invoke(main, ["corpus", "prepare", "en-de", "--hf-dataset", str(ds_dir), "--hf-columns",
+                                  "english,german", "--data-dir", str(tmp_path / "e"), "--quiet"])
+    assert r.exit_code == 2 and "no column 'german' (columns: english, non_english)" in r.output, r.output
+    assert r.output.count("\n") == 1
+
+
 # ---------------------------------------------------------------- bad input: clear errors
 def _prepare(tmp_path, **kw):
     return prepare_corpus(CorpusConfig(pair=kw.pop("pair", "en-fr"), data_dir=str(tmp_path / "d"), **kw), progress=False)

@@ -89,8 +89,11 @@ class TrainConfig:
     keep_checkpoints: int = setting(3, "Checkpoints kept.", min=1)
     num_workers: int = setting(2, "Data-loader workers per process (they read the cache and build inputs).",
                                min=0, max=64)
-    log_with: str = setting("auto", "Tracker besides metrics.csv (auto = tensorboard when installed).",
-                            choices=("auto", "tensorboard", "none"))
+    log_with: str = setting("auto", "Trackers besides metrics.csv: auto (tensorboard when installed), none, all (every "
+                                    "installed one), or names, comma-separated: aim, clearml, comet_ml, dvclive, "
+                                    "mlflow, swanlab, tensorboard, trackio, wandb.")
+    run_name: str | None = setting(None, "The tracker run's name (default: the run folder's); kept in RUN/tracker.json "
+                                         "with each tracker's run id, so --resume continues the same run.")
     trust_remote_code: bool = setting(False, "Allow custom model code from the hub (off by default).", cli=False)
     cache_local: str | None = setting(None, "A node-local folder (e.g. /nvme/mmkd) that each shard of a cache in object "
                                             "storage (--cache s3://...) or on a slow shared filesystem is fetched into "
@@ -113,7 +116,7 @@ class TrainConfig:
 
 # Settings a resumed run may change without changing its results. `out` too: a run folder identifies
 # itself by its checkpoints, so a moved folder or another spelling of its path resumes.
-RESUMABLE = {"num_workers", "log_with", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora",
+RESUMABLE = {"num_workers", "log_with", "run_name", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora",
              "out", "verify_cache", "cache_local", "cache_local_limit_gb"}
 
 
@@ -126,6 +129,11 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum {cfg.grad_accum}")
     if bool(cfg.cache) == bool(cfg.online_teacher):
         raise TrainingError("give either --cache (the teacher cache) or --online-teacher NAME (with --corpus)")
+    from mmkd.trackers import CHOICES
+    for name in (n.strip() for n in cfg.log_with.split(",")):
+        if name not in CHOICES or ("," in cfg.log_with and name in ("auto", "none", "all")):
+            raise TrainingError(f"--log-with {cfg.log_with!r}: {name!r} is not one of {', '.join(CHOICES)} "
+                                "(names may be comma-separated)")
 
 
 def from_saved(saved: dict, where: str) -> TrainConfig:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from fsspec.implementations.local import LocalFileSystem
 
+from mmkd.trackers import FOLDERS as TRACKER_FOLDERS
+
 from mmkd.checkpoint import CheckpointError, latest_checkpoint
 from mmkd.config import TrainConfig, TrainingError, differences, from_saved
 from mmkd.lock import LOCK_FILES, Lock
@@ -31,9 +33,10 @@ from mmkd.paths import check_deletable
 from mmkd.writers import CLAIM, elect
 
 # What `mmkd train` writes into its run folder (accelerate's tracker writes `mmkd/`).
-RUN_ENTRIES = {"config.json", "metrics.csv", "checkpoints", "student", "student.tmp", "student.old",
-               "heads.safetensors", "heads.safetensors.tmp", "head_phase.json", "lock", "lock.held", "verified-cache", "mmkd"}
-_ASIDE = re.compile(r"\.(config\.json|head_phase\.json|latest)\.tmp-\d+")       # mmkd/atomic.py's, left by a crash
+RUN_ENTRIES = {"config.json", "metrics.csv", "metrics.png", "checkpoints", "student", "student.tmp", "student.old",
+               "heads.safetensors", "heads.safetensors.tmp", "head_phase.json", "lock", "lock.held", "verified-cache",
+               *TRACKER_FOLDERS}
+_ASIDE = re.compile(r"\.(config\.json|head_phase\.json|tracker\.json|latest)\.tmp-\d+")       # mmkd/atomic.py's, left by a crash
 _STEP = re.compile(r"step-\d{7}(\.tmp)?")
 _STEP_FILES = re.compile(r"model\.safetensors|optimizer\.pt|scheduler\.pt|scaler\.pt|meta\.json|"
                          r"rng-rank\d+\.safetensors")
@@ -84,7 +87,7 @@ def _ours(out: Path, parts: tuple[str, ...]) -> bool:
     top = parts[0]
     if len(parts) == 1:
         return (top in RUN_ENTRIES and top not in ("checkpoints", "student", "student.tmp", "student.old",
-                                                   "verified-cache", "mmkd")) or bool(_ASIDE.fullmatch(top)
+                                                   "verified-cache", *TRACKER_FOLDERS - {"tracker.json"})) or bool(_ASIDE.fullmatch(top)
                                                                                       or CLAIM.fullmatch(top))
     if top == "checkpoints":
         if len(parts) == 2:
@@ -98,6 +101,8 @@ def _ours(out: Path, parts: tuple[str, ...]) -> bool:
         return len(parts) == 3 and bool(_MARKER.fullmatch(parts[2]))
     if top == "mmkd":
         return bool(_TRACKER.fullmatch(parts[-1]))
+    if top in TRACKER_FOLDERS:          # another tracker's own folder (wandb/, mlruns/, ...): written for this run
+        return True
     return False
 
 

@@ -32,6 +32,7 @@ from mmkd.errors import CacheError
 from mmkd.monitor import CollapseWatch, append_metrics, trim_metrics
 from mmkd.objectives import Objective
 from mmkd.precision import resolve as resolve_precision
+from mmkd import trackers as track
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
@@ -59,17 +60,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     out = Path(cfg.out)
     cpu = use_cpu()
     mixed = resolve_precision(cfg.mixed_precision, cpu)
-    log_with = cfg.log_with
-    if log_with == "auto":
-        import importlib.util
-        log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    trackers = track.resolve(cfg.log_with)      # a tracker not installed: refused before any work
     chosen = objs.chosen(cfg.without, cfg)
     # Unused parameters: removed objectives leave heads (or the MLM head) without gradients.
     # The head phase leaves the encoder without gradients.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=len(cfg.objectives) < len(objs.OBJECTIVES)
                                         or cfg.head_warmup_steps > 0)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, project_dir=str(out),
-                              log_with=None if log_with == "none" else log_with, kwargs_handlers=[ddp])
+                              log_with=trackers or None, kwargs_handlers=[ddp])
     main = accelerator.is_main_process
 
     def opened():
@@ -128,10 +126,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                 say(f"warning: {out / 'metrics.csv'} is missing (the run was moved without it?): the rows of steps "
                     f"1-{start} are lost; it starts again at step {start + 1}")
             trim_metrics(out / "metrics.csv", start)
-        if log_with != "none":
+        if trackers:
             from mmkd.settings import dotted
-            accelerator.init_trackers("mmkd", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-                                                      for k, v in dotted(dataclasses.asdict(cfg)).items()})
+            record = track.start(accelerator, trackers, out, cfg.run_name,
+                                 {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                                  for k, v in dotted(dataclasses.asdict(cfg)).items()}, resume)
+            if run.writes:
+                write_text(out / track.RECORD, json.dumps(record, indent=2) + "\n")
 
         # Segment ids only for students that have more than one (BERT); XLM-R, DistilBERT, DeBERTa-v3 none.
         segments = getattr(accelerator.unwrap_model(model).student.config, "type_vocab_size", 0) > 1
@@ -170,7 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                     bar.write(message, file=sys.stderr)
                 if step + 1 == cfg.head_warmup_steps:
                     bar.write(report_head_phase(out, cfg.head_warmup_steps), file=sys.stderr)
-            if log_with != "none":
+            if trackers:
                 accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total_steps:
                 save_checkpoint(out, step + 1, model, optimizer, scheduler, run_meta, accelerator,

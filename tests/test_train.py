@@ -298,13 +298,29 @@ def _cli_train(out: Path, cache_root: Path, student: str, data_dir: Path, *extra
             "--head-hidden", "32", "--head-out", "16", "--log-with", "none", "--quiet", *extra]
 
 
+def test_log_with_takes_every_tracker_accelerate_knows_and_refuses_one_not_installed(tmp_path, cache_root,
+                                                                                    tiny_student, data_dir):
+    from accelerate.utils import LoggerType
+
+    from mmkd.trackers import TRACKERS, installed
+    assert set(TRACKERS) == {t.value for t in LoggerType} - {"all"}
+    absent = next(t for t in TRACKERS if not installed(t))
+    for value, message in ((absent, f"--log-with {absent}: {absent} is not installed"),
+                           ("tensorboard,nope", "--log-with 'tensorboard,nope': 'nope' is not one of auto, none, all")):
+        r = subprocess.run(_cli_train(tmp_path / "r", cache_root, tiny_student, data_dir, "--max-steps", "1",
+                                      "--log-with", value), capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+        assert not (tmp_path / "r").exists()
+
+
 def test_resume_after_kill_9_gives_the_same_loss_curve(tmp_path, cache_root, tiny_student, data_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ("--max-steps", "30", "--checkpoint-every", "5", "--num-workers", "2")
     ref = tmp_path / "ref"
     subprocess.run(_cli_train(ref, cache_root, tiny_student, data_dir, *args), check=True, env=env)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli_train(run, cache_root, tiny_student, data_dir, *args), env=env)
+    tracked = ("--log-with", "tensorboard", "--run-name", "kill-test")     # the killed run is tracked
+    proc = subprocess.Popen(_cli_train(run, cache_root, tiny_student, data_dir, *args, *tracked), env=env)
     latest = run / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and not (latest.exists() and latest.read_text().strip() == "step-0000010"):
@@ -317,8 +333,23 @@ def test_resume_after_kill_9_gives_the_same_loss_curve(tmp_path, cache_root, tin
     r = subprocess.run(_cli_train(run, cache_root, tiny_student, data_dir, *args), env=env, capture_output=True,
                        text=True)
     assert r.returncode == 2 and "--resume" in r.stderr
-    subprocess.run(_cli_train(run, cache_root, tiny_student, data_dir, *args, "--resume"), check=True, env=env)
+    # (the run name is not given again: tracker.json has it)
+    subprocess.run(_cli_train(run, cache_root, tiny_student, data_dir, *args, "--resume", "--log-with", "tensorboard"),
+                   check=True, env=env)
     got, want = metrics(run), metrics(ref)
+    # The tracker run continues: TensorBoard's events of both processes are in one run folder, every
+    # step is there, and each step's last value is metrics.csv's.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    record = json.loads((run / "tracker.json").read_text())
+    assert record["run_name"] == "kill-test" and record["trackers"] == ["tensorboard"]
+    assert len(list((run / "mmkd").glob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(run / "mmkd"))
+    events.Reload()
+    last = {e.step: e.value for e in events.Scalars("loss")}
+    assert sorted(last) == list(range(1, 31))
+    for row in got:
+        assert last[int(row["step"])] == pytest.approx(float(row["loss"]), rel=1e-6)
     assert [row["step"] for row in got] == [str(i) for i in range(1, 31)]
     for a, b in zip(got, want):
         for key in ("loss", "tlm", "xwcl", "senta", "struca", "lr"):

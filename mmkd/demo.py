@@ -72,6 +72,8 @@ class DemoConfig:
     xnli_test_offset: int = setting(4710, "First test row: the last 300 of 5,010, apart from the rows the evidence "
                                           "in docs/results.md reports.", min=0)
     xnli_seed: int = setting(1, "Fine-tuning seed.", min=0, max=SEED_MAX)
+    corpus_seed: int = setting(0, "Shuffle seed of the corpora (apart from the training seed, so runs at several "
+                                  "training seeds read the same corpora).", min=0, max=SEED_MAX)
 
 
 def minilm_path() -> str:
@@ -129,7 +131,7 @@ def prepare(cfg: DemoConfig, train, root: Path, progress: bool, log) -> tuple[st
         if f"en-{lang}" not in list_corpora(data_dir):
             longest = cfg.low_resource_max_tokens if lang in LOW_RESOURCE else cfg.max_tokens
             prepare_corpus(CorpusConfig(pair=f"en-{lang}", tsv=path, data_dir=data_dir, min_tokens=cfg.min_tokens,
-                                        max_tokens=longest, seed=train.seed), progress=progress)
+                                        max_tokens=longest, seed=cfg.corpus_seed), progress=progress)
     corpora = [f"en-{lang}" for lang in cfg.languages]
     log("[2/7] teacher cache (the teacher runs once, here)")
     cache = root / "cache"

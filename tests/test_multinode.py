@@ -279,3 +279,24 @@ def test_a_train_under_mmkd_lock_file_runs_and_refuses_a_second(tmp_path, clean_
     (run / "lock.held").write_text(json.dumps({"pid": 1, "host": "node7", "started": "2026-12-04 00:00:00"}))
     with pytest.raises(TrainingError, match="being written by process 1 on node7"):
         train(cfg, resume=True, progress=False)
+
+
+def test_two_machines_sharing_one_run_folder_write_it_once_with_every_ranks_state(tmp_path, clean_cache,
+                                                                                 student_nodrop, data_dir):
+    """`--out` on a filesystem both machines mount (docs/gpu.md: shared or node-local): one writer for
+    the folder, every rank's RNG state in each checkpoint, one config.json, one student."""
+    folders = _machines(tmp_path, clean_cache, "shared")
+    shared_run = tmp_path / "shared" / "run"
+    done = _finish(_launch(folders, student_nodrop, data_dir, "--max-steps", "6", "--checkpoint-every", "3",
+                           "--out", str(shared_run)))
+    assert all(code == 0 for code, _ in done), "\n".join(out[-3000:] for _, out in done)
+    for step in ("step-0000003", "step-0000006"):
+        names = sorted(p.name for p in (shared_run / "checkpoints" / step).iterdir())
+        assert names == ["meta.json", "model.safetensors", "optimizer.pt", *[f"rng-rank{r}.safetensors" for r in range(4)],
+                         "scheduler.pt"], names
+    assert json.loads((shared_run / "config.json").read_text())["processes"] == 4
+    assert [row["step"] for row in _metrics(shared_run)] == [str(i) for i in range(1, 7)]
+    assert (shared_run / "student" / "model.safetensors").is_file()
+    from mmkd.run_folder import foreign_files
+    assert foreign_files(shared_run) == []                 # no claim file or stray lock left behind
+    assert not any((f / "run").exists() for f in folders)

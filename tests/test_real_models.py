@@ -117,7 +117,7 @@ def _demo_cache(tmp_path: Path, teacher: str, shared: Path, codes: dict[str, str
 
 
 def _settings(cache: str, student: str, out: Path, data: str, **kw) -> TrainConfig:
-    base = {"max_steps": 3, "batch_size": 8, "num_workers": 0, "log_with": "none", "checkpoint_every": 2,
+    base = {"max_steps": 3, "batch_size": 8, "num_workers": 0, "log_with": "none", "checkpoint_every": 1000,
             "head_warmup_steps": 0, **kw}
     cfg = st.from_mapping(TrainConfig, base, "test", base=st.load(TrainConfig, "demo"))
     import dataclasses

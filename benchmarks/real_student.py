@@ -419,7 +419,7 @@ def main() -> None:
     out = Path(args.out)
     rows = args.rows.split(",") if args.rows else (["initial", *CANDIDATES] if args.phase == "select" else REPORT)
     seeds = [int(s) for s in (args.seeds or ("0" if args.phase == "select" else "0,1,2")).split(",")]
-    if args.phase == "report" and not args.dry_run:
+    if args.phase == "report" and not (args.dry_run or args.table_only):
         chosen(out)                                   # refused before any job: the rows need the choice
     # "--job=NAME", not "--job NAME": argparse would read an ablation's "-tlm:0" as an option
     names = list(dict.fromkeys(f"{row}:{0 if row == 'initial' else seed}" for seed in seeds for row in rows))

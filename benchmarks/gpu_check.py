@@ -138,7 +138,7 @@ def _train(work: Path, name: str, student: str, data: str, cache: str | None, on
     from mmkd import settings as st
     from mmkd.config import TrainConfig
     from mmkd.measure import FreeTeacher, step_medians
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     cfg = dataclasses.replace(st.load(TrainConfig, "paper"), student=student, out=str(work / "runs" / name),
                               data_dir=data, batch_size=batch, max_steps=steps, num_workers=workers, log_with="none",

@@ -105,7 +105,7 @@ def mmkd_step(shared: Path, batch: int, steps: int, work: Path) -> dict:
     from mmkd.config import TrainConfig
     from mmkd.demo import DemoConfig, prepare
     from mmkd.measure import step_medians
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     demo = DemoConfig(out=str(work / "demo"))
     cfg = st.load(TrainConfig, "demo")

@@ -218,7 +218,7 @@ def job(args) -> None:
     from mmkd.eval.retrieval import run_retrieval
     from mmkd.eval.runner import run_task, write_result
     from mmkd.eval.settings import EvalConfig
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     out, shared = Path(args.out), Path(args.shared_data)
     staged = stage(out)

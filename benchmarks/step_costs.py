@@ -1,5 +1,5 @@
 """What a training step's time is made of, on this CPU. Prints JSON. Three measurements, every run
-of `mmkd.train.train` in its own process, median step time over the steps after the first 2:
+of `mmkd.trainer.train` in its own process, median step time over the steps after the first 2:
 
 - `workers`: the cached step against the student-only floor (teacher features are zeros made in the
   loader, nothing read; benchmarks/train_step.py) with 0 data-loader workers (the batch is built in
@@ -40,7 +40,7 @@ def child(args) -> None:
     import mmkd.features as F
     from mmkd.config import TrainConfig
     from mmkd.measure import FreeTeacher, step_medians
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     cfg = TrainConfig(student=args.student, out=args.run, cache=[args.cache], data_dir=args.data,
                       batch_size=args.batch_size, max_steps=args.steps, num_workers=args.num_workers,

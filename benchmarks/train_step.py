@@ -1,6 +1,6 @@
 """Benchmark of stage two for one model size. Prints JSON.
 
-Three runs of `mmkd.train.train` on the same pairs, each in its own process (for peak RSS):
+Three runs of `mmkd.trainer.train` on the same pairs, each in its own process (for peak RSS):
 - cached:       teacher features read from an fp16 cache;
 - online:       the teacher encoder runs on every batch (--online-teacher);
 - student_only: teacher features are zeros made in the data-loader workers (no read at all),
@@ -39,7 +39,7 @@ def run_mode(mode: str, work: Path, student: str, teacher: str, steps: int, batc
     import mmkd.features as F
     from mmkd.config import TrainConfig
     from mmkd.measure import FreeTeacher, step_medians
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     cfg = TrainConfig(student=student, out=str(work / f"run-{mode}"), data_dir=str(work / "data"),
                       batch_size=batch, max_steps=steps, num_workers=workers, log_with="none",
@@ -84,7 +84,7 @@ def padding_report(shared: Path, student: str, work: Path, global_batch: int = 2
                 batch = schedule.batch(step)
                 for r in range(world):
                     for name, table in (("pair", pair), ("sentence", sent)):
-                        # By length each input's pairs are assigned by its own length (mmkd/train.py).
+                        # By length each input's pairs are assigned by its own length (mmkd/trainer.py).
                         (part,) = (split_for(batch, r, world, 1) if how == "stride"
                                    else split_by_length(batch, [table[k[2]] for k in batch], r, world, 1))
                         ls = [table[k[2]] for k in part]

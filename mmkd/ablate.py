@@ -129,7 +129,7 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
 def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
     from mmkd.checkpoint import latest_checkpoint
     from mmkd.config import validate
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     if cfg.base.online_teacher or not cfg.base.cache:
         raise MMKDError("the ablation sweep reads one teacher cache: give --cache")

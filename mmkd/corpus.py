@@ -34,8 +34,9 @@ from tqdm.auto import tqdm
 
 from mmkd import __version__
 from mmkd.atomic import publish
-from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, download_opus, fetch, opus_refs,
-                                 parse_pair, read_hf, read_moses, read_opus_zip, read_tsv)
+from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, download_opus, fetch, hub_corpora,
+                                 opus_refs, parse_pair, read_hf, read_moses, read_opus_zip, read_tsv)
+from mmkd.hub_data import resolve
 from mmkd.errors import CorpusError
 from mmkd.paths import default_data_dir
 from mmkd.settings import SEED_MAX, setting
@@ -56,6 +57,12 @@ class CorpusConfig:
     hf_split: str = setting("train", "Dataset split.")
     hf_columns: str | None = setting(None, "Two text columns EN,X instead of 'translation' (sentence-transformers' "
                                            "parallel-sentences-*: english,non_english).")
+    source: str = setting("opus", "Where the paper's corpus for PAIR comes from when no file or dataset is given: opus "
+                                  "= the OPUS object store's Moses zips; hub = the Hugging Face hub's parquet mirrors "
+                                  "(Helsinki-NLP/europarl, Helsinki-NLP/multiun, cfilt/iitb-english-hindi), each at a "
+                                  "pinned commit (`mmkd corpus sources`).", choices=("opus", "hub"))
+    hub_revision: str | None = setting(None, "With --source hub: read this revision (branch, tag or commit) instead of "
+                                             "the pinned commit; the commit it resolves to is recorded in meta.json.")
     opus_base_url: str = setting(help="Mirror of the OPUS object store, used when no source is given "
                                       "(default: $MMKD_OPUS_BASE_URL, else the OPUS object store).",
                                  factory=lambda: os.environ.get("MMKD_OPUS_BASE_URL", OPUS_BASE_URL))
@@ -102,6 +109,12 @@ def _sources(cfg: CorpusConfig, progress: bool = True) -> Iterator[tuple[str, It
     elif cfg.hf_dataset:
         label = f"hf:{cfg.hf_dataset}" + (f"[{cfg.hf_columns}]" if cfg.hf_columns else "")
         yield label, read_hf(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, lang, cfg.max_line_chars, cfg.hf_columns)
+    elif cfg.source == "hub":  # the paper's corpora from their parquet mirrors on the hub
+        for hub in hub_corpora(cfg.pair):
+            revision = cfg.hub_revision or hub.revision
+            commit = resolve(hub.repo_id, revision)
+            yield (f"hub:{hub.repo_id}/{hub.config}@{commit or revision}",
+                   read_hf(hub.repo_id, hub.config, hub.split, lang, cfg.max_line_chars, revision=commit or revision))
     else:  # the paper's OPUS corpora
         for ref in opus_refs(cfg.pair):
             path = download_opus(ref, os.path.join(cfg.data_dir, "downloads"), cfg.opus_base_url, progress)

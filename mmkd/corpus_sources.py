@@ -20,6 +20,7 @@ import fsspec
 
 from mmkd.atomic import publish
 from mmkd.errors import CorpusError, MMKDError
+from mmkd.hub_data import HUB_CORPORA, HubCorpus
 
 # The OPUS object store; MMKD_OPUS_BASE_URL (or --opus-base-url) points at a mirror instead.
 OPUS_BASE_URL = "https://object.pouta.csc.fi"
@@ -265,8 +266,17 @@ def download_opus(ref: OpusRef, download_dir: str, base_url: str = OPUS_BASE_URL
     return fetch(ref.url(base_url), dest, progress, desc=f"download {ref.corpus} {ref.moses_pair}")
 
 
+def hub_corpora(pair: str) -> list[HubCorpus]:
+    """The hub's parquet mirrors of the paper's corpus for `pair`, at their pinned commits."""
+    parse_pair(pair)
+    if pair not in HUB_CORPORA:
+        raise CorpusError(f"no hub mirror of a paper corpus for {pair!r}; pairs with one: {', '.join(sorted(HUB_CORPORA))}. "
+                          "Give --hf-dataset NAME (and --hf-config) to read another dataset.")
+    return HUB_CORPORA[pair]
+
+
 def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int,
-            columns: str | None = None) -> Iterator[Pair]:
+            columns: str | None = None, revision: str | None = None) -> Iterator[Pair]:
     """A Hugging Face dataset (hub name or local folder) whose rows hold
     `translation: {"en": ..., lang: ...}` (the layout of opus_books, wmt*, europarl_bilingual, ...),
     or, with `columns="EN,X"`, two text columns (sentence-transformers' parallel-sentences-*:
@@ -278,7 +288,7 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
     if not is_verbose():
         datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        ds = datasets.load_dataset(name, config, split=split, revision=revision)
     except FileNotFoundError as e:
         raise CorpusError(f"dataset {name!r} (config {config!r}): not found ({e})") from None
     except Exception as e:   # datasets raises many kinds (a folder of TSVs, a missing split, a bad config)
@@ -320,5 +330,5 @@ def _two_columns(ds, name: str, columns: str, max_chars: int) -> Iterator[Pair]:
         yield i, en or "", x or ""
 
 
-__all__ = ["OPUS_BASE_URL", "PAPER_PAIRS", "OpusRef", "parse_pair", "opus_refs", "read_moses",
+__all__ = ["OPUS_BASE_URL", "PAPER_PAIRS", "OpusRef", "parse_pair", "opus_refs", "hub_corpora", "read_moses",
            "read_tsv", "read_opus_zip", "download_opus", "fetch", "read_hf"]

@@ -197,7 +197,7 @@ def _train_once(tcfg, run: Path, root: Path, progress: bool) -> None:
     from mmkd import settings as st
     from mmkd.checkpoint import latest_checkpoint
     from mmkd.config import TrainingError, differences
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     if (run / "config.json").is_file():
         saved = st.from_mapping(type(tcfg), json.loads((run / "config.json").read_text())["config"],

@@ -141,9 +141,14 @@ def _summary(result: dict) -> dict:
     def fmt(ms):
         return f"{ms['mean']:.1f} ± {ms['std']:.1f}" if ms["std"] else f"{ms['mean']:.1f}"
     langs = result["languages"]
+    config = result.get("config", {})
     return {"metric": result["metric"], "per_language": {lang: fmt(result["summary"][lang]) for lang in langs},
             "avg": fmt(result["summary"]["avg"]),
-            "detail": f"zero-shot, English-dev selection, seeds {','.join(map(str, result['seeds']))}"}
+            "detail": f"zero-shot, English-dev selection, seeds {','.join(map(str, result['seeds']))}",
+            # what `mmkd push` turns into the card's model-index
+            "values": {lang: result["summary"][lang]["mean"] for lang in langs},
+            "split": config.get("test_split", "test") if result["task"] != "xquad" else "validation",
+            "hub_dataset": result.get("data", {}).get("hub", {}).get("test")}   # None: read from local files
 
 
 def record_eval(model: str, result: dict) -> bool:

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))      # tests/families.py
-from mmkd.tiny import make_tiny_bert  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
+# Before anything imports huggingface_hub, which reads these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).parent))      # tests/families.py
+from mmkd.tiny import make_tiny_bert  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser):

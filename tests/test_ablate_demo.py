@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mmkd.ablate import AblationConfig, run_ablation
 from mmkd.cache import CacheConfig, build_cache
 from mmkd.cli import main
-from mmkd.train import TrainConfig
+from mmkd.trainer import TrainConfig
 
 
 @pytest.fixture(scope="module")

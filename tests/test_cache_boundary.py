@@ -20,7 +20,7 @@ from mmkd.cli import main
 from mmkd.corpus import CorpusConfig, prepare_corpus
 from mmkd.errors import CacheError
 from mmkd.features import SourceError
-from mmkd.train import TrainConfig, train
+from mmkd.trainer import TrainConfig, train
 
 from conftest import make_format_1, make_format_2
 
@@ -103,8 +103,8 @@ def test_a_format_1_cache_is_refused_then_upgraded(tmp_path, own_cache, tiny_stu
 
 def test_stage_two_imports_no_stage_one_code():
     """Training (the reader, the features, the loop) imports neither the writer, the teacher nor the
-    corpus code: a fresh interpreter shows what `import mmkd.train` loads."""
-    code = ("import sys, mmkd.cache, mmkd.cache.reader, mmkd.features, mmkd.train; "
+    corpus code: a fresh interpreter shows what `import mmkd.trainer` loads."""
+    code = ("import sys, mmkd.cache, mmkd.cache.reader, mmkd.features, mmkd.trainer; "
             "print([m for m in ('mmkd.cache.writer', 'mmkd.teacher', 'mmkd.corpus', 'mmkd.corpus_sources', "
             "'mmkd.download') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

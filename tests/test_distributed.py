@@ -33,7 +33,7 @@ def _full_batch():
 def _worker(rank: int, world: int, port: int, out: dict, name: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from mmkd.train import _gather_with_grad
+    from mmkd.trainer import _gather_with_grad
 
     class _Acc:
         num_processes = world

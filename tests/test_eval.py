@@ -3,6 +3,8 @@ small slices of the real shared files; bad inputs give clear errors."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -170,6 +172,30 @@ def test_xnli_end_to_end_with_seeds_and_oracle(tmp_path, tiny_student, shared):
             assert len(labels) == 24 and set(labels) <= set(task.labels)
             assert 100 * sum(a == b for a, b in zip(labels, gold)) / 24 == pytest.approx(run["test"][lang])
     assert "| English dev |" in (out / "results.md").read_text()
+
+
+def test_seeds_run_at_once_in_worker_processes_give_the_results_they_give_in_turn(tmp_path, tiny_student, shared):
+    """--seed-processes 2 (on this CPU; on a machine with GPUs, one seed per GPU): each seed's scores and
+    predictions equal those of the seeds run one after another with the same threads per process."""
+    import torch
+
+    from mmkd.eval.runner import run_task
+    from mmkd.eval.settings import EvalConfig
+
+    cfg = EvalConfig(task="xnli", model=tiny_student, data_dir=str(shared), train_file=str(shared / "xnli" / "dev-en.tsv"),
+                     languages=["fr"], seeds=[3, 1], max_train_examples=48, max_eval_examples=24, epochs=1.0,
+                     batch_size=16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)           # what each of the two workers gets on a 2-core machine
+    try:
+        in_turn = run_task(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    at_once = run_task(dataclasses.replace(cfg, seed_processes=2))
+    assert [r["seed"] for r in at_once["runs"]] == [3, 1]
+    for a, b in zip(in_turn["runs"], at_once["runs"]):
+        assert a == b
+    assert at_once["config"]["seed_processes"] == 2 and in_turn["summary"] == at_once["summary"]
 
 
 def test_pawsx_end_to_end(tmp_path, tiny_student, shared):

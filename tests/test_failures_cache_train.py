@@ -22,7 +22,7 @@ from mmkd.cache import CacheConfig, build_cache
 from mmkd.cache.verify import verify_cache
 from mmkd.cli import main
 from mmkd.errors import MMKDError
-from mmkd.train import TrainConfig, TrainingError, train
+from mmkd.trainer import TrainConfig, TrainingError, train
 
 from conftest import copy_cache
 
@@ -301,13 +301,13 @@ def test_a_kill_during_the_final_save_leaves_no_student_folder(tmp_path, clean_c
     """SIGKILL while the student is being written: `student/` never appears half-written."""
     cache = copy_cache(clean_cache, tmp_path)
     code = f"""
-import os, signal, mmkd.train as t
+import os, signal, mmkd.trainer as t
 real = t.card_text if hasattr(t, "card_text") else None
 import mmkd.model_card as mc
 def killed(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 mc.card_text = killed
-from mmkd.train import TrainConfig, train
+from mmkd.trainer import TrainConfig, train
 train(TrainConfig(cache=[{str(cache)!r}], student={tiny_student!r}, out={str(tmp_path / 'run')!r},
       data_dir={str(data_dir)!r}, batch_size=8, max_steps=1, num_workers=0, log_with="none", head_hidden=32,
       head_out=16), progress=False)

@@ -13,7 +13,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 from families import FAMILIES
 from mmkd.cache import CacheConfig, build_cache
 from mmkd.cli import main
-from mmkd.train import TrainConfig, train
+from mmkd.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -174,7 +174,7 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_and_its_state_is_checkpointed
 
     from mmkd import settings as st
     from mmkd.config import TrainConfig
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     class WithScaler(accelerate.Accelerator):
         def __init__(self, *args, **kwargs):
@@ -206,7 +206,7 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_and_its_state_is_checkpointed
 
 def test_sharded_engines_are_refused_before_any_model_loads(tmp_path, monkeypatch):
     from mmkd.config import TrainingError
-    from mmkd.train import refuse_sharded_engines, resolve_precision
+    from mmkd.trainer import refuse_sharded_engines, resolve_precision
 
     for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         monkeypatch.setenv(var, "true")
@@ -268,7 +268,7 @@ def test_a_train_under_mmkd_lock_file_runs_and_refuses_a_second(tmp_path, clean_
                                                                 monkeypatch):
     from mmkd import settings as st
     from mmkd.config import TrainConfig, TrainingError
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     monkeypatch.setenv("MMKD_LOCK", "file")
     cfg = st.from_mapping(TrainConfig, dict(

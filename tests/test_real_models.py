@@ -125,7 +125,7 @@ def _settings(cache: str, student: str, out: Path, data: str, **kw) -> TrainConf
 
 
 def test_the_real_student_trains_from_a_real_cache_saves_and_reloads(real_models, tmp_path, shared):
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     cache, data = _demo_cache(tmp_path, real_models["minilm"], shared, {"ar": "ara", "zh": "zho"}, 60)
     run = train(_settings(cache, real_models["e5"], tmp_path / "run", data), progress=False)
@@ -151,7 +151,7 @@ def test_a_768_d_mpnet_cache_trains_the_384_d_student(real_models, mpnet, tmp_pa
     """XWCL across widths through the learned map (768 <- 384); SentA/StrucA's teacher projectors take 768."""
     from safetensors.torch import load_file
 
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     cache, data = _demo_cache(tmp_path, mpnet, shared, {"hi": "hin"}, 40)
     manifest = json.loads((Path(cache) / "en-hi" / "manifest.json").read_text())

@@ -26,7 +26,7 @@ from mmkd.features import SourceError, open_features
 from mmkd.model import build_model
 from mmkd.schedule import BalancedSchedule
 from mmkd.step_data import StepData
-from mmkd.train import train
+from mmkd.trainer import train
 
 from mmkd.tiny import make_tiny_bert, tiny_batch
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -63,9 +64,16 @@ def _identity(cfg: CacheConfig, corpus: PreparedCorpus, model, tokenizer) -> dic
         "hidden_size": model.config.hidden_size,
         # Provenance, not a location: the cache holds the text itself (format 2).
         "corpus": {"name": corpus.name, "pair": corpus.pair, "fingerprint": corpus.fingerprint,
-                   "n_pairs": len(corpus)},
+                   "n_pairs": len(corpus), "sources": _public_sources(corpus.meta.get("sources", []))},
         "mmkd_version": __version__,
     }
+
+
+def _public_sources(sources: list[str]) -> list[str]:
+    """The corpus's sources a reader elsewhere can look up (OPUS releases, hub datasets), never a local
+    path: a model card names them as its `datasets:`."""
+    return [s for s in sources if s.startswith(("opus:", "hub:")) or
+            (s.startswith("hf:") and not os.path.exists(s[3:].split("[", 1)[0]) and "/" in s[3:])]
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

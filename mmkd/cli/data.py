@@ -41,7 +41,8 @@ def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, name, config, data_dir, o
     """Filter, deduplicate, shuffle and prune one language pair PAIR (e.g. en-fr).
 
     With no source option the paper's OPUS corpus for PAIR is downloaded (Europarl, MultiUN,
-    EUbookshop, IITB; see `mmkd corpus sources`). The result is written to
+    EUbookshop, IITB; see `mmkd corpus sources`), or with --source hub read from the hub's parquet
+    mirrors at a pinned commit. The result is written to
     DATA_DIR/corpora/NAME/ (pairs.arrow + meta.json with the counts of what was dropped).
     """
     from mmkd import settings as st
@@ -73,12 +74,15 @@ def corpus_list(data_dir):
 
 @corpus.command("sources")
 def corpus_sources():
-    """Show the built-in OPUS sources for the paper's seven pairs."""
-    from mmkd.corpus_sources import PAPER_PAIRS, opus_refs
+    """Show the built-in sources of the paper's seven pairs: OPUS (the default) and the hub's parquet
+    mirrors (`--source hub`), with the commit each is pinned to."""
+    from mmkd.corpus_sources import PAPER_PAIRS, hub_corpora, opus_refs
 
     for pair in PAPER_PAIRS:
         for ref in opus_refs(pair):
-            click.echo(f"{pair}\t{ref.corpus} {ref.release}\t{ref.url()}")
+            click.echo(f"{pair}\topus\t{ref.corpus} {ref.release}\t{ref.url()}")
+        for hub in hub_corpora(pair):
+            click.echo(f"{pair}\thub\t{hub.repo_id} {hub.config}\t{hub.revision}")
 
 
 @click.command("cache-teacher", epilog=settings_epilog(CacheConfig, (), "cache-teacher"))

@@ -62,6 +62,34 @@ def export_cmd(student, fmt, out, pooling, max_seq_length, trust_remote_code):
     click.echo(f"wrote {export_sentence_transformers(student, target, pooling, max_seq_length, trust_remote_code)}")
 
 
+@click.command("push")
+@click.argument("student", metavar="STUDENT_DIR")
+@click.argument("repo_id", metavar="ORG/NAME")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--revision", default=None, metavar="BRANCH", help="Commit to this branch (created if missing); default main.")
+@click.option("--message", default=None, help="The commit message.")
+@click.option("--license", "license_", default=None, metavar="ID",
+              help="The card's licence (default: the starting model's, from its own card).")
+@click.option("--dry-run", is_flag=True, help="Print the card and the files that would go up; contact nothing.")
+@friendly
+def push_cmd(student, repo_id, private, revision, message, license_, dry_run):
+    """Publish a student `mmkd train` saved (RUN/student) to the Hugging Face hub in one commit.
+
+    The card's metadata (base_model, language, license, datasets, tags and a model-index of the
+    zero-shot results `mmkd eval` recorded) is built with huggingface_hub's ModelCardData. The token
+    is huggingface_hub's: `hf auth login` or HF_TOKEN; HF_ENDPOINT points at another hub.
+    """
+    from mmkd.push import build, push
+
+    if dry_run:
+        upload = build(student, repo_id, license_)
+        click.echo(upload.card)
+        click.echo(f"files ({len(upload.files) + 1}): README.md, " + ", ".join(upload.files))
+        return
+    click.echo(f"pushed {student} to {repo_id}: {push(student, repo_id, private=private, revision=revision, message=message, license_=license_)}")
+
+
 def register(main) -> None:
     main.add_command(models_group)
     main.add_command(export_cmd)
+    main.add_command(push_cmd)

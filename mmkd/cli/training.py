@@ -65,7 +65,7 @@ def train_cmd(caches, corpora, online_teacher, student, out, config, resume, ove
     Reproduce:      mmkd train --config runs/mmkd/config.json --out runs/again
     """
     from mmkd.paths import default_data_dir
-    from mmkd.train import train
+    from mmkd.trainer import train
 
     if resume and config is None:
         config = _saved_settings(Path(out or TrainConfig().out), bool(caches or online_teacher))

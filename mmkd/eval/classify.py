@@ -49,6 +49,14 @@ def predict(model, tokenizer, examples: list[PairExample], max_length: int, batc
     return preds
 
 
+def check(cfg: EvalConfig) -> list[str]:
+    """The languages of an XNLI or PAWS-X evaluation, checked before any data is read."""
+    task: PairTask = TASKS[cfg.task]
+    if cfg.test_split not in ("test", "dev"):
+        raise EvalDataError(f"--test-split {cfg.test_split!r}: choose test or dev")
+    return check_languages(cfg.languages or list(task.default_languages), task.all_languages, task.name)
+
+
 def run_seed(cfg: EvalConfig, seed: int) -> dict:
     from transformers import AutoModelForSequenceClassification
 
@@ -59,24 +67,25 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     task: PairTask = TASKS[cfg.task]
     hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
     mixed = resolve_precision(cfg.mixed_precision)
-    languages = check_languages(cfg.languages or list(task.default_languages), task.all_languages, task.name)
-    train = load_pair_train(task, cfg.train_file, cfg.max_train_examples, cfg.data_dir)
+    languages = check(cfg)
+    train = load_pair_train(task, cfg.train_file, cfg.max_train_examples, cfg.data_dir, cfg.hub_revision)
     if cfg.dev_file:
         dev_en = load_pair_train(task, cfg.dev_file, cfg.max_eval_examples)
     elif cfg.data_dir and cfg.train_file and (_same(cfg.train_file, f"{cfg.data_dir}/{task.folder}/dev-en.tsv")):
         cut = max(1, len(train) // 10)
         train, dev_en = train[:-cut], train[-cut:]
     else:
-        dev_en = load_pair_split(task, "en", "dev", cfg.data_dir, cfg.max_eval_examples)
+        dev_en = load_pair_split(task, "en", "dev", cfg.data_dir, cfg.max_eval_examples, cfg.hub_revision)
     upto = cfg.test_offset + cfg.max_eval_examples if cfg.max_eval_examples else None
     if cfg.test_split not in ("test", "dev"):
         raise EvalDataError(f"--test-split {cfg.test_split!r}: choose test or dev")
-    tests = {lang: load_pair_split(task, lang, cfg.test_split, cfg.data_dir, upto)[cfg.test_offset:] for lang in languages}
+    tests = {lang: load_pair_split(task, lang, cfg.test_split, cfg.data_dir, upto, cfg.hub_revision)[cfg.test_offset:]
+             for lang in languages}
     empty = [lang for lang, ex in tests.items() if not ex]
     if empty:
         raise EvalDataError(f"--test-offset {cfg.test_offset}: no {task.name} {cfg.test_split} examples left for "
                             f"{', '.join(empty)}")
-    oracle_devs = ({lang: load_pair_split(task, lang, "dev", cfg.data_dir, cfg.max_eval_examples)
+    oracle_devs = ({lang: load_pair_split(task, lang, "dev", cfg.data_dir, cfg.max_eval_examples, cfg.hub_revision)
                     for lang in languages if lang != "en"} if cfg.oracle else {})
 
     seed_everything(seed)

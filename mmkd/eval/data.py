@@ -4,8 +4,10 @@ Local layout (`--data-dir DIR`, XTREME's): `DIR/xnli/{dev,test}-{lang}.tsv` (pre
 label), `DIR/pawsx/{dev,test}-{lang}.tsv` (sentence1, sentence2, label), `DIR/xquad/xquad.{lang}.json`
 (SQuAD v1.1 JSON). English training data: `--train-file` (XTREME TSV or SQuAD JSON), else
 `DIR/xnli/train-en.tsv`, `DIR/pawsx/train-en.tsv`, `DIR/squad/train-v1.1.json` when present.
-Without `--data-dir` the hub datasets are used: `xnli`, `paws-x` (configs = languages; the `en`
-train split is MultiNLI / PAWS), `squad` (train) and `xquad` (`xquad.{lang}`, validation).
+Without `--data-dir` the hub datasets are used, by their namespaced ids (mmkd/hub_data.py):
+`facebook/xnli`, `google-research-datasets/paws-x` (configs = languages; the `en` train split is
+MultiNLI / PAWS), `rajpurkar/squad` (train) and `google/xquad` (`xquad.{lang}`, validation), each
+read at the one commit its revision resolved to (`hub_sources`).
 A test file without labels is an error, never a silent 33%.
 """
 
@@ -16,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmkd.errors import MMKDError
+from mmkd.hub_data import EVAL_DATASETS
+from mmkd.hub_data import load as hub_load
+from mmkd.hub_data import record, resolve
 from mmkd.lines import split_lines
 
 
@@ -38,9 +43,10 @@ class PairTask:
 XNLI = PairTask("xnli", "xnli", ("entailment", "neutral", "contradiction"),
                 ("ar", "bg", "de", "en", "es", "fr", "hi", "zh"),
                 ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"),
-                "xnli", ("premise", "hypothesis"), aliases=(("contradictory", "contradiction"),))
+                EVAL_DATASETS["xnli"], ("premise", "hypothesis"), aliases=(("contradictory", "contradiction"),))
 PAWSX = PairTask("pawsx", "pawsx", ("0", "1"), ("de", "en", "es", "fr", "zh"),
-                 ("de", "en", "es", "fr", "ja", "ko", "zh"), "paws-x", ("sentence1", "sentence2"))
+                 ("de", "en", "es", "fr", "ja", "ko", "zh"), EVAL_DATASETS["pawsx"],
+                 ("sentence1", "sentence2"))
 XQUAD_LANGUAGES = ("ar", "de", "en", "es", "hi", "zh")
 XQUAD_ALL = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
 
@@ -107,14 +113,13 @@ def read_pair_tsv(path: Path, task: PairTask, limit: int | None = None) -> list[
     return out
 
 
-def load_pair_split(task: PairTask, lang: str, split: str, data_dir: str | None, limit: int | None) -> list[PairExample]:
-    """split: dev or test (local names) / validation or test (hub)."""
+def load_pair_split(task: PairTask, lang: str, split: str, data_dir: str | None, limit: int | None,
+                    revision: str = "main") -> list[PairExample]:
+    """split: dev or test (local names) / validation or test (hub, at `revision`)."""
     if data_dir:
         return read_pair_tsv(Path(data_dir) / task.folder / f"{split}-{lang}.tsv", task, limit)
-    import datasets
-
     hub_split = {"dev": "validation", "test": "test", "train": "train"}[split]
-    ds = datasets.load_dataset(task.hf_name, lang, split=hub_split)
+    ds = hub_load(task.hf_name, lang, hub_split, None, revision)
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     a, b = task.hf_columns
@@ -125,14 +130,14 @@ def load_pair_split(task: PairTask, lang: str, split: str, data_dir: str | None,
 
 
 def load_pair_train(task: PairTask, train_file: str | None, limit: int | None,
-                    data_dir: str | None = None) -> list[PairExample]:
+                    data_dir: str | None = None, revision: str = "main") -> list[PairExample]:
     """English training pairs: `train_file`, else DATA_DIR/<task>/train-en.tsv (XTREME's layout),
     else the hub's English train split."""
     if train_file:
         return read_pair_tsv(Path(train_file), task, limit)
     if data_dir and (Path(data_dir) / task.folder / "train-en.tsv").is_file():
         return read_pair_tsv(Path(data_dir) / task.folder / "train-en.tsv", task, limit)
-    return load_pair_split(task, "en", "train", None, limit)
+    return load_pair_split(task, "en", "train", None, limit, revision)
 
 
 def read_squad(path: Path, limit: int | None = None) -> list[QAExample]:
@@ -180,26 +185,43 @@ def read_squad(path: Path, limit: int | None = None) -> list[QAExample]:
     return out
 
 
-def load_qa(lang: str | None, train_file: str | None, data_dir: str | None, limit: int | None) -> list[QAExample]:
+def load_qa(lang: str | None, train_file: str | None, data_dir: str | None, limit: int | None,
+            revision: str = "main") -> list[QAExample]:
     """lang=None: English training data (train_file, else DATA_DIR/squad/train-v1.1.json as XTREME
-    lays it out, else the hub's squad train)."""
+    lays it out, else the hub's rajpurkar/squad train). `revision`: of the hub dataset read."""
     if lang is None:
         if train_file:
             return read_squad(Path(train_file), limit)
         if data_dir and (Path(data_dir) / "squad" / "train-v1.1.json").is_file():
             return read_squad(Path(data_dir) / "squad" / "train-v1.1.json", limit)
-        return _hub_qa("squad", None, "train", limit)
+        return _hub_qa(EVAL_DATASETS["squad"], None, "train", limit, revision)
     if data_dir:
         return read_squad(Path(data_dir) / "xquad" / f"xquad.{lang}.json", limit)
-    return _hub_qa("xquad", f"xquad.{lang}", "validation", limit)
+    return _hub_qa(EVAL_DATASETS["xquad"], f"xquad.{lang}", "validation", limit, revision)
 
 
-def _hub_qa(name, config, split, limit) -> list[QAExample]:
-    import datasets
-
-    ds = datasets.load_dataset(name, config, split=split)
+def _hub_qa(name, config, split, limit, revision) -> list[QAExample]:
+    ds = hub_load(name, config, split, None, revision)
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     return [QAExample(str(r["id"]), r["question"], r["context"],
                       [{"text": t, "answer_start": s} for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"])])
             for r in ds]
+
+
+def hub_sources(task: str, data_dir: str | None, train_file: str | None, dev_file: str | None,
+                revision: str, train_revision: str) -> dict[str, dict]:
+    """The hub datasets an evaluation will read ({role: record}), each revision resolved to its commit
+    once (before anything is read): `test` the task's own dataset (also its English train and dev
+    for XNLI and PAWS-X when no file is given), `train` rajpurkar/squad for XQuAD."""
+    out = {}
+    if task in ("xnli", "pawsx"):
+        local_train = bool(train_file) or bool(data_dir and (Path(data_dir) / task / "train-en.tsv").is_file())
+        if not data_dir or not local_train:          # test and dev rows, or the English train, from the hub
+            out["test"] = record(EVAL_DATASETS[task], revision, resolve(EVAL_DATASETS[task], revision))
+    elif task == "xquad":
+        if not data_dir:
+            out["test"] = record(EVAL_DATASETS["xquad"], revision, resolve(EVAL_DATASETS["xquad"], revision))
+        if not train_file and not (data_dir and (Path(data_dir) / "squad" / "train-v1.1.json").is_file()):
+            out["train"] = record(EVAL_DATASETS["squad"], train_revision, resolve(EVAL_DATASETS["squad"], train_revision))
+    return out

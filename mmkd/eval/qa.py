@@ -110,15 +110,9 @@ def _answers(examples: list[QAExample]) -> dict[str, list[str]]:
     return {e.id: [a["text"] for a in e.answers] for e in examples}
 
 
-def run_seed(cfg: EvalConfig, seed: int) -> dict:
-    from transformers import AutoModelForQuestionAnswering
-
-    from mmkd.hf import load, load_tokenizer
-
-    from mmkd.eval.finetune import seed_everything
-
+def check(cfg: EvalConfig) -> tuple[list[str], dict]:
+    """The languages and hyper-parameters of an XQuAD evaluation, checked before any data is read."""
     hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
-    mixed = resolve_precision(cfg.mixed_precision)
     languages = check_languages(cfg.languages or list(XQUAD_LANGUAGES), XQUAD_ALL, "xquad")
     outside = [lang for lang in languages if lang not in MLQA_LANGUAGES]
     if cfg.qa_scoring == "mlqa" and outside:      # before any fine-tuning, not after it
@@ -127,13 +121,25 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     if cfg.doc_stride >= hp["max_length"] // 2:
         raise EvalDataError(f"--doc-stride {cfg.doc_stride} must be under half of --max-length {hp['max_length']} "
                             "(the window also holds the question)")
-    train = load_qa(None, cfg.train_file, cfg.data_dir, cfg.max_train_examples)
+    return languages, hp
+
+
+def run_seed(cfg: EvalConfig, seed: int) -> dict:
+    from transformers import AutoModelForQuestionAnswering
+
+    from mmkd.hf import load, load_tokenizer
+
+    from mmkd.eval.finetune import seed_everything
+
+    languages, hp = check(cfg)
+    mixed = resolve_precision(cfg.mixed_precision)
+    train = load_qa(None, cfg.train_file, cfg.data_dir, cfg.max_train_examples, cfg.train_hub_revision)
     if cfg.dev_file:
         dev_en = load_qa(None, cfg.dev_file, None, cfg.max_eval_examples)
     else:
         cut = max(1, len(train) // 10)
         train, dev_en = train[:-cut], train[-cut:]
-    tests = {lang: load_qa(lang, None, cfg.data_dir, cfg.max_eval_examples) for lang in languages}
+    tests = {lang: load_qa(lang, None, cfg.data_dir, cfg.max_eval_examples, cfg.hub_revision) for lang in languages}
 
     seed_everything(seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)

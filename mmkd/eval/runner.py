@@ -32,26 +32,40 @@ def run_task(cfg: EvalConfig) -> dict:
 
     settings.validate(cfg)
     if cfg.task in ("xnli", "pawsx"):
-        from mmkd.eval.classify import run_seed
+        from mmkd.eval.classify import check, run_seed
         metric = "accuracy"
     elif cfg.task == "xquad":
-        from mmkd.eval.qa import run_seed
+        from mmkd.eval.qa import check, run_seed
         metric = "f1"
     else:
         raise ValueError(f"unknown task {cfg.task!r}")
-    runs = [run_seed(cfg, seed) for seed in cfg.seeds]
+    from mmkd.eval.data import hub_sources
+    from mmkd.eval.seeds import run_seeds
+
+    check(cfg)                      # before the hub is asked anything
+    hub = hub_sources(cfg.task, cfg.data_dir, cfg.train_file, cfg.dev_file, cfg.hub_revision, cfg.train_hub_revision)
+    pinned = dataclasses.replace(cfg, **{field: hub[role]["commit"] for role, field in
+                                        (("test", "hub_revision"), ("train", "train_hub_revision"))
+                                        if role in hub and hub[role]["commit"]})
+    runs = run_seeds(run_seed, pinned, cfg.seeds, cfg.seed_processes)
     languages = list(runs[0]["test"])
     summary = {lang: _mean_std([r["test"][lang] for r in runs]) for lang in languages}
     summary["avg"] = _mean_std([statistics.fmean(r["test"].values()) for r in runs])
     result = {"task": cfg.task, "metric": metric, "model": cfg.model, "selection": "English dev",
               "languages": languages, "seeds": cfg.seeds, "summary": summary, "runs": runs,
-              "config": dataclasses.asdict(cfg), "mmkd_version": __version__}
+              "data": _data_record(cfg, hub), "config": dataclasses.asdict(cfg), "mmkd_version": __version__}
     if cfg.task == "xquad":
         result["scoring"] = cfg.qa_scoring
         result["summary_exact_match"] = {lang: _mean_std([r["test_exact_match"][lang] for r in runs]) for lang in languages}
     if cfg.oracle:
         result["summary_oracle"] = {lang: _mean_std([r["oracle_test"][lang] for r in runs]) for lang in languages}
     return result
+
+
+def _data_record(cfg: EvalConfig, hub: dict) -> dict:
+    """Where the evaluation's data came from: the hub datasets at their commits, the local files."""
+    local = {k: v for k, v in (("data_dir", cfg.data_dir), ("train_file", cfg.train_file), ("dev_file", cfg.dev_file)) if v}
+    return {"hub": hub, "local": local}
 
 
 def write_predictions(result: dict, out: Path) -> None:

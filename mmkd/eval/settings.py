@@ -16,6 +16,11 @@ class EvalConfig:
                                          "DIR/squad); default: the hub's datasets.", flag="--eval-data-dir")
     train_file: str | None = setting(None, "English training data (XTREME TSV / SQuAD JSON); default: the hub's "
                                            "English train.")
+    hub_revision: str = setting("main", "Without --eval-data-dir: the revision (branch, tag or commit) of the task's hub "
+                                        "dataset (facebook/xnli, google-research-datasets/paws-x, google/xquad). It is "
+                                        "resolved to one commit before anything is read; results.json records both.")
+    train_hub_revision: str = setting("main", "XQuAD without --train-file: the revision of rajpurkar/squad, the English "
+                                              "training questions (resolved and recorded the same way).")
     dev_file: str | None = setting(None, "English dev for checkpoint selection (default: DIR/task/dev-en.tsv; for "
                                          "XQuAD the last 10% of the training questions).")
     languages: list[str] = setting(help="Target languages (comma-separated); default: the task's.", factory=list)
@@ -24,6 +29,9 @@ class EvalConfig:
     epochs: float | None = setting(None, "Fine-tuning epochs. Default: 5 (XNLI, PAWS-X), 3 (XQuAD).", above=0)
     lr: float | None = setting(None, "Fine-tuning learning rate. Default: 2e-5 (XNLI, PAWS-X), 3e-5 (XQuAD).",
                                above=0, max=1.0)
+    seed_processes: int = setting(0, "Fine-tuning seeds run at once, each in its own process on its own device: 0 = one "
+                                     "per visible GPU when there are several, else one after another. Changes no "
+                                     "result, only the time.", min=0)
     batch_size: int = setting(32, "Fine-tuning batch size.", min=1)
     max_length: int | None = setting(None, "Default: 128 (XNLI, PAWS-X), 384 (XQuAD).", min=8)
     weight_decay: float | None = setting(None, "Default: 0 (XNLI, PAWS-X), 1e-4 (XQuAD).", min=0, max=1.0)

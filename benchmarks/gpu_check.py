@@ -216,7 +216,8 @@ def memory(student: str, teacher_hidden: int, batch: int, length: int, tiny: boo
     cfg = st.load(TrainConfig, "paper")
     with quiet_transformers():
         student_model = AutoModelForMaskedLM.from_pretrained(student)
-    model = build_model(student_model, teacher_hidden, cfg).to(dev)
+    model, terms = build_model(student_model, teacher_hidden, cfg)
+    model = model.to(dev)
     vocab = model.student.config.vocab_size
     out = {"sequence_length": length, "vocabulary": vocab}
     masked = max(1, round(0.15 * length))
@@ -270,8 +271,7 @@ def _largest_batch(model, cfg, length: int, dev) -> int:
                 {"sentence": list(range(b))})
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = model(batch, cfg.objectives)
-                from mmkd.objectives import by_name
-                loss = sum(by_name(o).loss(out, cfg, lambda t: t) for o in cfg.objectives)
+                loss = sum(model.terms[o].loss(out, lambda t: t) for o in cfg.objectives)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mmkd import objectives as objs
 from mmkd.atomic import write_text
-from mmkd.config import TrainConfig
+from mmkd.config import RESUMABLE, TrainConfig
 from mmkd.errors import MMKDError
 from mmkd.eval.settings import EvalConfig
 from mmkd.settings import dotted, setting
@@ -85,10 +85,10 @@ def _row(results: dict[str, dict]) -> dict[str, float]:
 
 
 def recorded(cfg: AblationConfig) -> dict:
-    """What makes two sweeps comparable: every training setting but where runs are written, the
-    evaluations and their settings."""
-    base = {k: v for k, v in dataclasses.asdict(cfg.base).items() if k not in ("out", "num_workers", "log_with",
-                                                                                 "keep_checkpoints", "verify_cache")}
+    """What makes two sweeps comparable: every training setting that changes results
+    (config.RESUMABLE are those that do not) and the cache the table is of, the evaluations and
+    their settings."""
+    base = {k: v for k, v in dataclasses.asdict(cfg.base).items() if k not in RESUMABLE or k == "cache"}
     return {"train": base, "evals": cfg.evals, "retrieval_pairs": cfg.retrieval_pairs,
             "eval": {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k not in ("task", "model", "out")},
             "include_baseline": cfg.include_baseline}
@@ -129,7 +129,7 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
 def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
     from mmkd.checkpoint import latest_checkpoint
     from mmkd.config import validate
-    from mmkd.trainer import train
+    from mmkd.trainer import train_to_end
 
     if cfg.base.online_teacher or not cfg.base.cache:
         raise MMKDError("the ablation sweep reads one teacher cache: give --cache")
@@ -159,10 +159,9 @@ def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
         if (run_dir / "student" / "config.json").is_file():
             log(f"{name}: trained already ({run_dir}/student), skipping training")
         else:
-            resume = latest_checkpoint(run_dir) is not None
             what = f"without {removed}" if removed else "with every objective"
-            log(f"{name}: {'resuming' if resume else 'training'} {what} -> {run_dir}")
-            train(run_cfg, resume=resume, progress=progress)
+            log(f"{name}: {'resuming' if latest_checkpoint(run_dir) else 'training'} {what} -> {run_dir}")
+        train_to_end(run_cfg, progress)
         results = _evaluate(str(run_dir / "student"), run_dir / "student" / "eval", cfg, log)
         table["runs"][name] = _row(results)
     table["cache"] = cfg.base.cache

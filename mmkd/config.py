@@ -15,18 +15,16 @@ from dataclasses import dataclass
 
 from mmkd import settings as st
 from mmkd.errors import TrainingError
+from mmkd import objectives as objs
 from mmkd.objectives import names as objective_names
 from mmkd.objectives import TEACHER_HEAD_MODES
-from mmkd.objectives.senta import SentASettings
-from mmkd.objectives.struca import StrucASettings
-from mmkd.objectives.tlm import TLMSettings
-from mmkd.objectives.xwcl import XWCLSettings
 from mmkd.paths import default_data_dir
 from mmkd.settings import SEED_MAX, setting
 
 
 @dataclass
-class TrainConfig:
+class _RunSettings:
+    """The settings of a run that are not one objective's own (TrainConfig adds those)."""
     # ------------------------------------------------------------------ what is read and written
     cache: list[str] = setting(help="Teacher caches or URLs, or folders holding several (`--cache`).",
                                factory=list, cli=False)
@@ -63,10 +61,6 @@ class TrainConfig:
     max_length: int = setting(128, "Student input length in tokens (paper 4.1: 128).", min=8)
     mlm_probability: float = setting(0.15, "Fraction of tokens (TLM) and of English words (XWCL) masked.",
                                      above=0, max=1.0)
-    tlm: TLMSettings = dataclasses.field(default_factory=TLMSettings)
-    xwcl: XWCLSettings = dataclasses.field(default_factory=XWCLSettings)
-    senta: SentASettings = dataclasses.field(default_factory=SentASettings)
-    struca: StrucASettings = dataclasses.field(default_factory=StrucASettings)
     head_hidden: int = setting(768, "Hidden units of the projector/predictor MLPs (paper 4.1: 768).", min=1)
     head_out: int = setting(128, "Output size of the projector/predictor MLPs (paper 4.1: 128).", min=1)
     head_norm: str = setting("none", "Normalisation inside the head MLPs (the paper: none).",
@@ -110,12 +104,31 @@ class TrainConfig:
     @property
     def objectives(self) -> tuple[str, ...]:
         """The names of the objectives trained, in the fixed order of mmkd.objectives.OBJECTIVES."""
-        from mmkd.objectives import chosen
-        return tuple(o.name for o in chosen(self.without))
+        return tuple(o.name for o in objs.chosen(self.without))
 
 
-# Settings a resumed run may change without changing its results. `out` too: a run folder identifies
-# itself by its checkpoints, so a moved folder or another spelling of its path resumes.
+# Each objective's own settings (its `Settings` dataclass, declared in its module), under its name
+# (`cfg.struca.alpha`, `--struca-temperature`, `"struca": {...}` in a settings file): collected from
+# the registry, so a new objective with settings touches its module and mmkd.objectives only.
+def with_objectives(objectives) -> type:
+    """The settings class of runs that may train `objectives`: the run's own settings and each
+    objective's `Settings` under its name."""
+    return dataclasses.make_dataclass(
+        "TrainConfig",
+        [(o.name, o.Settings, dataclasses.field(default_factory=o.Settings)) for o in objectives
+         if getattr(o, "Settings", None) is not None],
+        bases=(_RunSettings,),
+        namespace={"__doc__": "The settings of a training run: the run's own and each objective's, under its name.",
+                   "__module__": __name__})
+
+
+TrainConfig = with_objectives(objs.OBJECTIVES)
+
+
+# The settings that do not change a run's results: a resumed run may change them, and `mmkd ablate`
+# and `mmkd demo` leave them out when they compare runs. `out` too: a run folder identifies itself by
+# its checkpoints, so a moved folder or another spelling of its path resumes; `cache` and `corpora`
+# are where the data is, which a run identifies by the caches' fingerprints.
 RESUMABLE = {"num_workers", "log_with", "run_name", "keep_checkpoints", "checkpoint_every", "data_dir", "cache", "corpora",
              "out", "verify_cache", "cache_local", "cache_local_limit_gb"}
 

@@ -194,20 +194,9 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
 
 
 def _train_once(tcfg, run: Path, root: Path, progress: bool) -> None:
-    from mmkd import settings as st
-    from mmkd.checkpoint import latest_checkpoint
-    from mmkd.config import TrainingError, differences
-    from mmkd.trainer import train
+    from mmkd.trainer import train_to_end
 
-    if (run / "config.json").is_file():
-        saved = st.from_mapping(type(tcfg), json.loads((run / "config.json").read_text())["config"],
-                                str(run / "config.json"))
-        diffs = differences(saved, tcfg)
-        if diffs:
-            raise TrainingError(f"{run} was trained with other settings than this demo's; give another --out "
-                                f"or delete {root}:\n  " + "\n  ".join(diffs))
-    if not (run / "student" / "config.json").is_file():
-        train(tcfg, resume=latest_checkpoint(run) is not None, progress=progress)
+    train_to_end(tcfg, progress, advice=f"give another --out or delete {root}")
 
 
 def eval_data_dir(cfg: DemoConfig) -> Path | None:

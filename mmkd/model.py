@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmkd.batching import StudentBatch
+from mmkd.objectives import Built, build_objectives
 
 
 class Encodings:
@@ -77,15 +78,14 @@ def _grad_on(module, args, out) -> None:
 
 
 class MMKDModel(nn.Module):
-    def __init__(self, student: nn.Module, heads: dict[str, nn.Module], teacher_heads: tuple[str, ...] = (),
-                 objective_settings: dict | None = None):
+    def __init__(self, student: nn.Module, objectives: Built):
         super().__init__()
-        self.objective_settings = dict(objective_settings or {})    # {objective name: its settings}
         self.student = student                       # *ForMaskedLM
-        for name, head in heads.items():             # registered by name: checkpoints and heads.safetensors
+        for name, head in objectives.heads.items():  # registered by name: checkpoints and heads.safetensors
             self.add_module(name, head)
-        self.head_names = tuple(heads)
-        self.teacher_head_names = tuple(teacher_heads)
+        self.head_names = tuple(objectives.heads)
+        self.teacher_head_names = objectives.teacher_head_names
+        self.terms = {o.name: o for o in objectives.terms}      # plain objects: their heads are registered above
 
     @property
     def encoder(self) -> nn.Module:
@@ -102,17 +102,12 @@ class MMKDModel(nn.Module):
                 frozen_encoder: bool = False) -> dict[str, dict[str, torch.Tensor]]:
         """{objective name: the tensors its loss needs}, for the objectives named; `frozen_encoder`:
         the head phase (the encoder runs without gradients)."""
-        from mmkd.objectives import by_name
-
         encoded = Encodings(self.student, batch, frozen_encoder)
-        return {name: by_name(name).forward(self, encoded, batch) for name in objectives}
+        return {name: self.terms[name].forward(encoded, batch) for name in objectives}
 
 
-def build_model(student: nn.Module, teacher_hidden: int, cfg) -> MMKDModel:
-    """The student with every objective's heads for a teacher of width `teacher_hidden`. Every
-    objective's heads are built, also those removed with --without: their random initialisation draws
-    from the seeded generator, so a run's heads do not depend on which objectives it trains."""
-    from mmkd.objectives import OBJECTIVES, build_heads
-
-    heads, teacher_heads = build_heads(OBJECTIVES, student.config.hidden_size, teacher_hidden, cfg)
-    return MMKDModel(student, heads, teacher_heads, {o.name: o.settings(cfg) for o in OBJECTIVES})
+def build_model(student: nn.Module, teacher_hidden: int, settings) -> tuple[MMKDModel, Built]:
+    """The student with every objective's heads for a teacher of width `teacher_hidden`, and the run's
+    objectives (mmkd.objectives.build_objectives) made from `settings` (a TrainConfig)."""
+    objectives = build_objectives(settings, student.config.hidden_size, teacher_hidden)
+    return MMKDModel(student, objectives), objectives

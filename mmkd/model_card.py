@@ -75,9 +75,9 @@ def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
     meta += ["library_name: transformers", "pipeline_tag: fill-mask",
              "tags:", "- mmkd", "- knowledge-distillation", "- multilingual", "- cross-lingual", "---", ""]
     teacher = next(iter(manifests.values()), None)
-    from mmkd.objectives import chosen
+    from mmkd.objectives import build_objectives
 
-    objectives = chosen(settings.without)
+    objectives = build_objectives(settings).objectives
     lines = [
         f"# MMKD student of {start_name}", "",
         "Continued pre-training with MMKD (multi-level multilingual knowledge distillation: Li et al., "
@@ -95,10 +95,10 @@ def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
         lines.append(f"| teacher | {source} (weights sha256 {teacher.teacher_hash[:16]}, layer {teacher.layer}) |")
     elif settings.online_teacher:
         lines.append(f"| teacher | {teacher_source or describe(settings.online_teacher)} (run online, no cache) |")
-    described = "; ".join(f"{o.title}: {o.describe(settings)}" for o in objectives if o.describe(settings)) or "none"
+    described = "; ".join(f"{o.title}: {o.describe()}" for o in objectives if o.describe()) or "none"
     lines += [
         f"| objectives | {' + '.join(o.title for o in objectives)} "
-        f"(weights: {', '.join(f'{o.name} {o.weight(settings):g}' for o in objectives)}) |",
+        f"(weights: {', '.join(f'{o.name} {o.weight:g}' for o in objectives)}) |",
         f"| objective settings | {described} |",
         f"| steps | {run.get('total_steps')} of global batch {settings.batch_size} on {run.get('processes')} "
         f"process(es) ({run.get('steps_per_epoch')} steps per epoch) |",

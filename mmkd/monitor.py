@@ -16,7 +16,7 @@ from mmkd.atomic import write_text
 
 def metric_columns() -> list[str]:
     """metrics.csv's columns, from mmkd.objectives."""
-    return (["step", "epoch", "loss", *objs.names(), objs.TEACHER_HEADS_LOSS.name, "lr", "lr_heads", "grad_norm",
+    return (["step", "epoch", "loss", *objs.names(), objs.TeacherHeadsLoss.name, "lr", "lr_heads", "grad_norm",
              "skipped"]
             + objs.indicator_names() + ["data_wait", "step_seconds"])
 

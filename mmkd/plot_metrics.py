@@ -18,7 +18,7 @@ from mmkd.errors import MMKDError
 def _panels(columns: list[str]) -> list[tuple[str, list[str]]]:
     from mmkd import objectives as objs
 
-    losses = {"loss", *objs.names(), objs.TEACHER_HEADS_LOSS.name}
+    losses = {"loss", *objs.names(), objs.TeacherHeadsLoss.name}
     panels = [("losses", [c for c in columns if c in losses]),
               ("learning rate", [c for c in columns if c in ("lr", "lr_heads")]),
               ("gradient norm", [c for c in columns if c == "grad_norm"]),

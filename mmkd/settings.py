@@ -228,6 +228,56 @@ def from_mapping(cls, mapping: dict, where: str, base=None):
     return replace(base if base is not None else cls(), values)
 
 
+_TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("null", "none")
+
+
+def parse_text(field: Field, text: str, where: str):
+    """A setting's value from its text on the command line (`KEY=VALUE`), by the setting's type:
+    true/false, a number, null for an optional one, a comma-separated list. The range is checked
+    by `check_value` after."""
+    base, optional = _base(field.type)
+    t = text.strip()
+    if optional and t.lower() in _NONE:
+        return None
+    if base is bool:
+        if t.lower() in _TRUE:
+            return True
+        if t.lower() in _FALSE:
+            return False
+        raise SettingsError(f"{where}: {text!r} is not true or false")
+    if base in (list, tuple):
+        sub = dataclasses.replace(field, type=item_type(field.type))
+        return [parse_text(sub, part, where) for part in t.split(",") if part.strip()]
+    if base in (int, float):
+        try:
+            return int(t) if base is int else float(t)
+        except ValueError:
+            kind = "a whole number" if base is int else "a number"
+            raise SettingsError(f"{where}: {text!r} is not {kind}") from None
+    return text
+
+
+def assignments(cls, items: list[str], command: str) -> dict[tuple[str, ...], Any]:
+    """`KEY=VALUE` settings (`struca.alpha=2`, `max_steps=10`; a key may also be written as its option
+    without the dashes, `max-steps=10`), by path, each checked against its type and range; one line
+    naming the item at fault otherwise."""
+    by_key = {f.key: f for f in fields(cls) if f.meta.get("cli", True)}
+    for f in list(by_key.values()):
+        for alias in (f.legacy_key, f.flag[2:], f.key.replace("_", "-")):
+            by_key.setdefault(alias, f)
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            raise SettingsError(f"{item!r}: a setting is KEY=VALUE (e.g. struca.alpha=2); `mmkd settings {command}` "
+                                "lists the keys")
+        f = by_key.get(key.strip())
+        if f is None:
+            raise SettingsError(f"{key!r}: no such setting of mmkd {command} (`mmkd settings {command}` lists them)")
+        out[f.path] = check_value(f, parse_text(f, text, f"{f.key}={text}"), f.key)
+    return out
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.json"))
 
@@ -286,7 +336,7 @@ def load(cls, config: str | None, overrides: dict[tuple[str, ...], Any] | None =
 
 
 def describe(cls, obj=None) -> list[tuple[str, str, str, str]]:
-    """(option, value, kind, help) of every command-line setting, for `mmkd settings`."""
+    """(key, value, kind, help) of every command-line setting, for `mmkd settings`."""
     obj = obj if obj is not None else cls()
     rows = []
     for f in fields(cls):
@@ -301,5 +351,6 @@ def describe(cls, obj=None) -> list[tuple[str, str, str, str]]:
                   f">= {m['min']}" if m.get("min") is not None else "", f"<= {m['max']}" if m.get("max") is not None else ""]
         kind += " " + " ".join(b for b in bounds if b) if any(bounds) else ""
         value = get(obj, f.path)
-        rows.append((f.flag, json.dumps(value) if not isinstance(value, str) else value, kind.strip(), m.get("help", "")))
+        rows.append((f.key, json.dumps(value) if not isinstance(value, str) else value, kind.strip(),
+                     f"{m.get('help', '')} (option {f.flag})"))
     return rows

@@ -7,190 +7,317 @@ n_m / N_global × world (DDP divides by world when it averages gradients). Struc
 matrices span the whole global micro-batch: the heads' outputs are all-gathered with gradient.
 So 2 processes × 128 pairs give the gradient of 1 process × 256 pairs, up to float rounding.
 
-This module is the loop. What a step reads is mmkd/step_data.py; what it computes is each
-objective's (mmkd/objectives/); the run folder's guards are mmkd/run_folder.py.
+A run's life: `setup(cfg) -> Run` in named phases (accelerator, features, model, schedule,
+optimiser, resume, loader), then `loop(run)`, then `finish(run)`. What a step reads is
+mmkd/step_data.py; what it computes is each objective's (mmkd/objectives/); the run folder's guards
+are mmkd/run_folder.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed.nn.functional as dist_fn
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+from transformers import AutoModelForMaskedLM
 
 from mmkd import __version__
 from mmkd import objectives as objs
+from mmkd import trackers as track
 from mmkd.atomic import write_text
 from mmkd.batching import StudentBatch
-from mmkd.config import TrainConfig, TrainingError, validate
+from mmkd.cache.integrity import verify_before_training
+from mmkd.capacity import check_batch, check_length
+from mmkd.checkpoint import agreed_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from mmkd.config import TrainConfig, TrainingError, differences, from_saved, validate
+from mmkd.console import say
+from mmkd.dist import use_cpu
 from mmkd.errors import CacheError
+from mmkd.features import open_features
+from mmkd.hf import load, load_config, load_tokenizer, missing_parts
+from mmkd.model import build_model
 from mmkd.monitor import CollapseWatch, append_metrics, trim_metrics
-from mmkd.objectives import Objective
+from mmkd.objectives import Built, Objective
+from mmkd.objectives.tlm import start_fresh_head
+from mmkd.optim import adamw, lr_schedule, param_groups
 from mmkd.precision import resolve as resolve_precision
-from mmkd import trackers as track
+from mmkd.run_folder import RunFolder
+from mmkd.schedule import BalancedSchedule
+from mmkd.settings import dotted
+from mmkd.step_data import StepData, raise_failure
+from mmkd.student import save_student
+from mmkd.words import require_fast
+from mmkd.writers import gather
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, made by `setup` phase by phase."""
+    cfg: TrainConfig
+    out: Path
+    accelerator: Accelerator
+    trackers: list[str]
+    progress: bool
+    folder: RunFolder | None = None
+    features: Any = None                  # mmkd.features: the cache(s) or the online teacher
+    tokenizer: Any = None
+    model: Any = None                     # the MMKDModel, prepared (DDP) by the optimiser phase
+    terms: Built | None = None            # the run's objectives, with their heads (mmkd.objectives)
+    schedule: BalancedSchedule | None = None
+    total_steps: int = 0
+    optimizer: Any = None
+    scheduler: Any = None
+    meta: dict = dataclasses.field(default_factory=dict)       # config.json: settings, caches, steps
+    start: int = 0                        # steps done before this process started (a resumed run)
+    data: StepData | None = None
+    loader: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def head_phase(self) -> int:
+        return self.cfg.head_warmup_steps
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Train; returns the run folder. The trained student is in `<run>/student/`."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForMaskedLM
+    run = setup(cfg, resume, overwrite, progress)
+    with run.folder:
+        loop(run)
+        finish(run)
+    # Not accelerator.end_training(): it also destroys the process group, and a process may train
+    # again (the ablation sweep runs five trainings in one `accelerate launch`).
+    for tracker in run.accelerator.trackers:
+        tracker.finish()
+    return run.out
 
-    from mmkd.cache.integrity import verify_before_training
-    from mmkd.checkpoint import agreed_checkpoint, load_checkpoint, save_checkpoint
-    from mmkd.dist import use_cpu
-    from mmkd.features import open_features
-    from mmkd.hf import load, load_tokenizer, missing_parts
-    from mmkd.model import build_model
-    from mmkd.optim import adamw, lr_schedule, param_groups
-    from mmkd.run_folder import RunFolder
-    from mmkd.schedule import BalancedSchedule
-    from mmkd.step_data import StepData, raise_failure
-    from mmkd.student import save_student
-    from mmkd.words import require_fast
-    from mmkd.writers import gather
 
+def train_to_end(cfg: TrainConfig, progress: bool = True, advice: str = "give another --out or move it away") -> str:
+    """The run `cfg` describes, trained to its end once: "done" when its student is already saved,
+    else "resumed" from its last checkpoint or "trained" from the start. A folder holding a run made
+    with other settings is refused, naming each (what `mmkd ablate` and `mmkd demo` run)."""
+    out = Path(cfg.out)
+    if (out / "config.json").is_file():
+        try:
+            saved = from_saved(json.loads((out / "config.json").read_text())["config"], str(out / "config.json"))
+        except (OSError, ValueError, KeyError):
+            saved = None
+        diffs = differences(saved, cfg) if saved is not None else []
+        if diffs:
+            raise TrainingError(f"{out} was trained with other settings; {advice}:\n  " + "\n  ".join(diffs))
+    if (out / "student" / "config.json").is_file():
+        return "done"
+    resume = latest_checkpoint(out) is not None
+    train(cfg, resume=resume, progress=progress)
+    return "resumed" if resume else "trained"
+
+
+def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Run:
+    """A run ready to loop: its folder locked (released again if a later phase refuses), its data,
+    model, optimiser and schedule made, a checkpoint loaded when resuming."""
+    run = _accelerator(cfg, progress)
+    _features(run, resume, overwrite)
+    with contextlib.ExitStack() as undo:
+        undo.callback(run.folder.__exit__, None, None, None)     # a refusal from here on releases the lock
+        _verify(run)
+        _model(run)
+        _schedule(run)
+        _optimiser(run)
+        _resume(run, resume)
+        _loader(run)
+        undo.pop_all()               # ready: the lock stays until `train` leaves the folder
+    return run
+
+
+def _accelerator(cfg: TrainConfig, progress: bool) -> Run:
+    """The settings checked, the trackers resolved (one not installed is refused before any work), and
+    the Accelerator for this process."""
     validate(cfg)
     refuse_sharded_engines()
     out = Path(cfg.out)
     cpu = use_cpu()
-    mixed = resolve_precision(cfg.mixed_precision, cpu)
-    trackers = track.resolve(cfg.log_with)      # a tracker not installed: refused before any work
-    chosen = objs.chosen(cfg.without, cfg)
+    trackers = track.resolve(cfg.log_with)
     # Unused parameters: removed objectives leave heads (or the MLM head) without gradients.
     # The head phase leaves the encoder without gradients.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=len(cfg.objectives) < len(objs.OBJECTIVES)
                                         or cfg.head_warmup_steps > 0)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, project_dir=str(out),
-                              log_with=trackers or None, kwargs_handlers=[ddp])
-    main = accelerator.is_main_process
+    accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.mixed_precision, cpu),
+                              project_dir=str(out), log_with=trackers or None, kwargs_handlers=[ddp])
+    return Run(cfg, out, accelerator, trackers, progress)
+
+
+def _features(run: Run, resume: bool, overwrite: bool) -> None:
+    """The folder checked and locked, the teacher features opened, and the batch and length checked
+    against the student and the device (a refusal leaves the folder as it was)."""
+    cfg, accelerator = run.cfg, run.accelerator
 
     def opened():
         features = open_features(cfg, device=accelerator.device)
         _check_capacity(cfg, accelerator)       # before any work; a refusal leaves the folder as it was
         return features
 
-    run = RunFolder(out, accelerator)
-    features = run.open(cfg, resume, overwrite, opened)
-    with run:
-        if cfg.verify_cache and not cfg.online_teacher:
-            try:
-                verify_before_training(features.caches, accelerator.process_index,
-                                       lambda value: gather(value, accelerator), lambda flag: _any(flag, accelerator),
-                                       lambda name: str(out / "verified-cache" / name), progress and main)
-            except CacheError as e:
-                raise TrainingError(f"{e}; training did not start") from None
-        tokenizer = load_tokenizer(cfg.student, cfg.trust_remote_code)
-        require_fast(tokenizer)
-        torch.manual_seed(cfg.seed)
-        loaded: dict = {}
-        student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code, tokenizer=tokenizer,
-                       head_trained="tlm" in cfg.objectives, info_out=loaded)
-        if "tlm" in cfg.objectives and missing_parts(student, loaded)[2] and cfg.tlm.fresh_head == "unigram":
-            _start_fresh_head(student, tokenizer, features, cfg.tlm.unigram_pairs, main)
-        for o in chosen:
-            o.check(student, features.hidden_size, cfg)
-            o.check_features(features, cfg)
-        model = build_model(student, features.hidden_size, cfg)
-        if not objs.TEACHER_HEAD_MODES[cfg.teacher_heads].trained:
-            for head in model.teacher_projectors():
-                head.requires_grad_(False)
-        schedule = BalancedSchedule(features.sizes, cfg.batch_size, cfg.seed)
-        total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * schedule.steps_per_epoch))
-        if cfg.head_warmup_steps and tuple(o.name for o in chosen) == ("xwcl",) and not hasattr(model, "word_map"):
-            raise TrainingError("--head-warmup-steps: XWCL alone on a teacher of the student's width has no fresh head "
-                                "to fit (it compares the states directly); set --head-warmup-steps 0")
-        optimizer = adamw(param_groups(model, cfg.weight_decay, cfg.lr, cfg.head_lr), cfg.lr)
-        # Stepped by us once per optimiser step (not prepared: accelerate would step it per process).
-        scheduler = lr_schedule(optimizer, total_steps, round(cfg.warmup_ratio * total_steps), cfg.head_warmup_steps)
-        model, optimizer = accelerator.prepare(model, optimizer)
+    run.folder = RunFolder(run.out, accelerator)
+    run.features = run.folder.open(cfg, resume, overwrite, opened)
 
-        run_meta = {"config": dataclasses.asdict(cfg), "caches": features.identities, "mmkd_version": __version__,
-                    "total_steps": total_steps, "steps_per_epoch": schedule.steps_per_epoch,
-                    "processes": accelerator.num_processes}
-        start = 0
-        existing = agreed_checkpoint(out, accelerator) if resume else None
-        if existing:
-            run.check_resume(existing, cfg, features.identities)
-            start = load_checkpoint(existing, model, optimizer, scheduler, accelerator)["step"]
-        if run.writes:           # every copy of a node-local run folder is a run folder
-            write_text(out / "config.json", json.dumps(run_meta, indent=2, sort_keys=True) + "\n")
-        if main:
-            if start and not (out / "metrics.csv").is_file():
-                from mmkd.console import say
-                say(f"warning: {out / 'metrics.csv'} is missing (the run was moved without it?): the rows of steps "
-                    f"1-{start} are lost; it starts again at step {start + 1}")
-            trim_metrics(out / "metrics.csv", start)
-        if trackers:
-            from mmkd.settings import dotted
-            record = track.start(accelerator, trackers, out, cfg.run_name,
-                                 {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-                                  for k, v in dotted(dataclasses.asdict(cfg)).items()}, resume)
-            if run.writes:
-                write_text(out / track.RECORD, json.dumps(record, indent=2) + "\n")
 
-        # Segment ids only for students that have more than one (BERT); XLM-R, DistilBERT, DeBERTa-v3 none.
-        segments = getattr(accelerator.unwrap_model(model).student.config, "type_vocab_size", 0) > 1
-        data = StepData(features, schedule, accelerator.process_index, accelerator.num_processes, cfg, tokenizer,
-                        segments)
-        loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, total_steps),
+def _verify(run: Run) -> None:
+    """Every cache's shards checked against their checksums, shared out between the processes (once
+    per copy of a cache: remembered in RUN/verified-cache/)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    if not cfg.verify_cache or cfg.online_teacher:
+        return
+    try:
+        verify_before_training(run.features.caches, accelerator.process_index,
+                               lambda value: gather(value, accelerator), lambda flag: _any(flag, accelerator),
+                               lambda name: str(run.out / "verified-cache" / name), run.progress and run.main)
+    except CacheError as e:
+        raise TrainingError(f"{e}; training did not start") from None
+
+
+def _model(run: Run) -> None:
+    """The tokenizer, the student (a fresh MLM head started from unigram counts when TLM trains one),
+    and the objectives with their heads, drawn from the seeded generator in a fixed order."""
+    cfg = run.cfg
+    run.tokenizer = load_tokenizer(cfg.student, cfg.trust_remote_code)
+    require_fast(run.tokenizer)
+    torch.manual_seed(cfg.seed)
+    loaded: dict = {}
+    student = load(AutoModelForMaskedLM, cfg.student, "student", cfg.trust_remote_code, tokenizer=run.tokenizer,
+                   head_trained="tlm" in cfg.objectives, info_out=loaded)
+    if "tlm" in cfg.objectives and missing_parts(student, loaded)[2] and cfg.tlm.fresh_head == "unigram":
+        _start_fresh_head(student, run.tokenizer, run.features, cfg.tlm.unigram_pairs, run.main)
+    run.model, run.terms = build_model(student, run.features.hidden_size, cfg)
+    for o in run.terms:
+        o.check(student, run.features.hidden_size)
+        o.check_features(run.features)
+
+
+def _schedule(run: Run) -> None:
+    """The language-balanced batches of every step, and how many steps."""
+    cfg = run.cfg
+    run.schedule = BalancedSchedule(run.features.sizes, cfg.batch_size, cfg.seed)
+    run.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * run.schedule.steps_per_epoch))
+    if cfg.head_warmup_steps and run.terms.names == ("xwcl",) and not hasattr(run.model, "word_map"):
+        raise TrainingError("--head-warmup-steps: XWCL alone on a teacher of the student's width has no fresh head "
+                            "to fit (it compares the states directly); set --head-warmup-steps 0")
+
+
+def _optimiser(run: Run) -> None:
+    """AdamW over the encoder's and the heads' parameter groups, the lr schedule (stepped by us once per
+    optimiser step: accelerate would step it per process), and the model and optimiser prepared."""
+    cfg = run.cfg
+    optimizer = adamw(param_groups(run.model, cfg.weight_decay, cfg.lr, cfg.head_lr), cfg.lr)
+    run.scheduler = lr_schedule(optimizer, run.total_steps, round(cfg.warmup_ratio * run.total_steps),
+                                cfg.head_warmup_steps)
+    run.model, run.optimizer = run.accelerator.prepare(run.model, optimizer)
+
+
+def _resume(run: Run, resume: bool) -> None:
+    """The run's record (config.json), a checkpoint loaded when resuming (after checking the run is
+    the same), metrics.csv trimmed to the steps done, and the trackers started (a resumed run
+    continues its tracker runs)."""
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
+    run.meta = {"config": dataclasses.asdict(cfg), "caches": run.features.identities, "mmkd_version": __version__,
+                "total_steps": run.total_steps, "steps_per_epoch": run.schedule.steps_per_epoch,
+                "processes": accelerator.num_processes}
+    existing = agreed_checkpoint(out, accelerator) if resume else None
+    if existing:
+        run.folder.check_resume(existing, cfg, run.features.identities)
+        run.start = load_checkpoint(existing, run.model, run.optimizer, run.scheduler, accelerator)["step"]
+    if run.folder.writes:           # every copy of a node-local run folder is a run folder
+        write_text(out / "config.json", json.dumps(run.meta, indent=2, sort_keys=True) + "\n")
+    if run.main:
+        if run.start and not (out / "metrics.csv").is_file():
+            say(f"warning: {out / 'metrics.csv'} is missing (the run was moved without it?): the rows of steps "
+                f"1-{run.start} are lost; it starts again at step {run.start + 1}")
+        trim_metrics(out / "metrics.csv", run.start)
+    if run.trackers:
+        record = track.start(accelerator, run.trackers, out, cfg.run_name,
+                             {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                              for k, v in dotted(dataclasses.asdict(cfg)).items()}, resume)
+        if run.folder.writes:
+            write_text(out / track.RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def _loader(run: Run) -> None:
+    """This process's share of every remaining step, built in `num_workers` loader workers."""
+    cfg, accelerator = run.cfg, run.accelerator
+    # Segment ids only for students that have more than one (BERT); XLM-R, DistilBERT, DeBERTa-v3 none.
+    segments = getattr(accelerator.unwrap_model(run.model).student.config, "type_vocab_size", 0) > 1
+    run.data = StepData(run.features, run.schedule, accelerator.process_index, accelerator.num_processes, cfg,
+                        run.tokenizer, segments)
+    run.loader = torch.utils.data.DataLoader(run.data, batch_size=None, sampler=range(run.start, run.total_steps),
                                              num_workers=cfg.num_workers, collate_fn=_identity,
                                              prefetch_factor=2 if cfg.num_workers else None,
                                              persistent_workers=False,
                                              # Its own generator: creating the iterator must not draw from
                                              # the global RNG (dropout), or a resumed run would diverge.
                                              generator=torch.Generator().manual_seed(cfg.seed))
-        bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not (progress and main),
-                   dynamic_ncols=True)
-        model.train()
-        watch = CollapseWatch(cfg.head_out, cfg.teacher_heads, cfg.senta.center)
-        tick = time.perf_counter()
-        for step, parts in zip(range(start, total_steps), loader):
-            got_data = time.perf_counter()
-            raise_failure(parts)
-            if not features.runs_in_workers:
-                parts = [data.build(part) for part in parts]
-            logs = train_step(step, parts, model, optimizer, scheduler, accelerator, cfg, chosen)
-            now = time.perf_counter()
-            logs.update(step=step + 1, epoch=round((step + 1) / schedule.steps_per_epoch, 4),
-                        data_wait=round(got_data - tick, 4), step_seconds=round(now - tick, 4))
-            tick = now
-            if main:
-                append_metrics(out / "metrics.csv", logs)
-                shown = {"loss": f"{logs['loss']:.4f}", "lr": f"{logs['lr']:.2e}"}
-                if cfg.head_warmup_steps:   # the encoder's lr is 0 during the warm-up; show the heads' too
-                    shown["lr_heads"] = f"{logs['lr_heads']:.2e}"
-                bar.set_postfix(shown)
-                bar.update(1)
-                for message in watch(logs):
-                    bar.write(message, file=sys.stderr)
-                if step + 1 == cfg.head_warmup_steps:
-                    bar.write(report_head_phase(out, cfg.head_warmup_steps), file=sys.stderr)
-            if trackers:
-                accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total_steps:
-                save_checkpoint(out, step + 1, model, optimizer, scheduler, run_meta, accelerator,
-                                cfg.keep_checkpoints, writes=run.writes)
-        bar.close()
-        if main:
-            save_student(out, accelerator.unwrap_model(model), tokenizer, run_meta, features.manifests,
-                         features.teacher_source, cfg.student, cfg.trust_remote_code)
-        accelerator.wait_for_everyone()
-    # Not accelerator.end_training(): it also destroys the process group, and a process may train
-    # again (the ablation sweep runs five trainings in one `accelerate launch`).
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    return out
 
 
-def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler, accelerator, cfg: TrainConfig,
-               chosen: tuple[Objective, ...]) -> dict:
+def loop(run: Run) -> None:
+    """Every remaining step: train it, log it, checkpoint on schedule."""
+    cfg, out = run.cfg, run.out
+    bar = tqdm(total=run.total_steps, initial=run.start, desc="train", unit="step",
+               disable=not (run.progress and run.main), dynamic_ncols=True)
+    run.model.train()
+    watch = CollapseWatch(cfg.head_out, cfg.teacher_heads, cfg.senta.center)
+    tick = time.perf_counter()
+    for step, parts in zip(range(run.start, run.total_steps), run.loader):
+        got_data = time.perf_counter()
+        raise_failure(parts)
+        if not run.features.runs_in_workers:
+            parts = [run.data.build(part) for part in parts]
+        logs = train_step(run, step, parts)
+        now = time.perf_counter()
+        logs.update(step=step + 1, epoch=round((step + 1) / run.schedule.steps_per_epoch, 4),
+                    data_wait=round(got_data - tick, 4), step_seconds=round(now - tick, 4))
+        tick = now
+        if run.main:
+            append_metrics(out / "metrics.csv", logs)
+            shown = {"loss": f"{logs['loss']:.4f}", "lr": f"{logs['lr']:.2e}"}
+            if cfg.head_warmup_steps:   # the encoder's lr is 0 during the warm-up; show the heads' too
+                shown["lr_heads"] = f"{logs['lr_heads']:.2e}"
+            bar.set_postfix(shown)
+            bar.update(1)
+            for message in watch(logs):
+                bar.write(message, file=sys.stderr)
+            if step + 1 == cfg.head_warmup_steps:
+                bar.write(report_head_phase(out, cfg.head_warmup_steps), file=sys.stderr)
+        if run.trackers:
+            run.accelerator.log({k: v for k, v in logs.items() if k != "step" and v is not None}, step=step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == run.total_steps:
+            save_checkpoint(out, step + 1, run.model, run.optimizer, run.scheduler, run.meta, run.accelerator,
+                            cfg.keep_checkpoints, writes=run.folder.writes)
+    bar.close()
+
+
+def finish(run: Run) -> None:
+    """The whole student saved (by the main process), every process waiting for it."""
+    if run.main:
+        save_student(run.out, run.accelerator.unwrap_model(run.model), run.tokenizer, run.meta, run.features.manifests,
+                     run.features.teacher_source, run.cfg.student, run.cfg.trust_remote_code)
+    run.accelerator.wait_for_everyone()
+
+
+def train_step(run: Run, step: int, parts: list[StudentBatch]) -> dict:
     """One optimiser step over this process's micro-batches, with the exact global weighting above."""
+    cfg, accelerator, model, optimizer = run.cfg, run.accelerator, run.model, run.optimizer
+    chosen = run.terms.terms
     world = accelerator.num_processes
     device = accelerator.device
     names = tuple(o.name for o in chosen)
@@ -209,10 +336,10 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
             out = model(batch, names, step < cfg.head_warmup_steps)
             loss = 0.0
             for j, o in enumerate(chosen):
-                value = o.loss(out, cfg, gather)
+                value = o.loss(out, gather)
                 if not totals[j]:
                     back = 0.0
-                elif o.spans_batch(cfg):
+                elif o.spans_batch:
                     # Every process computes the same loss over the gathered micro-batch; all_gather's
                     # backward sums the processes' gradients and DDP divides by world: net weight 1.
                     back = float(across[m, j] / totals[j])
@@ -220,10 +347,10 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
                     back = float(local[m, j] * world / totals[j])
                 if _any(not torch.isfinite(value.detach()).item(), accelerator):
                     raise TrainingError(_nan_message(step, m, o, value, part))
-                loss = loss + o.weight(cfg) * back * value
+                loss = loss + o.weight * back * value
                 logged[o.name] += value.detach().double() * (back / world)
             for o in chosen:
-                stds.update(o.indicators(out.get(o.name, {}), cfg, gather))
+                stds.update(o.indicators(out.get(o.name, {}), gather))
             accelerator.backward(loss)
     if step < cfg.head_warmup_steps:
         # The head phase: the MLM decoder is tied to the word embeddings, so they got a gradient through
@@ -246,11 +373,11 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
     # The scaler lowers its scale exactly when it skipped the step (it found an inf/NaN gradient).
     skipped = scale is not None and accelerator.scaler.get_scale() < scale
     if not skipped:                   # a skipped step leaves the schedule where it was (as transformers' Trainer)
-        scheduler.step()
+        run.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     reduced = {o: accelerator.reduce(v, reduction="sum").item() for o, v in logged.items()}
-    logs = {name: reduced.get(name) for name in (*objs.names(), objs.TEACHER_HEADS_LOSS.name)}
-    logs["loss"] = sum(o.weight(cfg) * reduced[o.name] for o in chosen)
+    logs = {name: reduced.get(name) for name in (*objs.names(), objs.TeacherHeadsLoss.name)}
+    logs["loss"] = sum(o.weight * reduced[o.name] for o in chosen)
     logs["lr"], logs["lr_heads"] = used.get("encoder", 0.0), used.get("heads", 0.0)
     logs["grad_norm"] = float(grad_norm) if grad_norm is not None else None
     logs["skipped"] = int(skipped)
@@ -261,8 +388,6 @@ def train_step(step: int, parts: list[StudentBatch], model, optimizer, scheduler
 def refuse_sharded_engines() -> None:
     """FSDP and DeepSpeed shard the optimiser state, which mmkd's checkpoints (one optimizer.pt from the
     writer) and its gathered StrucA would not survive: refused before any model loads."""
-    import os
-
     for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
                       ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")):
         if os.environ.get(var, "").lower() in ("1", "true", "yes"):
@@ -274,9 +399,6 @@ def refuse_sharded_engines() -> None:
 def _start_fresh_head(student, tokenizer, features, pairs: int, main: bool) -> None:
     """A fresh MLM head's output bias from the unigram counts of the first `pairs` pairs of every corpus
     (both sides; the same on every process)."""
-    from mmkd.console import say
-    from mmkd.objectives.tlm import start_fresh_head
-
     keys = [(c, 0, i) for c, n in enumerate(features.sizes) for i in range(min(n, pairs))]
     _, english, targets = features.text(keys)
     texts = list(english) + list(targets)
@@ -291,9 +413,6 @@ def _start_fresh_head(student, tokenizer, features, pairs: int, main: bool) -> N
 
 def _check_capacity(cfg: TrainConfig, accelerator) -> None:
     """--max-length against the student's positions, --batch-size against memory: before any work."""
-    from mmkd.capacity import check_batch, check_length
-    from mmkd.hf import load_config
-
     config = load_config(cfg.student, cfg.trust_remote_code, "student")
     check_length("--max-length", cfg.max_length, config, f"student {cfg.student}")
     if cfg.online_teacher:
@@ -306,13 +425,11 @@ def _check_capacity(cfg: TrainConfig, accelerator) -> None:
 def report_head_phase(out: Path, steps: int) -> str:
     """At the end of the head phase: each objective's loss (what its fresh heads were fitted to) at the
     phase's first and last step, from metrics.csv, written to `head_phase.json`; one line for the log."""
-    import csv
-
     with open(out / "metrics.csv", newline="", encoding="utf-8") as f:
         rows = {int(r["step"]): r for r in csv.DictReader(f)}
     first, last = rows.get(1, {}), rows.get(steps, {})
     report = {name: {"first": float(first[name]), "last": float(last[name])}
-              for name in (*objs.names(), objs.TEACHER_HEADS_LOSS.name)
+              for name in (*objs.names(), objs.TeacherHeadsLoss.name)
               if first.get(name) not in (None, "") and last.get(name) not in (None, "")}
     write_text(out / "head_phase.json", json.dumps({"steps": steps, "losses": report}, indent=2) + "\n")
     shown = ", ".join(f"{n} {v['first']:.3f} -> {v['last']:.3f}" for n, v in report.items())
@@ -326,7 +443,6 @@ def _identity(x):
 def _gather_with_grad(t: torch.Tensor, accelerator) -> torch.Tensor:
     if accelerator.num_processes == 1:
         return t
-    import torch.distributed.nn.functional as dist_fn
     return torch.cat(dist_fn.all_gather(t.contiguous()), dim=0)
 
 
@@ -338,8 +454,6 @@ def _any(flag: bool, accelerator) -> bool:
 
 
 def _grad_message(step, norm, logged, parts: list[StudentBatch], accelerator) -> str:
-    from mmkd.checkpoint import latest_checkpoint
-
     keys = [k for part in parts for k in part.first_keys(next(iter(part.keys)))][:8]
     out = accelerator.project_dir
     latest = latest_checkpoint(out) if out else None

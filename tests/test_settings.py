@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import click
@@ -164,10 +165,48 @@ def test_eval_options_are_checked_too():
 def test_help_is_short_and_points_to_the_settings():
     r = CliRunner().invoke(main, ["train", "--help"])
     assert r.exit_code == 0 and len(r.output.splitlines()) < 70
-    assert "mmkd settings train" in r.output and "--config" in r.output and "xwcl-temperature" in r.output
+    assert "mmkd settings train" in r.output and "--config" in r.output and "xwcl.temperature" in r.output
+    assert "[KEY=VALUE]..." in r.output
     r = CliRunner().invoke(main, ["settings", "train", "--config", "demo"])
-    assert r.exit_code == 0 and "--xwcl-temperature" in r.output and "τ of eq. (1)." in r.output
-    assert any(line.split()[:2] == ["--xwcl-temperature", "0.1"] for line in r.output.splitlines())
+    assert r.exit_code == 0 and "(option --xwcl-temperature)" in r.output and "τ of eq. (1)." in r.output
+    assert any(line.split()[:2] == ["xwcl.temperature", "0.1"] for line in r.output.splitlines())
+
+
+def test_a_setting_is_key_equals_value_on_top_of_the_config():
+    """`mmkd train --config paper struca.alpha=2 max_steps=7`: the preset, then each KEY=VALUE, typed by
+    its setting (a list by commas, a bool by true/false, null for an optional one); a key may be its
+    option's name; a bad key, value or range is one line naming it."""
+    from mmkd.config import TrainConfig
+
+    got = st.load(TrainConfig, "paper", st.assignments(TrainConfig, [
+        "struca.alpha=2", "max_steps=7", "without=xwcl,senta", "senta.center=true", "head_lr=null",
+        "xwcl-temperature=0.5"], "train"))
+    paper = st.load(TrainConfig, "paper")
+    assert (got.struca.alpha, got.max_steps, got.without, got.senta.center, got.head_lr, got.xwcl.temperature) == \
+           (2.0, 7, ["xwcl", "senta"], True, None, 0.5)
+    assert got.lr == paper.lr == 2e-5 and got.batch_size == paper.batch_size
+    for item, message in (("alpha", "a setting is KEY=VALUE"), ("struca.beta=1", "'struca.beta': no such setting"),
+                          ("max_steps=ten", "max_steps=ten: 'ten' is not a whole number"),
+                          ("lr=0", "lr 0.0: must be greater than 0"), ("senta.center=maybe", "is not true or false"),
+                          ("without=nope", "'nope': choose")):
+        with pytest.raises(st.SettingsError, match=re.escape(message)):
+            st.assignments(TrainConfig, [item], "train")
+
+
+def test_key_value_settings_reach_every_command(tmp_path):
+    """train, ablate (train.* and eval.*), demo (its own, and train.*), eval, cache-teacher and corpus
+    prepare take KEY=VALUE; each error is one line before any work."""
+    for args, message in ((["train", "--cache", str(tmp_path), "struca.alpha=-1"], "struca.alpha -1.0: must be at least 0"),
+                          (["ablate", "--cache", str(tmp_path), "train.lr=abc"], "lr=abc: 'abc' is not a number"),
+                          (["ablate", "--cache", str(tmp_path), "eval.seeds=x"], "seeds=x: 'x' is not a whole number"),
+                          (["demo", "train.nope=1"], "'nope': no such setting of mmkd train"),
+                          (["demo", "xnli_seed=-1"], "xnli_seed -1: must be at least 0"),
+                          (["eval", "xnli", "--model", "m", "batch_size=0"], "batch_size 0: must be at least 1"),
+                          (["cache-teacher", "--corpus", "c", "shard_size=0"], "shard_size 0: must be at least 1"),
+                          (["corpus", "prepare", "en-fr", "min_tokens=-2"], "min_tokens -2: must be at least 0")):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
+        assert r.output.strip().count("\n") == 0, r.output
 
 
 def test_train_config_paper_and_ablate_config_demo_resolve(tmp_path):
@@ -179,3 +218,17 @@ def test_train_config_paper_and_ablate_config_demo_resolve(tmp_path):
     r = CliRunner().invoke(main, ["ablate", "--config", "demo", "--cache", str(tmp_path / "none"),
                                   "--out", str(tmp_path / "a"), "--pairs", "x.tsv"])
     assert r.exit_code == 2 and "no teacher cache here" in r.output
+
+
+def test_no_command_shows_more_than_twelve_flags():
+    """Flags are for paths and actions; settings are KEY=VALUE (their older options are hidden)."""
+    def commands(group, prefix=()):
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                yield from commands(cmd, prefix + (name,))
+            else:
+                yield prefix + (name,), cmd
+
+    counted = {" ".join(path): sum(1 for p in cmd.params if isinstance(p, click.Option) and not p.hidden)
+               for path, cmd in commands(main)}
+    assert len(counted) >= 19 and max(counted.values()) <= 12, {k: v for k, v in counted.items() if v > 12}

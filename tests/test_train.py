@@ -58,7 +58,7 @@ def changed(cfg: TrainConfig, **kw) -> TrainConfig:
 
 
 def tiny_model(student: str, teacher_hidden: int = 32, **kw):
-    return build_model(AutoModelForMaskedLM.from_pretrained(student), teacher_hidden, settings(**kw))
+    return build_model(AutoModelForMaskedLM.from_pretrained(student), teacher_hidden, settings(**kw))[0]
 
 
 def metrics(run: Path) -> list[dict]:
@@ -73,7 +73,7 @@ def _losses_of_step(cfg: TrainConfig, model, step: int = 0) -> dict[str, float]:
     data = StepData(features, BalancedSchedule(features.sizes, cfg.batch_size, cfg.seed), 0, 1, cfg, tokenizer)
     (batch,) = [data.build(part) for part in data.plan(step)]
     out = model(batch, cfg.objectives)
-    return {o: objs.by_name(o).loss(out, cfg, lambda t: t).item() for o in cfg.objectives}
+    return {o: model.terms[o].loss(out, lambda t: t).item() for o in cfg.objectives}
 
 
 def test_cached_and_online_teacher_give_the_same_losses(tmp_path, cache_root, tiny_student, tiny_teacher, data_dir):
@@ -166,14 +166,13 @@ def test_teacher_heads_frozen_or_trained(tmp_path, cache_root, tiny_student, dat
 def _head_grads(mode: str, tiny_student: str, objectives: tuple[str, ...]) -> dict[str, bool]:
     """Which parts get a gradient from each objective's loss, in teacher-head mode `mode`."""
     torch.manual_seed(0)
-    model = tiny_model(tiny_student)
-    cfg = settings(teacher_heads=mode)
+    cfg = settings(teacher_heads=mode, without=[n for n in objs.names() if n not in objectives])
+    model, terms = build_model(AutoModelForMaskedLM.from_pretrained(tiny_student), 32, cfg)
     got = {}
-    chosen = objs.chosen([n for n in objs.names() if n not in objectives], cfg)
-    for o in chosen:
+    for o in terms:
         model.zero_grad(set_to_none=True)
-        out = model(tiny_batch(tiny_student), tuple(x.name for x in chosen))
-        o.loss(out, cfg, lambda t: t).backward()
+        out = model(tiny_batch(tiny_student), terms.names)
+        o.loss(out, lambda t: t).backward()
         got[o.name] = {part: any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
                        for part, module in (("teacher", model.teacher_senta_projector),
                                             ("teacher_struca", model.teacher_struca_projector),
@@ -198,7 +197,8 @@ def test_teacher_head_modes_route_gradients_as_documented(tiny_student):
     assert not _head_grads("structure", tiny_student, ("struca",))["teacher_heads"]["teacher"]
     for mode in ("frozen", "train"):
         assert "teacher_heads" not in _head_grads(mode, tiny_student, ("senta", "struca"))
-    assert objs.chosen(["senta", "struca"], settings(teacher_heads="structure")) == objs.chosen(["senta", "struca"])
+    # Without a sentence objective the mode adds no term.
+    assert objs.build_objectives(settings(teacher_heads="structure", without=["senta", "struca"])).names == ("tlm", "xwcl")
 
 
 def test_guard_of_each_head_is_weighted_like_its_objective():
@@ -212,11 +212,13 @@ def test_guard_of_each_head_is_weighted_like_its_objective():
            "struca": {"teacher": torch.randn(6, 8, generator=g), "teacher_vector": cls}}
     same = lambda t: t   # noqa: E731
     for alpha in (1.0, 50.0):
-        got = objs.TEACHER_HEADS_LOSS.loss(out, settings(teacher_heads="guard", alpha=alpha), same)
+        term = objs.build_objectives(settings(teacher_heads="guard", alpha=alpha)).terms[-1]
+        assert term.name == "teacher_heads"
+        got = term.loss(out, same)
         expected = (variance_covariance(out["senta"]["teacher"])
                     + alpha * variance_covariance(out["struca"]["teacher"]))
         assert got.item() == pytest.approx(expected.item(), rel=1e-6)
-    got = objs.TEACHER_HEADS_LOSS.loss(out, settings(teacher_heads="structure", alpha=50.0), same)
+    got = objs.build_objectives(settings(teacher_heads="structure", alpha=50.0)).terms[-1].loss(out, same)
     expected = sum(structure_loss(out[k]["teacher"], cls, 0.1) for k in ("senta", "struca"))
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -615,7 +617,7 @@ def test_the_head_phase_runs_the_encoder_without_gradients(tiny_student):
     model = tiny_model(tiny_student)
     batch = tiny_batch(tiny_student)
     out = model(batch, objs.names(), frozen_encoder=True)
-    sum(objs.by_name(o).loss(out, settings(), lambda t: t) for o in objs.names()).backward()
+    sum(model.terms[o].loss(out, lambda t: t) for o in objs.names()).backward()
     for name, p in model.named_parameters():
         if name.startswith("student.bert.") and name != "student.bert.embeddings.word_embeddings.weight":
             assert p.grad is None, name                              # nothing flowed into the encoder
@@ -769,20 +771,18 @@ def test_a_fifth_objective_needs_only_its_module_and_its_place_in_the_list(tmp_p
 
     class ClsNorm(objs.Objective):
         name, title, equation, input, averages_over, table5_row = "clsnorm", "CLS-norm", "-", SENTENCE, "sentences", 5
+        weight = 0.25
 
-        def forward(self, model, encoded, batch):
+        def forward(self, encoded, batch):
             return {"cls": encoded.hidden("sentence")[:, 0]}
 
         def count(self, batch):
             return len(batch.keys["sentence"]) if "sentence" in batch.inputs else 0
 
-        def loss(self, out, cfg, gather):
+        def loss(self, out, gather):
             return out[self.name]["cls"].float().pow(2).mean()
 
-        def weight(self, cfg):
-            return 0.25
-
-    monkeypatch.setattr(objs, "OBJECTIVES", objs.OBJECTIVES + (ClsNorm(),))
+    monkeypatch.setattr(objs, "OBJECTIVES", objs.OBJECTIVES + (ClsNorm,))
     rows = metrics(train(config(tmp_path / "all", cache_root, tiny_student, data_dir, max_steps=2, alpha=0.5),
                          progress=False))
     for row in rows:
@@ -799,3 +799,36 @@ def test_a_fifth_objective_needs_only_its_module_and_its_place_in_the_list(tmp_p
                                    without=["clsnorm"]), progress=False))
     assert without[0]["clsnorm"] == ""
     assert [name for name, _ in ablate.runs()] == ["mmkd", "-xwcl", "-tlm", "-senta", "-struca", "-clsnorm"]
+
+
+def test_a_new_objectives_settings_join_the_run_settings_from_the_registry(monkeypatch):
+    """An objective's `Settings` dataclass becomes `TrainConfig.<name>` with nothing else written:
+    a settings file and KEY=VALUE reach it, its checks hold, and build_objectives hands it over."""
+    from dataclasses import dataclass
+
+    from mmkd.config import with_objectives
+    from mmkd.objectives.inputs import SENTENCE
+    from mmkd.settings import setting
+
+    @dataclass
+    class ClsNormSettings:
+        weight: float = setting(0.25, "Its weight in L.", min=0)
+
+    class ClsNorm(objs.Objective):
+        name, title, equation, input, averages_over = "clsnorm", "CLS-norm", "-", SENTENCE, "sentences"
+        Settings = ClsNormSettings
+
+        @property
+        def weight(self):
+            return self.settings.weight
+
+    cls = with_objectives(objs.OBJECTIVES + (ClsNorm,))
+    cfg = st.from_mapping(cls, {"clsnorm": {"weight": 0.5}, "struca.alpha": 2.0}, "test")
+    assert cfg.clsnorm.weight == 0.5 and cfg.struca.alpha == 2.0 and cls().clsnorm.weight == 0.25
+    assert st.load(cls, None, st.assignments(cls, ["clsnorm.weight=3"], "train")).clsnorm.weight == 3.0
+    with pytest.raises(st.SettingsError, match="clsnorm.weight -1.0: must be at least 0"):
+        st.assignments(cls, ["clsnorm.weight=-1"], "train")
+    assert "clsnorm.weight" in [f.key for f in st.fields(cls)]
+    monkeypatch.setattr(objs, "OBJECTIVES", objs.OBJECTIVES + (ClsNorm,))
+    made = {o.name: o for o in objs.build_objectives(cfg).terms}
+    assert made["clsnorm"].settings is cfg.clsnorm and made["clsnorm"].weight == 0.5 and made["struca"].weight == 2.0

@@ -77,18 +77,18 @@ def _eval_layout(root: Path, shared: Path) -> Path:
 
 def rehearsal_script(evaldata: Path) -> str:
     block = readme_workflow()
-    eval_slice = f"--eval-data-dir {evaldata} --max-train-examples 48 --max-eval-examples 16 --epochs 1"
+    eval_slice = f"--eval-data-dir {evaldata} max_train_examples=48 max_eval_examples=16 epochs=1"
     swaps = [
         ("--num_processes 8", "--num_processes 2"),                      # 8 GPUs -> 2 CPU processes
         ("--mixed_precision bf16", "--mixed_precision no"),             # bf16 autocast is for GPUs
-        ("--out runs/mmkd", "--out runs/mmkd --max-steps 3"),
+        ("--out runs/mmkd", "--out runs/mmkd max_steps=3"),
         ("mmkd eval xnli  --model runs/mmkd/student", f"mmkd eval xnli --model runs/mmkd/student {eval_slice}"),
         ("mmkd eval xnli  --model bert-base-multilingual-cased", f"mmkd eval xnli --model bert-base-multilingual-cased {eval_slice}"),
         ("mmkd eval pawsx --model runs/mmkd/student", f"mmkd eval pawsx --model runs/mmkd/student {eval_slice}"),
         ("mmkd eval xquad --model runs/mmkd/student", f"mmkd eval xquad --model runs/mmkd/student {eval_slice}"),
-        ("--eval xnli --eval pawsx --eval xquad", f"--eval xnli --eval pawsx --eval xquad --eval-data-dir {evaldata} "
-                                                  "--max-train-examples 48 --max-eval-examples 16 --eval-epochs 1 "
-                                                  "--max-steps 2"),
+        ("--eval xnli --eval pawsx --eval xquad", f"--eval xnli --eval pawsx --eval xquad eval.data_dir={evaldata} "
+                                                  "eval.max_train_examples=48 eval.max_eval_examples=16 eval.epochs=1 "
+                                                  "train.max_steps=2"),
     ]
     for old, new in swaps:
         assert old in block, f"README's workflow no longer contains {old!r}: update the rehearsal with it"

@@ -9,7 +9,7 @@ import click
 
 from mmkd.cache.writer import CacheConfig
 from mmkd.cli import data_dir_option, friendly
-from mmkd.cli.options import overrides, settings_epilog, settings_options
+from mmkd.cli.options import assignments_argument, overrides, settings_epilog, settings_options
 from mmkd.corpus import CorpusConfig
 from mmkd.settings import SEED_MAX
 
@@ -36,8 +36,9 @@ def corpus():
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing prepared corpus of the same name (never a folder mmkd did not make).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@assignments_argument
 @friendly
-def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, name, config, data_dir, overwrite, quiet, **given):
+def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, name, config, data_dir, overwrite, quiet, assignments, **given):
     """Filter, deduplicate, shuffle and prune one language pair PAIR (e.g. en-fr).
 
     With no source option the paper's OPUS corpus for PAIR is downloaded (Europarl, MultiUN,
@@ -50,7 +51,8 @@ def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, name, config, data_dir, o
 
     base = CorpusConfig(pair=pair, name=name, moses=tuple(moses) if moses else None, tsv=tsv, zip=zip_,
                         hf_dataset=hf_dataset, data_dir=data_dir or default_data_dir())
-    cfg = st.load(CorpusConfig, config, overrides(given), base)
+    cfg = st.load(CorpusConfig, config, {**overrides(given), **st.assignments(CorpusConfig, list(assignments), "corpus")},
+                  base)
     out = prepare_corpus(cfg, progress=not quiet, overwrite=overwrite)
     meta = json.loads((out / "meta.json").read_text())
     click.echo(f"{out}: {meta['n_pairs']} pairs kept of {meta['read']} read; dropped {meta['dropped']}")
@@ -99,8 +101,10 @@ def corpus_sources():
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default).")
 @data_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@assignments_argument
 @friendly
-def cache_teacher(corpora, teacher, out, config, resume, overwrite, trust_remote_code, data_dir, quiet, **given):
+def cache_teacher(corpora, teacher, out, config, resume, overwrite, trust_remote_code, data_dir, quiet, assignments,
+                  **given):
     """Run the frozen teacher once over the English side and cache word and [CLS] states.
 
     Run it under `accelerate launch -m mmkd cache-teacher ...` to split the shards between
@@ -112,7 +116,8 @@ def cache_teacher(corpora, teacher, out, config, resume, overwrite, trust_remote
 
     base = CacheConfig(corpora=list(corpora), data_dir=data_dir or default_data_dir(),
                        trust_remote_code=trust_remote_code)
-    cfg = st.load(CacheConfig, config, overrides(given), base)
+    cfg = st.load(CacheConfig, config, {**overrides(given), **st.assignments(CacheConfig, list(assignments),
+                                                                             "cache-teacher")}, base)
     paths = {k: v for k, v in (("teacher", teacher), ("out", out)) if v}
     if paths:
         import dataclasses

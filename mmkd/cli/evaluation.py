@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mmkd.cli import friendly
-from mmkd.cli.options import overrides, settings_options
+from mmkd.cli.options import assignments_argument, overrides, settings_epilog, settings_options
 from mmkd.eval.settings import EvalConfig
 from mmkd.settings import SEED_MAX
 
@@ -43,23 +43,25 @@ def _task_command(task: str, doc: str):
                        "has written it.")
     @click.option("--out", default=None, metavar="DIR",
                   help="Where results.json/results.md go (default: MODEL/eval/TASK or runs/eval/MODEL/TASK).")
-    @settings_options(EvalConfig, hidden=False)
+    @settings_options(EvalConfig)
     @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
+    @assignments_argument
     @friendly
-    def command(model, out, trust_remote_code, **given):
+    def command(model, out, trust_remote_code, assignments, **given):
         from mmkd import settings as st
         from mmkd.eval.runner import default_out, markdown_table, run_task, write_result
 
         model = default_model(model)
-        cfg = st.load(EvalConfig, None, overrides(given), EvalConfig(task=task, model=model,
-                                                                      trust_remote_code=trust_remote_code))
+        cfg = st.load(EvalConfig, None, {**overrides(given), **st.assignments(EvalConfig, list(assignments), "eval")},
+                      EvalConfig(task=task, model=model, trust_remote_code=trust_remote_code))
         result = run_task(cfg)
         where = write_result(result, Path(out) if out else default_out(model, task))
         click.echo(markdown_table(result))
         click.echo(f"\nwritten to {where}/results.json and results.md")
 
-    command.__doc__ = doc + " Zero-shot: the checkpoint is selected on English dev."
-    return click.command(task)(command)
+    command.__doc__ = (doc + " Zero-shot: the checkpoint is selected on English dev.\n\n\b\n"
+                       f"mmkd eval {task} --model runs/mmkd/student seeds=1,2,3")
+    return click.command(task, epilog=settings_epilog(EvalConfig, (), "eval"))(command)
 
 
 @eval_group.command("retrieval")

@@ -1,9 +1,12 @@
-"""Command-line options generated from the settings dataclasses (mmkd/settings.py).
+"""How a command takes settings (mmkd/settings.py declares them).
 
-Every leaf setting of a dataclass becomes `--its-name VALUE` (a boolean `--name/--no-name`; a list
-repeats or takes commas: `--seeds 1,2,3`), with default None: what is not given comes from
-`--config`, else the dataclass. They are hidden from `--help`, which lists their names and points to
-`mmkd settings`, where each is explained with its type, range and default.
+The one way: `KEY=VALUE` after the command's flags, on top of `--config` (a preset or a file), as
+torchtune does: `mmkd train --cache c/ --config paper struca.alpha=2 max_steps=1000`. `mmkd ablate`
+and `mmkd demo` address their training settings as `train.KEY=VALUE` (and ablate its evaluations'
+as `eval.KEY=VALUE`). `mmkd settings COMMAND` lists every key with its type, range and default.
+
+Flags are for paths and actions. Each setting also still has its generated option (`--its-name
+VALUE`, hidden from `--help`), which older scripts use; KEY=VALUE wins over it.
 """
 
 from __future__ import annotations
@@ -84,6 +87,24 @@ def settings_options(cls, exclude: tuple[str, ...] = (), hidden: bool = True, pr
     return decorate
 
 
+def assignments_argument(fn):
+    """The command's `[KEY=VALUE]...` settings (its `assignments` parameter)."""
+    return click.argument("assignments", nargs=-1, metavar="[KEY=VALUE]...")(fn)
+
+
+def grouped(items: tuple[str, ...], prefixes: tuple[str, ...]) -> dict[str, list[str]]:
+    """KEY=VALUE items by the prefix of their key (`train.lr=1e-4` -> {"train": ["lr=1e-4"]}); an item
+    with none of `prefixes` goes under ""."""
+    out: dict[str, list[str]] = {p: [] for p in ("", *prefixes)}
+    for item in items:
+        head, dot, rest = item.partition(".")
+        if dot and head in prefixes:
+            out[head].append(rest)
+        else:
+            out[""].append(item)
+    return out
+
+
 def overrides(kwargs: dict, param: str = PREFIX) -> dict[tuple[str, ...], object]:
     """The settings given on the command line (removed from `kwargs`), by path."""
     out = {}
@@ -100,10 +121,18 @@ def overrides(kwargs: dict, param: str = PREFIX) -> dict[tuple[str, ...], object
 def settings_epilog(cls, exclude: tuple[str, ...] = (), command: str = "train") -> str:
     import textwrap
 
-    names = ", ".join(f.flag[2:] for f in st.fields(cls) if f.meta.get("cli", True) and f.key not in exclude)
+    names = ", ".join(f.key for f in st.fields(cls) if f.meta.get("cli", True) and f.key not in exclude)
     presets = ", ".join(st.preset_names())
     return "\b\n" + "\n".join(
-        ["Settings: each is an option --NAME VALUE (over --config, else its default):"]
+        [f"Settings: KEY=VALUE after the flags (over any --config, else the default), e.g. {_example(cls)}. Keys:"]
         + textwrap.wrap(names + ".", 96, break_on_hyphens=False)
         + [f"`mmkd settings {command}` explains each (range, default); `mmkd settings {command} --config NAME`",
            f"shows a preset ({presets}) or a settings file."])
+
+
+def _example(cls) -> str:
+    """Two settings as KEY=VALUE with their defaults (a nested one when there is one)."""
+    shown = [f for f in st.fields(cls) if f.meta.get("cli", True) and f.default is not None
+             and not isinstance(f.default, (list, tuple))]
+    picked = shown[:1] + [f for f in shown if "." in f.key][:1]
+    return " ".join(f"{f.key}={str(f.default).lower() if isinstance(f.default, bool) else f.default}" for f in picked)

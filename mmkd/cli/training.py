@@ -8,7 +8,7 @@ import click
 
 from mmkd.ablate import AblationConfig
 from mmkd.cli import data_dir_option, friendly
-from mmkd.cli.options import overrides, settings_epilog, settings_options
+from mmkd.cli.options import assignments_argument, grouped, overrides, settings_epilog, settings_options
 from mmkd.config import TrainConfig
 from mmkd.demo import DemoConfig
 from mmkd.eval.settings import EvalConfig
@@ -20,13 +20,15 @@ config_option = click.option(
     help="Settings: a preset (paper, demo) or a JSON file (a run's config.json too); options given here go on top.")
 
 
-def train_settings(config: str | None, given: dict, *, base: TrainConfig | None = None, **paths) -> TrainConfig:
-    """Defaults, then --config, then the settings given on the command line, then the paths."""
+def train_settings(config: str | None, given: dict, *, base: TrainConfig | None = None, assigned=(),
+                   command: str = "train", **paths) -> TrainConfig:
+    """Defaults, then --config, then the settings given on the command line (options, then
+    KEY=VALUE), then the paths."""
     import dataclasses
 
     from mmkd import settings as st
 
-    cfg = st.load(TrainConfig, config, overrides(given), base)
+    cfg = st.load(TrainConfig, config, {**overrides(given), **st.assignments(TrainConfig, list(assigned), command)}, base)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in paths.items() if v is not None})
     st.validate(cfg)
     return cfg
@@ -52,14 +54,16 @@ def train_settings(config: str | None, given: dict, *, base: TrainConfig | None 
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default).")
 @data_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@assignments_argument
 @friendly
 def train_cmd(caches, corpora, online_teacher, student, out, config, resume, overwrite, trust_remote_code, data_dir,
-              quiet, **given):
+              quiet, assignments, **given):
     """Train the student against the teacher cache: L = TLM + XWCL + SentA + α·StrucA.
 
     \b
     One process:    mmkd train --cache cache/ --out runs/mmkd
     The paper:      mmkd train --cache cache/ --config paper
+    A setting:      mmkd train --cache cache/ --config paper struca.alpha=2 max_steps=1000
     Many GPUs:      accelerate launch --multi_gpu --num_processes 8 -m mmkd train --cache cache/ ...
     Continue:       mmkd train --resume --out runs/mmkd
     Reproduce:      mmkd train --config runs/mmkd/config.json --out runs/again
@@ -69,7 +73,7 @@ def train_cmd(caches, corpora, online_teacher, student, out, config, resume, ove
 
     if resume and config is None:
         config = _saved_settings(Path(out or TrainConfig().out), bool(caches or online_teacher))
-    cfg = train_settings(config, given, cache=list(caches) or None, corpora=list(corpora) or None,
+    cfg = train_settings(config, given, assigned=assignments, cache=list(caches) or None, corpora=list(corpora) or None,
                          online_teacher=online_teacher, student=student, out=out,
                          data_dir=data_dir or (None if config else default_data_dir()),
                          trust_remote_code=trust_remote_code or None)
@@ -121,14 +125,16 @@ def _saved_settings(run: Path, data_given: bool) -> str | None:
 @click.option("--without", "without", multiple=True, hidden=True)
 @data_dir_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@assignments_argument
 @friendly
-def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline, without, data_dir, quiet, **given):
+def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline, without, data_dir, quiet, assignments,
+               **given):
     """MMKD and its ablations (Table 5) from ONE teacher cache, then one comparison table.
 
-    Runs mmkd, -xwcl, -tlm, -senta, -struca with identical settings (--config and the options below)
+    Runs mmkd, -xwcl, -tlm, -senta, -struca with identical settings (--config and train.KEY=VALUE)
     into OUT/<name>/, evaluates each, and writes OUT/ablation.md. Rerunning with the same settings
     continues an interrupted sweep; other settings are refused by name. The zero-shot evaluations
-    take `mmkd eval`'s settings with `--eval-` in front (--eval-seeds, --eval-lr, ...).
+    take `mmkd eval`'s settings as eval.KEY=VALUE (eval.seeds=1,2,3 eval.lr=3e-5).
     """
     import dataclasses
 
@@ -140,9 +146,11 @@ def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline
     if without:
         raise MMKDError("--without: the sweep removes each objective itself")
     eval_given = {k: given.pop(k) for k in [k for k in given if k.startswith("e__")]}
-    base = train_settings(config, given, cache=list(caches), student=student,
-                          data_dir=data_dir or (None if config else default_data_dir()))
-    evaluation = st.load(EvalConfig, None, overrides(eval_given, "e__"))
+    items = grouped(assignments, ("train", "eval"))
+    base = train_settings(config, given, assigned=items["train"] + items[""], command="train", cache=list(caches),
+                          student=student, data_dir=data_dir or (None if config else default_data_dir()))
+    evaluation = st.load(EvalConfig, None, {**overrides(eval_given, "e__"), **st.assignments(EvalConfig, items["eval"],
+                                                                                             "eval")})
     cfg = AblationConfig(base=base, retrieval_pairs=list(retrieval_pairs), eval=evaluation,
                          include_baseline=not no_baseline)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (("out", out), ("evals", list(evals))) if v})
@@ -163,8 +171,9 @@ def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline
                    "English pairs and 20 test pairs per language, and the training preset demo-small (6 steps of "
                    "14 pairs) unless --config names another.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@assignments_argument
 @friendly
-def demo_cmd(out, teacher, student, config, small, quiet, **given):
+def demo_cmd(out, teacher, student, config, small, quiet, assignments, **given):
     """The mission in small, offline, on a CPU: all-MiniLM-L6-v2 distilled into multilingual-e5-small on
     the paper's seven language pairs, with retrieval and zero-shot XNLI before and after.
 
@@ -177,12 +186,13 @@ def demo_cmd(out, teacher, student, config, small, quiet, **given):
     from mmkd import settings as st
     from mmkd.demo import SMALL, run_demo
 
-    # --small starts from smaller sizes; options given on the command line still win.
-    cfg = st.load(DemoConfig, None, overrides(given, "d__"),
+    # --small starts from smaller sizes; settings given on the command line still win.
+    items = grouped(assignments, ("train",))
+    cfg = st.load(DemoConfig, None, {**overrides(given, "d__"), **st.assignments(DemoConfig, items[""], "demo")},
                   dataclasses.replace(DemoConfig(), **SMALL, settings="demo-small") if small else None)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (("out", out), ("teacher", teacher), ("student", student),
                                                           ("settings", config)) if v is not None})
-    run_demo(cfg, train_settings(cfg.settings, given), progress=not quiet, log=click.echo)
+    run_demo(cfg, train_settings(cfg.settings, given, assigned=items["train"]), progress=not quiet, log=click.echo)
 
 
 @click.command("settings")
@@ -208,7 +218,10 @@ def settings_cmd(command, config):
     rows = st.describe(cls, obj)
     width = max(len(r[0]) for r in rows)
     source = f"--config {config}" if config else "the defaults"
-    click.echo(f"mmkd {command}: every setting, with the values of {source}; presets: {', '.join(st.preset_names())}\n")
+    click.echo(f"mmkd {command}: every setting, with the values of {source}; presets: {', '.join(st.preset_names())}")
+    click.echo(f"Give one as KEY=VALUE after the command's flags (mmkd {command} ... {rows[0][0]}={rows[0][1]})"
+               + (", training settings as train.KEY=VALUE (see `mmkd settings train`)" if command == "demo" else "")
+               + "\n")
     for flag, value, kind, help_ in rows:
         click.echo(f"  {flag:<{width}}  {value}  [{kind}]")
         click.echo(f"  {'':<{width}}  {help_}")

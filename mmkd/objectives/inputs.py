@@ -68,14 +68,14 @@ class Pairs:
     lists, the target texts, the teacher features, and the tokenizer. The pair encoding (shared by
     both pair inputs) is made once, when first needed."""
 
-    def __init__(self, tokenizer, keys, words, english, targets, teacher, cfg: MaskingConfig, random_ids: np.ndarray):
+    def __init__(self, tokenizer, keys, words, english, targets, teacher, masking: MaskingConfig, random_ids: np.ndarray):
         self.tokenizer, self.keys, self.words, self.english, self.targets = tokenizer, keys, words, english, targets
-        self.teacher, self.cfg, self.random_ids = teacher, cfg, random_ids
+        self.teacher, self.masking, self.random_ids = teacher, masking, random_ids
 
     @cached_property
     def encoding(self):
         return self.tokenizer(list(self.english), list(self.targets), truncation="longest_first",
-                              max_length=self.cfg.max_length, return_token_type_ids=self.cfg.segments,
+                              max_length=self.masking.max_length, return_token_type_ids=self.masking.segments,
                               return_offsets_mapping=True)
 
     def alignment(self, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,9 +109,9 @@ def _masked_pair(p: Pairs) -> dict:
     special = set(special_ids(p.tokenizer).tolist())
     ids_out, labels_out = [], []
     for b, ids in enumerate(p.rows):
-        rng = example_rng(p.cfg.seed, p.keys[b][0], p.keys[b][1], _MASKED_PAIR)
+        rng = example_rng(p.masking.seed, p.keys[b][0], p.keys[b][1], _MASKED_PAIR)
         cand = np.array([i not in special for i in ids.tolist()])
-        new, labels = mask_tokens(ids, cand, rng, p.tokenizer.mask_token_id, p.random_ids, p.cfg.mlm_probability)
+        new, labels = mask_tokens(ids, cand, rng, p.tokenizer.mask_token_id, p.random_ids, p.masking.mlm_probability)
         ids_out.append(new)
         labels_out.append(labels)
     return {**p.common(ids_out), "labels": pad(labels_out, -100)}
@@ -127,9 +127,9 @@ def _word_masked_pair(p: Pairs) -> dict:
     for b, ids in enumerate(p.rows):
         n_words = len(p.words[b])
         token_word, pos = p.alignment(b)
-        rng = example_rng(p.cfg.seed, p.keys[b][0], p.keys[b][1], _WORD_MASKED_PAIR)
+        rng = example_rng(p.masking.seed, p.keys[b][0], p.keys[b][1], _WORD_MASKED_PAIR)
         new, m = mask_words(ids, token_word, n_words, rng, p.tokenizer.mask_token_id, p.random_ids,
-                            p.cfg.mlm_probability)
+                            p.masking.mlm_probability)
         present = pos >= 0
         word_pos[b, :n_words] = np.where(present, pos, 0)
         masked[b, :n_words] = m & present
@@ -139,8 +139,8 @@ def _word_masked_pair(p: Pairs) -> dict:
 
 
 def _sentence(p: Pairs) -> dict:
-    enc = p.tokenizer(p.targets, truncation=True, max_length=p.cfg.max_length, padding=True, return_tensors="pt",
-                      return_token_type_ids=p.cfg.segments)
+    enc = p.tokenizer(p.targets, truncation=True, max_length=p.masking.max_length, padding=True, return_tensors="pt",
+                      return_token_type_ids=p.masking.segments)
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "teacher_cls": p.teacher.cls}
     if p.teacher.mean is not None:      # format-3 caches and the online teacher
         out["teacher_mean"] = p.teacher.mean

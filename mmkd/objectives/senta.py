@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmkd.losses import senta_loss
 from mmkd.objectives.sentence import SentenceObjective
 from mmkd.settings import setting
 
@@ -25,19 +26,18 @@ class SentASettings:
                                   "no longer lower the loss (docs/method.md).")
 
 
-class _SentA(SentenceObjective):
+class SentA(SentenceObjective):
     name, title, equation = "senta", "SentA", "(2)"
+    Settings = SentASettings
+    indicator_names = ("std_student_senta", "std_teacher_senta")
     table5_row = 3
 
-    def spans_batch(self, cfg):
-        return cfg.senta.center
+    @property
+    def spans_batch(self):
+        return self.settings.center
 
-    def loss(self, out, cfg, gather):
-        from mmkd.losses import senta_loss
-        student, teacher = out[self.name]["student"], self.teacher_side(out, cfg)
-        if cfg.senta.center:   # the batch mean must be the global batch's: over the gathered micro-batch
+    def loss(self, out, gather):
+        student, teacher = out[self.name]["student"], self.teacher_side(out)
+        if self.settings.center:   # the batch mean must be the global batch's: over the gathered micro-batch
             return senta_loss(gather(student), gather(teacher), center=True)
         return senta_loss(student, teacher)
-
-
-SENTA = _SentA()

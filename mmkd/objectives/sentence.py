@@ -1,11 +1,53 @@
-"""What SentA and StrucA share: the sentence input `[CLS] t [SEP]`, its [CLS] state, a student
-projector and predictor each, and a teacher projector each fed by the teacher's [CLS] of s (paper
-3.3–3.4, 4.1: 2-layer MLPs, 768 hidden units, 128 outputs; `--head-hidden/--head-out/--head-norm`)."""
+"""What SentA and StrucA share: the sentence input `[CLS] t [SEP]`, the student's sentence vector, a
+student projector and predictor each, and a teacher projector each fed by the teacher's vector of s
+(paper 3.3–3.4, 4.1: 2-layer MLPs, 768 hidden units, 128 outputs; `--head-hidden/--head-out/--head-norm`),
+and how those teacher projectors ḡ_t learn (`--teacher-heads`; docs/method.md, "Teacher heads").
+
+The teacher-head modes `structure` and `guard` are mmkd's own, not the paper's: the paper trains ḡ_t
+with SentA/StrucA alone (`train`), which lets both sides agree on a constant. A mode whose heads learn
+by a loss of their own adds the `teacher_heads` term (objectives/teacher_heads.py) to a run's terms.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from mmkd.errors import TrainingError
+from mmkd.heads import mlp
+from mmkd.losses import projection_std
 from mmkd.objectives.base import Objective
 from mmkd.objectives.inputs import SENTENCE
+
+
+@dataclass(frozen=True)
+class TeacherHeadMode:
+    name: str
+    trained: bool               # the teacher projectors are updated at all
+    stop_gradient: bool         # SentA/StrucA gradients stop at the teacher projections
+    loss: str | None            # the teacher heads' own loss (mmkd.losses), if any
+    summary: str
+
+
+TEACHER_HEAD_MODES: dict[str, TeacherHeadMode] = {m.name: m for m in (
+    TeacherHeadMode("frozen", False, False, None, "random, never trained"),
+    TeacherHeadMode("train", True, False, None, "trained by SentA/StrucA only (both sides can agree on a constant)"),
+    TeacherHeadMode("structure", True, True, "structure_loss",
+                    "mmkd's own: trained only to keep the batch similarity structure of the teacher's centred [CLS] "
+                    "(losses.structure_loss); SentA/StrucA gradients stopped"),
+    TeacherHeadMode("guard", True, False, "variance_covariance",
+                    "mmkd's own: trained by SentA/StrucA plus a variance/covariance guard on their outputs "
+                    "(losses.variance_covariance)"),
+)}
+
+
+@dataclass(frozen=True)
+class SentenceHeads:
+    """The heads' shape and how the teacher-side one learns, shared by the sentence objectives (the
+    run's --head-hidden, --head-out, --head-norm and --teacher-heads)."""
+    hidden: int = 768
+    out: int = 128
+    norm: str = "none"
+    mode: TeacherHeadMode = TEACHER_HEAD_MODES["structure"]
 
 
 def sentence_vector(hidden, attention_mask, pooling: str):
@@ -18,58 +60,50 @@ def sentence_vector(hidden, attention_mask, pooling: str):
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def projection_std(x) -> float:
-    from mmkd.losses import projection_std as std
-    return std(x).item()
-
-
 class SentenceObjective(Objective):
     input = SENTENCE
     averages_over = "sentences"
     has_teacher_heads = True
 
-    def student_heads(self, student_hidden, teacher_hidden, cfg):
-        from mmkd.heads import mlp
-        return {f"{self.name}_projector": mlp(student_hidden, cfg.head_hidden, cfg.head_out, cfg.head_norm),
-                f"{self.name}_predictor": mlp(cfg.head_out, cfg.head_hidden, cfg.head_out, cfg.head_norm)}
+    def __init__(self, settings=None, trained: bool = True, shape: SentenceHeads | None = None):
+        super().__init__(settings, trained, shape or SentenceHeads())
 
-    def teacher_heads(self, teacher_hidden, cfg):
-        from mmkd.heads import mlp
-        return {f"teacher_{self.name}_projector": mlp(teacher_hidden, cfg.head_hidden, cfg.head_out, cfg.head_norm)}
+    def student_heads(self, student_width, teacher_width):
+        s = self.shape
+        return {f"{self.name}_projector": mlp(student_width, s.hidden, s.out, s.norm),
+                f"{self.name}_predictor": mlp(s.out, s.hidden, s.out, s.norm)}
 
-    def forward(self, model, encoded, batch):
+    def teacher_heads(self, teacher_width):
+        s = self.shape
+        head = mlp(teacher_width, s.hidden, s.out, s.norm)
+        if not s.mode.trained:
+            head.requires_grad_(False)
+        return {f"teacher_{self.name}_projector": head}
+
+    def forward(self, encoded, batch):
         mine = batch.inputs["sentence"]
-        hidden = encoded.hidden("sentence")
-        settings = self.settings_of(model)
-        cls = sentence_vector(hidden, mine["attention_mask"], settings.student_vector)
-        teacher_vector = mine[f"teacher_{settings.teacher_vector}"].to(cls.dtype)
-        return {"student": getattr(model, f"{self.name}_predictor")(getattr(model, f"{self.name}_projector")(cls)),
-                "teacher": getattr(model, f"teacher_{self.name}_projector")(teacher_vector),
+        vector = sentence_vector(encoded.hidden("sentence"), mine["attention_mask"], self.settings.student_vector)
+        teacher_vector = mine[f"teacher_{self.settings.teacher_vector}"].to(vector.dtype)
+        heads = self.heads
+        return {"student": heads[f"{self.name}_predictor"](heads[f"{self.name}_projector"](vector)),
+                "teacher": heads[f"teacher_{self.name}_projector"](teacher_vector),
                 "teacher_vector": teacher_vector}
 
-    def check_features(self, features, cfg):
-        from mmkd.errors import TrainingError
-
-        if self.settings(cfg).teacher_vector == "mean" and not features.has_teacher_mean:
+    def check_features(self, features):
+        if self.settings.teacher_vector == "mean" and not features.has_teacher_mean:
             old = next((c.url for c in getattr(features, "caches", []) if not c.manifest.has_mean), "the cache")
             raise TrainingError(f"--{self.name}-teacher-vector mean: {old} is format 2, which holds the teacher's [CLS] but "
-                            f"not its mean pooling; add it with `mmkd cache upgrade {old}` (re-runs the teacher)")
+                                f"not its mean pooling; add it with `mmkd cache upgrade {old}` (re-runs the teacher)")
 
     def count(self, batch):
         return len(batch.keys["sentence"]) if "sentence" in batch.inputs else 0
 
-    def teacher_side(self, out, cfg):
+    def teacher_side(self, out):
         """The teacher projection as this loss sees it: a teacher-head mode that trains the heads by a
         loss of its own stops this objective's gradient there."""
-        from mmkd.objectives.teacher_heads import TEACHER_HEAD_MODES
-
         teacher = out[self.name]["teacher"]
-        return teacher.detach() if TEACHER_HEAD_MODES[cfg.teacher_heads].stop_gradient else teacher
+        return teacher.detach() if self.shape.mode.stop_gradient else teacher
 
-    @property
-    def indicator_names(self):
-        return (f"std_student_{self.name}", f"std_teacher_{self.name}")
-
-    def indicators(self, mine, cfg=None, gather=None):
-        return {f"std_student_{self.name}": projection_std(mine["student"]),
-                f"std_teacher_{self.name}": projection_std(mine["teacher"])}
+    def indicators(self, mine, gather=None):
+        return {f"std_student_{self.name}": projection_std(mine["student"]).item(),
+                f"std_teacher_{self.name}": projection_std(mine["teacher"]).item()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmkd.losses import struca_loss, target_diagonal_mass
 from mmkd.objectives.sentence import SentenceObjective
 from mmkd.settings import setting
 
@@ -28,37 +29,28 @@ class StrucASettings:
                                             "(metrics.csv: struca_target_diag).")
 
 
-class _StrucA(SentenceObjective):
+class StrucA(SentenceObjective):
     name, title, equation = "struca", "StrucA", "(3)-(5)"
+    Settings = StrucASettings
     averages_over = "sentences (rows of the gathered similarity matrix)"
+    indicator_names = ("std_student_struca", "std_teacher_struca", "struca_target_diag")
     table5_row = 4
-
-    def weight(self, cfg):
-        return cfg.struca.alpha
-
-    def spans_batch(self, cfg):
-        return True
-
-    def loss(self, out, cfg, gather):
-        from mmkd.losses import struca_loss
-        return struca_loss(gather(out[self.name]["student"]), gather(self.teacher_side(out, cfg)),
-                           cfg.struca.temperature, cfg.struca.exclude_diagonal)
+    spans_batch = True
 
     @property
-    def indicator_names(self):
-        return (*super().indicator_names, "struca_target_diag")
+    def weight(self):
+        return self.settings.alpha
 
-    def indicators(self, mine, cfg=None, gather=None):
+    def loss(self, out, gather):
+        return struca_loss(gather(out[self.name]["student"]), gather(self.teacher_side(out)),
+                           self.settings.temperature, self.settings.exclude_diagonal)
+
+    def indicators(self, mine, gather=None):
         """Besides the spreads: the teacher target's diagonal mass over the gathered micro-batch (what
         the loss sees), with the full softmax whether or not the loss leaves the diagonal out."""
-        from mmkd.losses import target_diagonal_mass
-
-        out = super().indicators(mine, cfg, gather)
-        if cfg is not None and "teacher" in mine:
+        out = super().indicators(mine, gather)
+        if "teacher" in mine:
             teacher = mine["teacher"].detach()
             out["struca_target_diag"] = target_diagonal_mass(gather(teacher) if gather else teacher,
-                                                             cfg.struca.temperature).item()
+                                                             self.settings.temperature).item()
         return out
-
-
-STRUCA = _StrucA()

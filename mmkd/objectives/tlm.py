@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mmkd.errors import TrainingError
+from mmkd.losses import tlm_loss
 from mmkd.objectives.base import Objective
 from mmkd.objectives.inputs import MASKED_PAIR
 from mmkd.settings import setting
@@ -58,18 +59,20 @@ def start_fresh_head(student, tokenizer, texts: list[str]) -> bool:
     return True
 
 
-class _TLM(Objective):
+class TLM(Objective):
     name, title, equation = "tlm", "TLM", "3.1"
+    Settings = TLMSettings
     input = MASKED_PAIR
     averages_over = "masked tokens"
     table5_row = 2
 
-    def check(self, student, teacher_hidden, cfg):
+    def check(self, student, teacher_width):
         if student.get_output_embeddings() is None:
-            raise TrainingError(f"student {cfg.student!r} has no MLM head (no output embeddings): TLM needs a masked-LM "
-                            "checkpoint (e.g. bert-base-multilingual-cased, xlm-roberta-base); or train --without tlm")
+            raise TrainingError(f"student {student.config._name_or_path!r} has no MLM head (no output embeddings): TLM "
+                                "needs a masked-LM checkpoint (e.g. bert-base-multilingual-cased, xlm-roberta-base); "
+                                "or train --without tlm")
 
-    def forward(self, model, encoded, batch):
+    def forward(self, encoded, batch):
         mine = batch.inputs["masked_pair"]
         selected = mine["labels"] != -100
         return {"logits": encoded.masked_logits("masked_pair", selected)[None],
@@ -79,9 +82,5 @@ class _TLM(Objective):
         mine = batch.inputs.get("masked_pair")
         return 0 if mine is None else int((mine["labels"] != -100).sum())
 
-    def loss(self, out, cfg, gather):
-        from mmkd.losses import tlm_loss
+    def loss(self, out, gather):
         return tlm_loss(out[self.name]["logits"], out[self.name]["labels"])
-
-
-TLM = _TLM()

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
 from mmkd.errors import TrainingError
+from mmkd.losses import xwcl_loss
 from mmkd.objectives.base import Objective
 from mmkd.objectives.inputs import WORD_MASKED_PAIR
 from mmkd.settings import setting
@@ -25,39 +29,37 @@ class XWCLSettings:
                        choices=("auto", "linear", "none"))
 
 
-def uses_map(student_hidden: int, teacher_hidden: int, cfg) -> bool:
-    return "xwcl" not in cfg.without and (cfg.xwcl.map == "linear" or
-                                          (cfg.xwcl.map == "auto" and student_hidden != teacher_hidden))
-
-
-class _XWCL(Objective):
+class XWCL(Objective):
     name, title, equation = "xwcl", "XWCL", "(1)"
+    Settings = XWCLSettings
     input = WORD_MASKED_PAIR
     averages_over = "masked English words (anchors)"
     table5_row = 1
 
-    def check(self, student, teacher_hidden, cfg):
-        hidden = student.config.hidden_size
-        if hidden != teacher_hidden and cfg.xwcl.map == "none":
-            raise TrainingError(f"XWCL compares student and teacher states directly (eq. (1)), so their sizes must match: "
-                            f"student {hidden}, teacher {teacher_hidden}. Use --xwcl-map linear (or auto), a matching "
-                            "teacher, or --without xwcl.")
+    def uses_map(self, student_width: int, teacher_width: int) -> bool:
+        """Removed with --without, XWCL builds no map (so none is drawn from the generator)."""
+        return self.trained and (self.settings.map == "linear" or
+                                 (self.settings.map == "auto" and student_width != teacher_width))
 
-    def student_heads(self, student_hidden, teacher_hidden, cfg):
-        # Across widths: W maps student word states into the teacher's space; None = the paper's direct comparison.
-        if uses_map(student_hidden, teacher_hidden, cfg):
-            from torch import nn
-            return {"word_map": nn.Linear(student_hidden, teacher_hidden, bias=False)}
+    def check(self, student, teacher_width):
+        hidden = student.config.hidden_size
+        if hidden != teacher_width and self.settings.map == "none":
+            raise TrainingError(f"XWCL compares student and teacher states directly (eq. (1)), so their sizes must match: "
+                                f"student {hidden}, teacher {teacher_width}. Use --xwcl-map linear (or auto), a matching "
+                                "teacher, or --without xwcl.")
+
+    def student_heads(self, student_width, teacher_width):
+        # Across widths: W maps student word states into the teacher's space; none = the paper's direct comparison.
+        if self.uses_map(student_width, teacher_width):
+            return {"word_map": nn.Linear(student_width, teacher_width, bias=False)}
         return {}
 
-    def forward(self, model, encoded, batch):
-        import torch
-
+    def forward(self, encoded, batch):
         mine = batch.inputs["word_masked_pair"]
         hidden = encoded.hidden("word_masked_pair")
         index = mine["word_pos"][..., None].expand(-1, -1, hidden.shape[-1])
         words = torch.gather(hidden, 1, index)                                  # [B, W, H]: first sub-tokens
-        word_map = getattr(model, "word_map", None)
+        word_map = self.heads.get("word_map")
         return {"student_words": word_map(words) if word_map is not None else words,   # [B, W, Ht]
                 "teacher_words": mine["teacher_words"], "word_mask": mine["teacher_word_mask"],
                 "masked": mine["masked_words"]}
@@ -66,11 +68,7 @@ class _XWCL(Objective):
         mine = batch.inputs.get("word_masked_pair")
         return 0 if mine is None else int((mine["masked_words"] & mine["teacher_word_mask"]).sum())
 
-    def loss(self, out, cfg, gather):
-        from mmkd.losses import xwcl_loss
+    def loss(self, out, gather):
         o = out[self.name]
         return xwcl_loss(o["student_words"], o["teacher_words"], o["word_mask"], o["masked"],
-                         cfg.xwcl.temperature, cfg.xwcl.similarity)
-
-
-XWCL = _XWCL()
+                         self.settings.temperature, self.settings.similarity)

@@ -28,7 +28,10 @@ ran before the method changes: no head lr, a random fresh MLM head, [CLS] on bot
     python benchmarks/real_student.py --shared-data ../shared/data --out runs/evidence --phase report
 
 Jobs run `--jobs` at a time with one thread each; a finished job (its results.json files) is reused,
-so a queue can be stopped and run again. Prints the tables as markdown and writes OUT/table-PHASE.md
+so a queue can be stopped and run again. Each finished job's result files are committed under
+evidence/real_student/ (the repository keeps them; runs/ does not): on a new machine,
+`mkdir -p runs/evidence && cp -r evidence/real_student/models runs/evidence/` restores them, and only
+the jobs not yet finished run. Prints the tables as markdown and writes OUT/table-PHASE.md
 and .json. MMKD_EVIDENCE_SMOKE=1: a pipeline check in minutes, numbers meaningless.
 """
 
@@ -225,6 +228,9 @@ def job(args) -> None:
     row, seed = args.job.split(":")
     seed = int(seed)
     folder = out / "models" / f"{row}-s{seed}"
+    dest = folder / args.phase
+    if all((dest / task / "results.json").is_file() for task in ("retrieval", "xnli")):
+        return      # finished (here, or restored from the committed evidence/ folder): nothing to train
     if row == "initial":
         model = staged["student"]
     elif row == "mse":
@@ -233,7 +239,6 @@ def job(args) -> None:
         if not (folder / "run" / "student" / "config.json").is_file():
             train(settings_of(row, seed, staged, out, folder), overwrite=True, progress=False)
         model = str(folder / "run" / "student")
-    dest = folder / args.phase
     if not (dest / "retrieval" / "results.json").is_file():
         parts = [run_retrieval(model, specs, limit) for specs, limit in retrieval_sets(shared, args.phase, staged["files"])]
         result = {**parts[0], "sets": {k: v for p in parts for k, v in p["sets"].items()}}

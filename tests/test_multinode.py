@@ -184,7 +184,9 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_and_its_state_is_checkpointed
 
     from accelerate.state import AcceleratorState
 
-    monkeypatch.setattr(accelerate, "Accelerator", WithScaler)
+    import mmkd.trainer
+
+    monkeypatch.setattr(mmkd.trainer, "Accelerator", WithScaler)      # the trainer's own name for it
     AcceleratorState._reset_state(reset_partial_state=True)     # this process's earlier runs were fp32
     request.addfinalizer(lambda: AcceleratorState._reset_state(reset_partial_state=True))
     cfg = st.from_mapping(TrainConfig, dict(

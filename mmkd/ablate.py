@@ -51,7 +51,6 @@ def _run_config(cfg: AblationConfig, name: str, removed: str | None) -> TrainCon
 def _evaluate(model: str, out: Path, cfg: AblationConfig, log) -> dict[str, dict]:
     """Evaluations run on the main process only (under `accelerate launch` the others wait)."""
     from mmkd.dist import process_state
-    from mmkd.eval.retrieval import run_retrieval
     from mmkd.eval.runner import run_task, write_result
 
     state = process_state()
@@ -61,10 +60,8 @@ def _evaluate(model: str, out: Path, cfg: AblationConfig, log) -> dict[str, dict
     for task in cfg.evals:
         dest = out / task
         if state.is_main_process and not (dest / "results.json").is_file():
-            if task == "retrieval":
-                result = run_retrieval(model, cfg.retrieval_pairs, precision=precision)
-            else:
-                result = run_task(dataclasses.replace(cfg.eval, task=task, model=model, mixed_precision=precision))
+            result = run_task(dataclasses.replace(cfg.eval, task=task, model=model, mixed_precision=precision,
+                                                  pairs=cfg.retrieval_pairs))
             write_result(result, dest)
         elif (dest / "results.json").is_file():
             log(f"  {task}: reusing {dest}/results.json")
@@ -73,15 +70,10 @@ def _evaluate(model: str, out: Path, cfg: AblationConfig, log) -> dict[str, dict
     return results
 
 
-def _scores(task: str, result: dict) -> dict[str, float]:
-    """The table's columns for one evaluation: retrieval gives [CLS] and mean pooling."""
-    if task == "retrieval":
-        return {"retrieval": result["average"]["cls"], "retrieval_mean": result["average"]["mean"]}
-    return {task: result["summary"]["avg"]["mean"]}
-
-
 def _row(results: dict[str, dict]) -> dict[str, float]:
-    return {col: v for task, r in results.items() for col, v in _scores(task, r).items()}
+    from mmkd.eval.tasks import task
+
+    return {col: v for name, r in results.items() for col, v in task(name).columns(r).items()}
 
 
 def recorded(cfg: AblationConfig) -> dict:

@@ -132,23 +132,9 @@ def eval_section(evals: dict[str, dict]) -> str:
 
 
 def _summary(result: dict) -> dict:
-    if result["task"] == "retrieval":
-        per = {name: f"{s['cls']:.1f} / {s['mean']:.1f}" for name, s in result["sets"].items()}
-        return {"metric": "accuracy [CLS] / mean-pool", "per_language": per,
-                "avg": f"{result['average']['cls']:.1f} / {result['average']['mean']:.1f}",
-                "detail": "translation retrieval, no fine-tuning"}
+    from mmkd.eval.tasks import task
 
-    def fmt(ms):
-        return f"{ms['mean']:.1f} ± {ms['std']:.1f}" if ms["std"] else f"{ms['mean']:.1f}"
-    langs = result["languages"]
-    config = result.get("config", {})
-    return {"metric": result["metric"], "per_language": {lang: fmt(result["summary"][lang]) for lang in langs},
-            "avg": fmt(result["summary"]["avg"]),
-            "detail": f"zero-shot, English-dev selection, seeds {','.join(map(str, result['seeds']))}",
-            # what `mmkd push` turns into the card's model-index
-            "values": {lang: result["summary"][lang]["mean"] for lang in langs},
-            "split": config.get("test_split", "test") if result["task"] != "xquad" else "validation",
-            "hub_dataset": result.get("data", {}).get("hub", {}).get("test")}   # None: read from local files
+    return task(result["task"]).card(result)
 
 
 def record_eval(model: str, result: dict) -> bool:

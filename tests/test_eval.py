@@ -406,3 +406,28 @@ def test_evaluation_follows_the_runs_precision_fp16_with_a_loss_scaler(tmp_path,
     r = CliRunner().invoke(main, _xnli_args(tiny_student, shared, out, "--languages", "fr", "--mixed-precision", "bf16"))
     assert r.exit_code == 0, r.output
     assert json.loads((out / "results.json").read_text())["runs"][0]["mixed_precision"] == "bf16"
+
+
+def test_every_task_reads_its_result_through_one_interface():
+    """Retrieval is a task like the others: the ablation table's columns, `mmkd report`'s cell and the
+    card's summary come from the task, worked out here by hand."""
+    from mmkd.eval.tasks import TASKS, task
+
+    assert set(TASKS) == {"xnli", "pawsx", "xquad", "retrieval"}
+    zero = {"task": "xnli", "metric": "accuracy", "model": "m", "languages": ["de", "fr"], "seeds": [1, 2],
+            "summary": {"de": {"mean": 40.0, "std": 1.0}, "fr": {"mean": 42.5, "std": 0.0},
+                        "avg": {"mean": 41.25, "std": 0.5}}, "config": {"test_split": "test"},
+            "data": {"hub": {"test": {"id": "facebook/xnli", "revision": "main", "commit": "c" * 40}}}}
+    ret = {"task": "retrieval", "model": "m", "average": {"cls": 80.0, "mean": 90.25},
+           "sets": {"tatoeba-fr": {"n": 4, "cls": 80.0, "mean": 90.25, "cls_x2en": 75.0, "cls_en2x": 85.0,
+                                   "mean_x2en": 90.0, "mean_en2x": 90.5, "cls_infonce": 1.0, "mean_infonce": 0.5}}}
+    assert task("xnli").columns(zero) == {"xnli": 41.25} and task("xnli").cell(zero) == "41.2 ± 0.5"
+    assert task("retrieval").columns(ret) == {"retrieval": 80.0, "retrieval_mean": 90.25}
+    assert task("retrieval").cell(ret) == "80.0 / 90.2"
+    card = task("xnli").card(zero)
+    assert card["per_language"] == {"de": "40.0 ± 1.0", "fr": "42.5"} and card["values"] == {"de": 40.0, "fr": 42.5}
+    assert card["hub_dataset"]["commit"] == "c" * 40
+    assert task("retrieval").card(ret)["per_language"] == {"tatoeba-fr": "80.0 / 90.2"}
+    assert "| tatoeba-fr | 4 | 75.0 | 85.0 | 90.0 | 90.5 | 1.000 | 0.500 |" in task("retrieval").markdown(ret)
+    with pytest.raises(ValueError, match="unknown task 'nli'"):
+        task("nli")

@@ -75,11 +75,12 @@ def _task_command(task: str, doc: str):
 @friendly
 def eval_retrieval(model, specs, max_eval_examples, out, trust_remote_code):
     """Translation retrieval accuracy, both directions, [CLS] and mean pooling (no fine-tuning)."""
-    from mmkd.eval.retrieval import run_retrieval
-    from mmkd.eval.runner import default_out, markdown_table, write_result
+    from mmkd.eval.runner import default_out, markdown_table, run_task, write_result
+    from mmkd.eval.settings import EvalConfig
 
     model = default_model(model)
-    result = run_retrieval(model, list(specs), max_eval_examples, trust_remote_code)
+    result = run_task(EvalConfig(task="retrieval", model=model, pairs=list(specs), max_eval_examples=max_eval_examples,
+                                 trust_remote_code=trust_remote_code))
     where = write_result(result, Path(out) if out else default_out(model, "retrieval"))
     click.echo(markdown_table(result))
     click.echo(f"\nwritten to {where}/results.json")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmkd.eval.retrieval import run_retrieval
 from mmkd.eval.runner import run_task, write_result
 from mmkd.eval.settings import EvalConfig
 
@@ -21,7 +20,7 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None) -> dict:
 
 def retrieval(model: str, pairs: list[str], out: str | Path | None = None, limit: int | None = None) -> dict:
     """Translation retrieval and held-out InfoNCE of `model` on `pairs` (`NAME=EN_FILE,X_FILE`, or a TSV)."""
-    result = run_retrieval(model, pairs, limit)
+    result = run_task(EvalConfig(task="retrieval", model=model, pairs=list(pairs), max_eval_examples=limit))
     if out:
         write_result(result, Path(out))
     return result

@@ -1,24 +1,18 @@
-"""Run a zero-shot task over several seeds and write `results.json` + `results.md`; compare runs.
+"""Run an evaluation (mmkd/eval/tasks.py) and write `results.json` + `results.md` and the
+predictions; compare runs (`mmkd report`).
 
-Zero-shot scores move with the fine-tuning seed and with English-dev selection, so `--seeds 1,2,3`
+Zero-shot scores move with the fine-tuning seed and with English-dev selection, so `seeds=1,2,3`
 reports mean ± std per language and of the average, as in Tables 2–5 of the paper.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import statistics
 from pathlib import Path
 
-from mmkd import __version__
 from mmkd.atomic import write_text
-from mmkd.eval.metrics import ALIGNMENT_TEMPERATURE
 from mmkd.eval.settings import EvalConfig
-
-
-def _mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+from mmkd.eval.tasks import task
 
 
 def default_out(model: str, task: str) -> Path:
@@ -28,44 +22,8 @@ def default_out(model: str, task: str) -> Path:
 
 
 def run_task(cfg: EvalConfig) -> dict:
-    from mmkd import settings
-
-    settings.validate(cfg)
-    if cfg.task in ("xnli", "pawsx"):
-        from mmkd.eval.classify import check, run_seed
-        metric = "accuracy"
-    elif cfg.task == "xquad":
-        from mmkd.eval.qa import check, run_seed
-        metric = "f1"
-    else:
-        raise ValueError(f"unknown task {cfg.task!r}")
-    from mmkd.eval.data import hub_sources
-    from mmkd.eval.seeds import run_seeds
-
-    check(cfg)                      # before the hub is asked anything
-    hub = hub_sources(cfg.task, cfg.data_dir, cfg.train_file, cfg.dev_file, cfg.hub_revision, cfg.train_hub_revision)
-    pinned = dataclasses.replace(cfg, **{field: hub[role]["commit"] for role, field in
-                                        (("test", "hub_revision"), ("train", "train_hub_revision"))
-                                        if role in hub and hub[role]["commit"]})
-    runs = run_seeds(run_seed, pinned, cfg.seeds, cfg.seed_processes)
-    languages = list(runs[0]["test"])
-    summary = {lang: _mean_std([r["test"][lang] for r in runs]) for lang in languages}
-    summary["avg"] = _mean_std([statistics.fmean(r["test"].values()) for r in runs])
-    result = {"task": cfg.task, "metric": metric, "model": cfg.model, "selection": "English dev",
-              "languages": languages, "seeds": cfg.seeds, "summary": summary, "runs": runs,
-              "data": _data_record(cfg, hub), "config": dataclasses.asdict(cfg), "mmkd_version": __version__}
-    if cfg.task == "xquad":
-        result["scoring"] = cfg.qa_scoring
-        result["summary_exact_match"] = {lang: _mean_std([r["test_exact_match"][lang] for r in runs]) for lang in languages}
-    if cfg.oracle:
-        result["summary_oracle"] = {lang: _mean_std([r["oracle_test"][lang] for r in runs]) for lang in languages}
-    return result
-
-
-def _data_record(cfg: EvalConfig, hub: dict) -> dict:
-    """Where the evaluation's data came from: the hub datasets at their commits, the local files."""
-    local = {k: v for k, v in (("data_dir", cfg.data_dir), ("train_file", cfg.train_file), ("dev_file", cfg.dev_file)) if v}
-    return {"hub": hub, "local": local}
+    """The evaluation `cfg.task` of `cfg.model` (mmkd/eval/tasks.py), as results.json holds it."""
+    return task(cfg.task).run(cfg)
 
 
 def write_predictions(result: dict, out: Path) -> None:
@@ -99,33 +57,8 @@ def write_result(result: dict, out: Path) -> Path:
     return out
 
 
-def _fmt(ms: dict) -> str:
-    return f"{ms['mean']:.1f} ± {ms['std']:.1f}" if ms["std"] else f"{ms['mean']:.1f}"
-
-
 def markdown_table(result: dict) -> str:
-    if result["task"] == "retrieval":
-        rows = ["| set | n | cls x→en | cls en→x | mean x→en | mean en→x | InfoNCE cls | InfoNCE mean |",
-                "|---|---|---|---|---|---|---|---|"]
-        for name, s in result["sets"].items():
-            loss = " | ".join(f"{s[k]:.3f}" if k in s else "–" for k in ("cls_infonce", "mean_infonce"))
-            rows.append(f"| {name} | {s['n']} | {s['cls_x2en']:.1f} | {s['cls_en2x']:.1f} | "
-                        f"{s['mean_x2en']:.1f} | {s['mean_en2x']:.1f} | {loss} |")
-        return (f"Translation retrieval accuracy (%), model `{result['model']}`; InfoNCE: the held-out alignment "
-                f"loss at τ {ALIGNMENT_TEMPERATURE} (lower is better)\n\n" + "\n".join(rows))
-    langs = result["languages"] + ["avg"]
-    head = "| selection | " + " | ".join(langs) + " |"
-    lines = [head, "|" + "---|" * (len(langs) + 1)]
-    lines.append("| English dev | " + " | ".join(_fmt(result["summary"][lang]) for lang in langs) + " |")
-    if "summary_oracle" in result:
-        oracle = result["summary_oracle"]
-        lines.append("| target dev (oracle) | " + " | ".join(_fmt(oracle[lang]) for lang in result["languages"]) + " | |")
-    title = (f"{result['task']} zero-shot {result['metric']} (%), model `{result['model']}`, "
-             f"seeds {','.join(map(str, result['seeds']))}")
-    if "summary_exact_match" in result:
-        em = result["summary_exact_match"]
-        lines.append("| exact match | " + " | ".join(_fmt(em[lang]) for lang in result["languages"]) + " | |")
-    return title + "\n\n" + "\n".join(lines)
+    return task(result["task"]).markdown(result)
 
 
 def collect(paths: list[str]) -> list[dict]:
@@ -147,12 +80,8 @@ def report_table(paths: list[str]) -> str:
     tasks = sorted({r["task"] for r in results})
     rows: dict[str, dict[str, str]] = {}
     for r in results:
-        if r["task"] == "retrieval":
-            cell = f"{r['average']['cls']:.1f} / {r['average']['mean']:.1f}"
-        else:
-            cell = _fmt(r["summary"]["avg"])
-        rows.setdefault(r["model"], {})[r["task"]] = cell
-    header = "| model | " + " | ".join(t + (" (cls / mean)" if t == "retrieval" else "") for t in tasks) + " |"
+        rows.setdefault(r["model"], {})[r["task"]] = task(r["task"]).cell(r)
+    header = "| model | " + " | ".join(task(t).header for t in tasks) + " |"
     lines = [header, "|" + "---|" * (len(tasks) + 1)]
     for model, cells in rows.items():
         lines.append(f"| {model} | " + " | ".join(cells.get(t, "–") for t in tasks) + " |")

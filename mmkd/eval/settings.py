@@ -9,9 +9,12 @@ from mmkd.settings import SEED_MAX, setting
 
 @dataclass
 class EvalConfig:
-    task: str = setting("xnli", "xnli, pawsx or xquad.", choices=("xnli", "pawsx", "xquad"), cli=False)
+    task: str = setting("xnli", "xnli, pawsx, xquad or retrieval.", choices=("xnli", "pawsx", "xquad", "retrieval"),
+                        cli=False)
     model: str = setting("", "Encoder to evaluate: hub id or folder.", cli=False)
     out: str | None = setting(None, "Where results.json/results.md go.", cli=False)
+    pairs: list[str] = setting(help="Retrieval: the parallel sets, [NAME=]EN_FILE,X_FILE or [NAME=]PAIRS.tsv.",
+                               factory=list, cli=False)
     data_dir: str | None = setting(None, "Local evaluation data in XTREME's layout (DIR/xnli, DIR/pawsx, DIR/xquad, "
                                          "DIR/squad); default: the hub's datasets.", flag="--eval-data-dir")
     train_file: str | None = setting(None, "English training data (XTREME TSV / SQuAD JSON); default: the hub's "

@@ -250,7 +250,7 @@ def job(args) -> None:
             dict(test_split="test", test_offset=0, max_eval_examples=REPORT_ROWS)
         cfg = EvalConfig(task="xnli", model=model, data_dir=str(shared), train_file=str(shared / "xnli" / "dev-en.tsv"),
                          languages=XNLI_LANGS if args.phase == "report" else TARGETS, seeds=FT_SEEDS,
-                         **{**split, **FINE_TUNE})
+                         out=str(dest / "xnli"), **{**split, **FINE_TUNE})    # out: a job stopped mid-way keeps its seeds
         write_result(run_task(cfg), dest / "xnli")
 
 

@@ -61,7 +61,7 @@ def _evaluate(model: str, out: Path, cfg: AblationConfig, log) -> dict[str, dict
         dest = out / task
         if state.is_main_process and not (dest / "results.json").is_file():
             result = run_task(dataclasses.replace(cfg.eval, task=task, model=model, mixed_precision=precision,
-                                                  pairs=cfg.retrieval_pairs))
+                                                  pairs=cfg.retrieval_pairs, out=str(dest)))   # seeds kept there
             write_result(result, dest)
         elif (dest / "results.json").is_file():
             log(f"  {task}: reusing {dest}/results.json")

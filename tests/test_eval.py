@@ -431,3 +431,55 @@ def test_every_task_reads_its_result_through_one_interface():
     assert "| tatoeba-fr | 4 | 75.0 | 85.0 | 90.0 | 90.5 | 1.000 | 0.500 |" in task("retrieval").markdown(ret)
     with pytest.raises(ValueError, match="unknown task 'nli'"):
         task("nli")
+
+
+def test_an_interrupted_evaluation_run_again_runs_only_the_seeds_it_had_not_finished(tmp_path, tiny_student, shared,
+                                                                                      monkeypatch):
+    """Each finished seed is kept in OUT/seeds/ as it finishes; the same evaluation run again reuses it
+    (same numbers as a run never interrupted) and runs the others; other settings or a changed model
+    run it again; results.json replaces the kept seeds."""
+    import os
+
+    from mmkd.eval import classify
+    from mmkd.eval.runner import run_task, write_result
+    from mmkd.eval.seeds import Kept
+    from mmkd.eval.settings import EvalConfig
+
+    out = tmp_path / "xnli"
+    cfg = EvalConfig(task="xnli", model=tiny_student, data_dir=str(shared), train_file=str(shared / "xnli" / "dev-en.tsv"),
+                     languages=["fr"], seeds=[3, 1], max_train_examples=48, max_eval_examples=24, epochs=1.0,
+                     batch_size=16, out=str(out))
+    real, ran = classify.run_seed, []
+
+    def interrupted_at_seed_1(c, seed):
+        ran.append(seed)
+        if seed == 1:
+            raise KeyboardInterrupt
+        return real(c, seed)
+
+    monkeypatch.setattr(classify, "run_seed", interrupted_at_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_task(cfg)
+    assert ran == [3, 1] and sorted(p.name for p in (out / "seeds").iterdir()) == ["seed-3.json"]
+
+    ran.clear()
+    monkeypatch.setattr(classify, "run_seed", lambda c, seed: ran.append(seed) or real(c, seed))
+    resumed = run_task(dataclasses.replace(cfg, seed_processes=1))      # a setting that changes no result
+    assert ran == [1]
+    never_interrupted = run_task(dataclasses.replace(cfg, out=None))
+    assert ran == [1, 3, 1]
+    assert json.dumps(resumed["runs"]) == json.dumps(never_interrupted["runs"])
+    assert resumed["summary"] == never_interrupted["summary"]
+
+    kept = lambda c: Kept(out / "seeds", c).load(3)                                      # noqa: E731
+    assert kept(dataclasses.replace(cfg, seeds=[3, 1, 2])) is not None                    # more seeds: 3 is the same
+    assert kept(dataclasses.replace(cfg, lr=1e-4)) is None                                 # another setting
+    weights = next(p for p in sorted(os.scandir(tiny_student), key=lambda e: e.name) if p.name.endswith(".safetensors"))
+    stat = os.stat(weights.path)
+    os.utime(weights.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))       # a retrained model
+    try:
+        assert kept(cfg) is None
+    finally:
+        os.utime(weights.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    write_result(resumed, out)
+    assert (out / "results.json").is_file() and not (out / "seeds").exists()

@@ -52,10 +52,11 @@ def _task_command(task: str, doc: str):
         from mmkd.eval.runner import default_out, markdown_table, run_task, write_result
 
         model = default_model(model)
+        out = Path(out) if out else default_out(model, task)
         cfg = st.load(EvalConfig, None, {**overrides(given), **st.assignments(EvalConfig, list(assignments), "eval")},
-                      EvalConfig(task=task, model=model, trust_remote_code=trust_remote_code))
-        result = run_task(cfg)
-        where = write_result(result, Path(out) if out else default_out(model, task))
+                      EvalConfig(task=task, model=model, out=str(out), trust_remote_code=trust_remote_code))
+        result = run_task(cfg)          # resumable: OUT/seeds/ keeps each finished seed until results.json is written
+        where = write_result(result, out)
         click.echo(markdown_table(result))
         click.echo(f"\nwritten to {where}/results.json and results.md")
 

@@ -8,6 +8,7 @@ reports mean ± std per language and of the average, as in Tables 2–5 of the p
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from mmkd.atomic import write_text
@@ -51,6 +52,7 @@ def write_result(result: dict, out: Path) -> Path:
     write_predictions(result, out)
     write_text(out / "results.md", markdown_table(result) + "\n")
     write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")   # last: says complete
+    shutil.rmtree(out / "seeds", ignore_errors=True)       # the finished seeds an interrupted run kept: in results.json
     from mmkd.model_card import record_eval
 
     record_eval(result["model"], result)   # a student saved by `mmkd train`: its card shows the result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from pathlib import Path
 
 from mmkd import __version__
 from mmkd import settings
@@ -64,7 +65,8 @@ class ZeroShot(Task):
         pinned = dataclasses.replace(cfg, **{field: hub[role]["commit"] for role, field in
                                             (("test", "hub_revision"), ("train", "train_hub_revision"))
                                             if role in hub and hub[role]["commit"]})
-        runs = run_seeds(self.module.run_seed, pinned, cfg.seeds, cfg.seed_processes)
+        keep = Path(cfg.out) / "seeds" if cfg.out else None      # resumable: finished seeds are kept
+        runs = run_seeds(self.module.run_seed, pinned, cfg.seeds, cfg.seed_processes, keep)
         languages = list(runs[0]["test"])
         summary = {lang: mean_std([r["test"][lang] for r in runs]) for lang in languages}
         summary["avg"] = mean_std([statistics.fmean(r["test"].values()) for r in runs])

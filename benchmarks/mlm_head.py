@@ -58,21 +58,21 @@ def tlm(shared: Path, batch: int, repeats: int, full: bool) -> dict:
     batch_ = build_student_batch(tok, Part(keys, text, keys, text), [MASKED_PAIR],
                                  MaskingConfig(segments=False))
     mine = batch_.inputs["masked_pair"]
-    selected = mine["labels"] != -100
+    selected = mine.labels != -100
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         if full:
-            logits = student(input_ids=mine["input_ids"], attention_mask=mine["attention_mask"]).logits
+            logits = student(input_ids=mine.input_ids, attention_mask=mine.attention_mask).logits
             loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                                     mine["labels"].reshape(-1), ignore_index=-100)
+                                                     mine.labels.reshape(-1), ignore_index=-100)
         else:
             logits = Encodings(student, StudentBatch(batch_.inputs, batch_.keys)).masked_logits("masked_pair", selected)
-            loss = torch.nn.functional.cross_entropy(logits.float(), mine["labels"][selected])
+            loss = torch.nn.functional.cross_entropy(logits.float(), mine.labels[selected])
         loss.backward()
         student.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
-    return {"batch": len(rows), "padded_length": int(mine["input_ids"].shape[1]), "masked_rows": int(selected.sum()),
+    return {"batch": len(rows), "padded_length": int(mine.input_ids.shape[1]), "masked_rows": int(selected.sum()),
             "logits_mb": round(logits.numel() * 4 / 1e6, 1), "median_seconds": round(statistics.median(times[1:]), 3),
             "peak_rss_mb": _rss_mb()}
 

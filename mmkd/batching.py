@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
 from mmkd.cache.reader import TeacherBatch
-from mmkd.objectives.inputs import MaskingConfig, Pairs, random_token_ids
+from mmkd.objectives.inputs import MaskingConfig, Pairs, Tokens, random_token_ids
 
 
 class PairKey(NamedTuple):
@@ -26,14 +25,14 @@ class PairKey(NamedTuple):
 
 @dataclass
 class StudentBatch:
-    """One micro-batch: {input name: {tensor name: tensor}} and the keys of each input's pairs
-    (the sentence input may hold other pairs than the pair inputs: `--assign length`)."""
-    inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """One micro-batch: {input name: its input (mmkd.objectives.inputs.Tokens and subclasses)} and the
+    keys of each input's pairs (the sentence input may hold other pairs than the pair inputs:
+    `--assign length`)."""
+    inputs: dict[str, Tokens] = field(default_factory=dict)
     keys: dict[str, list[PairKey]] = field(default_factory=dict)
 
     def to(self, device) -> "StudentBatch":
-        return StudentBatch({name: {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
-                             for name, tensors in self.inputs.items()}, self.keys)
+        return StudentBatch({name: mine.to(device) for name, mine in self.inputs.items()}, self.keys)
 
     def first_keys(self, name: str, n: int = 8) -> list[tuple[int, int]]:
         """(corpus, pair id) of the first pairs of an input, for error messages."""

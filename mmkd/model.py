@@ -30,11 +30,7 @@ class Encodings:
         self._hidden: dict[str, torch.Tensor] = {}
 
     def _kwargs(self, name: str) -> dict:
-        mine = self.batch.inputs[name]
-        kw = {"input_ids": mine["input_ids"], "attention_mask": mine["attention_mask"]}
-        if "token_type_ids" in mine:
-            kw["token_type_ids"] = mine["token_type_ids"]
-        return kw
+        return self.batch.inputs[name].encoder_kwargs()
 
     def hidden(self, name: str) -> torch.Tensor:
         """Last hidden states [B, L, H] of the student encoder on input `name`."""

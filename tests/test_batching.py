@@ -118,7 +118,7 @@ def check_word_positions(tok, english, targets, cfg):
     for b, ws in enumerate(words):
         offsets, seq = ref["offset_mapping"][b], ref.sequence_ids(b)
         for w, start in zip(range(len(ws)), naive_starts(english[b], ws)):
-            p = int(xwcl["word_pos"][b, w])
+            p = int(xwcl.word_pos[b, w])
             pieces = tok.convert_ids_to_tokens(ref["input_ids"][b])
             covering = [t for t, ((a, e), s) in enumerate(zip(offsets, seq))
                         if s == 0 and a <= start < e and pieces[t] not in ("▁", "Ġ")]
@@ -129,9 +129,9 @@ def check_word_positions(tok, english, targets, cfg):
         # The sequence the student reads is the raw text's own encoding, masks aside: only the sub-tokens
         # of masked words differ.
         n = len(ref["input_ids"][b])
-        assert xwcl["input_ids"].shape[1] >= n
-        changed = (xwcl["input_ids"][b, :n] != torch.tensor(ref["input_ids"][b])).numpy()
-        masked = xwcl["masked_words"][b, :len(ws)].numpy()
+        assert xwcl.input_ids.shape[1] >= n
+        changed = (xwcl.input_ids[b, :n] != torch.tensor(ref["input_ids"][b])).numpy()
+        masked = xwcl.masked[b, :len(ws)].numpy()
         starts = naive_starts(english[b], ws) + [len(english[b])]
         masked_spans = [(starts[w], starts[w + 1]) for w in np.flatnonzero(masked)]
 
@@ -152,20 +152,20 @@ def test_student_word_positions_point_at_word_i(tiny_student):
     xwcl, tlm = batch.inputs["word_masked_pair"], batch.inputs["masked_pair"]
     for b, ws in enumerate(words):
         # Segment ids: 0 for [CLS] s [SEP], 1 for t [SEP]; positions are implicit 0..L-1.
-        types = xwcl["token_type_ids"][b, :len(ref["input_ids"][b])].tolist()
+        types = xwcl.token_type_ids[b, :len(ref["input_ids"][b])].tolist()
         assert types == ref["token_type_ids"][b]
         first_sep = ref["input_ids"][b].index(tok.sep_token_id)
         assert set(types[:first_sep + 1]) == {0} and set(types[first_sep + 1:]) == {1}
         # WordPiece splits at every punctuation mark and CJK character, as split_words does: every
         # word has a token of its own, so every word can be an anchor.
-        anchors = xwcl["masked_words"][b, :len(ws)].numpy()
+        anchors = xwcl.masked[b, :len(ws)].numpy()
         assert anchors.sum() == max(1, round(0.15 * len(ws)))
     # SentA/StrucA input is the target alone.
     sent = tok(targets[0])["input_ids"]
-    assert batch.inputs["sentence"]["input_ids"][0, :len(sent)].tolist() == sent
+    assert batch.inputs["sentence"].input_ids[0, :len(sent)].tolist() == sent
     # TLM masks both sides.
-    labels = tlm["labels"]
-    types = tlm["token_type_ids"]
+    labels = tlm.labels
+    types = tlm.token_type_ids
     masked_types = types[labels != -100]
     assert (masked_types == 0).any() and (masked_types == 1).any()
 
@@ -234,11 +234,11 @@ def test_masks_do_not_depend_on_the_batch_split(tiny_student):
     specs = [MASKED_PAIR, WORD_MASKED_PAIR]
     full = build(tok, words, targets, keys, specs).inputs
     one = build(tok, words[2:3], targets[2:3], keys[2:3], specs).inputs
-    n = int(one["masked_pair"]["attention_mask"].sum())
+    n = int(one["masked_pair"].attention_mask.sum())
     for name in ("masked_pair", "word_masked_pair"):
-        assert torch.equal(full[name]["input_ids"][2, :n], one[name]["input_ids"][0, :n])
+        assert torch.equal(full[name].input_ids[2, :n], one[name].input_ids[0, :n])
     other_seed = build(tok, words, targets, keys, specs, MaskingConfig(seed=1)).inputs
-    assert not torch.equal(other_seed["masked_pair"]["labels"], full["masked_pair"]["labels"])
+    assert not torch.equal(other_seed["masked_pair"].labels, full["masked_pair"].labels)
 
 
 def test_random_replacements_never_draw_special_tokens(tiny_student):

@@ -727,9 +727,9 @@ def test_sentence_objectives_can_use_mean_pooling(tiny_student):
     assert not torch.allclose(a["senta"]["student"], b["senta"]["student"])
     with torch.no_grad():
         mine = batch.inputs["sentence"]
-        h = mean_model.encoder(input_ids=mine["input_ids"], attention_mask=mine["attention_mask"],
-                               token_type_ids=mine.get("token_type_ids")).last_hidden_state
-        m = mine["attention_mask"][..., None].float()
+        h = mean_model.encoder(input_ids=mine.input_ids, attention_mask=mine.attention_mask,
+                               token_type_ids=mine.token_type_ids).last_hidden_state
+        m = mine.attention_mask[..., None].float()
         want = mean_model.senta_predictor(mean_model.senta_projector((h * m).sum(1) / m.sum(1)))
     assert torch.allclose(b["senta"]["student"], want, atol=1e-6)
 

@@ -1,14 +1,15 @@
 """The student inputs of a pair (s, t) (paper 3.1–3.4) and what they carry of the teacher.
 
 An input is built once per micro-batch for every objective that reads it (SentA and StrucA share
-the sentence input). Each builder returns the tensors of its input, the teacher features the
-objectives on it compare with included, so the teacher's features reach the losses by one route:
+the sentence input). Each is a dataclass: the tokens the student encoder reads (`Tokens`) and what
+its loss takes besides the student's states, under the loss's own parameter names (the teacher
+features included), so the teacher's features reach the losses by one route:
 input -> model forward -> objective forward -> loss.
 
 - `masked_pair` (TLM):       `[CLS] s [SEP] t [SEP]`, 15% of the tokens of both sides masked (80/10/10);
 - `word_masked_pair` (XWCL): `[CLS] s' [SEP] t [SEP]`, 15% of the English *words* whole-word masked,
                              source side only; `word_pos[b, i]` is the position of the first sub-token of
-                             English word i (0 if the student's max length cut it off), `masked_words[b, i]`
+                             English word i (0 if the student's max length cut it off), `masked[b, i]`
                              the anchors of eq. (1), with the teacher's word states and word mask;
 - `sentence` (SentA, StrucA): `[CLS] t [SEP]` alone, with the teacher's [CLS] of s.
 
@@ -22,11 +23,14 @@ before every punctuation mark); cached English word i is found in it through cha
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from mmkd.masking import example_rng, mask_tokens, mask_words
 from mmkd.words import align_by_offsets, blank_tokens, word_starts
@@ -52,10 +56,8 @@ def random_token_ids(tokenizer) -> np.ndarray:
     return ids[~np.isin(ids, special_ids(tokenizer))]
 
 
-def pad(rows: list[np.ndarray], value: int):
+def pad(rows: list[np.ndarray], value: int) -> Tensor:
     """Rows right-padded into one int64 tensor [B, max length]."""
-    import torch
-
     width = max(len(r) for r in rows)
     out = np.full((len(rows), width), value, dtype=np.int64)
     for i, r in enumerate(rows):
@@ -89,7 +91,8 @@ class Pairs:
     def rows(self) -> list[np.ndarray]:
         return [np.array(ids, dtype=np.int64) for ids in self.encoding["input_ids"]]
 
-    def common(self, ids: list[np.ndarray]) -> dict:
+    def tokens(self, ids: list[np.ndarray]) -> dict:
+        """The `Tokens` fields of a pair input whose token ids are `ids` (the pair encoding's, masked)."""
         enc = self.encoding
         out = {"input_ids": pad(ids, self.tokenizer.pad_token_id),
                "attention_mask": pad([np.ones(len(r), np.int64) for r in self.rows], 0)}
@@ -98,14 +101,61 @@ class Pairs:
         return out
 
 
+@dataclass(kw_only=True)
+class Tokens:
+    """What the student encoder reads: [B, L] token ids, attention mask and (BERT) segment ids."""
+    input_ids: Tensor
+    attention_mask: Tensor
+    token_type_ids: Tensor | None = None
+
+    def encoder_kwargs(self) -> dict:
+        kw = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.token_type_ids is not None:
+            kw["token_type_ids"] = self.token_type_ids
+        return kw
+
+    def to(self, device):
+        """The same input with every tensor on `device`."""
+        return dataclasses.replace(self, **{f.name: value.to(device, non_blocking=True)
+                                            for f in dataclasses.fields(self)
+                                            if isinstance(value := getattr(self, f.name), Tensor)})
+
+
+@dataclass(kw_only=True)
+class MaskedPair(Tokens):
+    """TLM's input; `labels` is `losses.tlm_loss`'s: the original token id at masked positions, -100 elsewhere."""
+    labels: Tensor
+
+
+@dataclass(kw_only=True)
+class WordMaskedPair(Tokens):
+    """XWCL's input; the fields after `word_pos` are `losses.xwcl_loss`'s parameters of those names."""
+    word_pos: Tensor            # [B, W] position of English word i's first sub-token (0 if cut off)
+    teacher_words: Tensor       # [B, W, Ht] the teacher's word states of the unmasked sentence
+    word_mask: Tensor           # [B, W] word i exists (in the cache and in the student's input)
+    masked: Tensor              # [B, W] word i was masked: the anchors of eq. (1)
+
+
+@dataclass(kw_only=True)
+class Sentence(Tokens):
+    """SentA's and StrucA's input `[CLS] t [SEP]`, with the teacher's sentence vectors of s: its [CLS]
+    and (format-3 caches, the online teacher) its mean pooling."""
+    teacher_cls: Tensor
+    teacher_mean: Tensor | None = None
+
+    def teacher(self, vector: str) -> Tensor | None:
+        """The teacher's sentence vector by name: cls or mean."""
+        return getattr(self, f"teacher_{vector}")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     name: str
     source: str                           # "pairs" (the pair inputs' pairs) or "sentences"
-    build: Callable[[Pairs], dict]
+    build: Callable[[Pairs], Tokens]
 
 
-def _masked_pair(p: Pairs) -> dict:
+def _masked_pair(p: Pairs) -> MaskedPair:
     special = set(special_ids(p.tokenizer).tolist())
     ids_out, labels_out = [], []
     for b, ids in enumerate(p.rows):
@@ -114,12 +164,10 @@ def _masked_pair(p: Pairs) -> dict:
         new, labels = mask_tokens(ids, cand, rng, p.tokenizer.mask_token_id, p.random_ids, p.masking.mlm_probability)
         ids_out.append(new)
         labels_out.append(labels)
-    return {**p.common(ids_out), "labels": pad(labels_out, -100)}
+    return MaskedPair(**p.tokens(ids_out), labels=pad(labels_out, -100))
 
 
-def _word_masked_pair(p: Pairs) -> dict:
-    import torch
-
+def _word_masked_pair(p: Pairs) -> WordMaskedPair:
     width = p.teacher.word_mask.shape[1]
     ids_out = []
     word_pos = np.zeros((len(p.rows), width), dtype=np.int64)
@@ -134,19 +182,16 @@ def _word_masked_pair(p: Pairs) -> dict:
         word_pos[b, :n_words] = np.where(present, pos, 0)
         masked[b, :n_words] = m & present
         ids_out.append(new)
-    return {**p.common(ids_out), "word_pos": torch.from_numpy(word_pos), "masked_words": torch.from_numpy(masked),
-            "teacher_words": p.teacher.word_states, "teacher_word_mask": p.teacher.word_mask}
+    return WordMaskedPair(**p.tokens(ids_out), word_pos=torch.from_numpy(word_pos), teacher_words=p.teacher.word_states,
+                          word_mask=p.teacher.word_mask, masked=torch.from_numpy(masked))
 
 
-def _sentence(p: Pairs) -> dict:
+def _sentence(p: Pairs) -> Sentence:
     enc = p.tokenizer(p.targets, truncation=True, max_length=p.masking.max_length, padding=True, return_tensors="pt",
                       return_token_type_ids=p.masking.segments)
-    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "teacher_cls": p.teacher.cls}
-    if p.teacher.mean is not None:      # format-3 caches and the online teacher
-        out["teacher_mean"] = p.teacher.mean
-    if enc.get("token_type_ids") is not None:
-        out["token_type_ids"] = enc["token_type_ids"]
-    return out
+    return Sentence(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    token_type_ids=enc.get("token_type_ids"), teacher_cls=p.teacher.cls,
+                    teacher_mean=p.teacher.mean)        # mean: format-3 caches and the online teacher
 
 
 MASKED_PAIR = InputSpec("masked_pair", "pairs", _masked_pair)

@@ -82,8 +82,8 @@ class SentenceObjective(Objective):
 
     def forward(self, encoded, batch):
         mine = batch.inputs["sentence"]
-        vector = sentence_vector(encoded.hidden("sentence"), mine["attention_mask"], self.settings.student_vector)
-        teacher_vector = mine[f"teacher_{self.settings.teacher_vector}"].to(vector.dtype)
+        vector = sentence_vector(encoded.hidden("sentence"), mine.attention_mask, self.settings.student_vector)
+        teacher_vector = mine.teacher(self.settings.teacher_vector).to(vector.dtype)
         heads = self.heads
         return {"student": heads[f"{self.name}_predictor"](heads[f"{self.name}_projector"](vector)),
                 "teacher": heads[f"teacher_{self.name}_projector"](teacher_vector),

@@ -74,13 +74,13 @@ class TLM(Objective):
 
     def forward(self, encoded, batch):
         mine = batch.inputs["masked_pair"]
-        selected = mine["labels"] != -100
+        selected = mine.labels != -100
         return {"logits": encoded.masked_logits("masked_pair", selected)[None],
-                "labels": mine["labels"][selected][None]}
+                "labels": mine.labels[selected][None]}
 
     def count(self, batch):
         mine = batch.inputs.get("masked_pair")
-        return 0 if mine is None else int((mine["labels"] != -100).sum())
+        return 0 if mine is None else int((mine.labels != -100).sum())
 
     def loss(self, out, gather):
         return tlm_loss(out[self.name]["logits"], out[self.name]["labels"])

@@ -57,16 +57,15 @@ class XWCL(Objective):
     def forward(self, encoded, batch):
         mine = batch.inputs["word_masked_pair"]
         hidden = encoded.hidden("word_masked_pair")
-        index = mine["word_pos"][..., None].expand(-1, -1, hidden.shape[-1])
+        index = mine.word_pos[..., None].expand(-1, -1, hidden.shape[-1])
         words = torch.gather(hidden, 1, index)                                  # [B, W, H]: first sub-tokens
         word_map = self.heads.get("word_map")
         return {"student_words": word_map(words) if word_map is not None else words,   # [B, W, Ht]
-                "teacher_words": mine["teacher_words"], "word_mask": mine["teacher_word_mask"],
-                "masked": mine["masked_words"]}
+                "teacher_words": mine.teacher_words, "word_mask": mine.word_mask, "masked": mine.masked}
 
     def count(self, batch):
         mine = batch.inputs.get("word_masked_pair")
-        return 0 if mine is None else int((mine["masked_words"] & mine["teacher_word_mask"]).sum())
+        return 0 if mine is None else int((mine.masked & mine.word_mask).sum())
 
     def loss(self, out, gather):
         o = out[self.name]

@@ -17,6 +17,7 @@ _API = {
     "CorpusConfig": ("mmkd.corpus", "CorpusConfig"),
     "prepare_corpus": ("mmkd.corpus", "prepare_corpus"),
     "TrainConfig": ("mmkd.config", "TrainConfig"),
+    "HeadSettings": ("mmkd.objectives.sentence", "HeadSettings"),
     "train": ("mmkd.trainer", "train"),
     "EvalConfig": ("mmkd.eval.settings", "EvalConfig"),
     "evaluate": ("mmkd.eval.api", "evaluate"),

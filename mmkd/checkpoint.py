@@ -6,7 +6,7 @@
 - `scheduler.pt`        LR scheduler state (same)
 - `scaler.pt`           fp16's loss-scaler state (same; only when training in fp16)
 - `rng-rank{r}.safetensors`  every rank's torch CPU (and CUDA) generator state
-- `meta.json`           step, epoch, the run config, the caches' fingerprints, mmkd version
+- `meta.json`           step, epoch, the run config and its config_version, the caches' fingerprints, mmkd version
 
 It is written into `step-000123.tmp/` and renamed when complete; then `checkpoints/latest` (a
 one-line file, replaced atomically) names it. Resuming reads `latest`, never guesses by time.

@@ -17,7 +17,6 @@ from mmkd import settings as st
 from mmkd.errors import TrainingError
 from mmkd import objectives as objs
 from mmkd.objectives import names as objective_names
-from mmkd.objectives import TEACHER_HEAD_MODES
 from mmkd.paths import default_data_dir
 from mmkd.settings import SEED_MAX, setting
 
@@ -61,17 +60,8 @@ class _RunSettings:
     max_length: int = setting(128, "Student input length in tokens (paper 4.1: 128).", min=8)
     mlm_probability: float = setting(0.15, "Fraction of tokens (TLM) and of English words (XWCL) masked.",
                                      above=0, max=1.0)
-    head_hidden: int = setting(768, "Hidden units of the projector/predictor MLPs (paper 4.1: 768).", min=1)
-    head_out: int = setting(128, "Output size of the projector/predictor MLPs (paper 4.1: 128).", min=1)
-    head_norm: str = setting("none", "Normalisation inside the head MLPs (the paper: none).",
-                             choices=("none", "batch", "layer"))
-    teacher_heads: str = setting("structure", "How the teacher projectors learn: frozen (random, never trained); "
-                                 "train (by SentA/StrucA alone, the paper; both sides can agree on a constant); "
-                                 "structure (mmkd's own: by a loss that keeps the teacher's batch similarity "
-                                 "structure, SentA/StrucA gradients stopped); guard (mmkd's own: SentA/StrucA plus "
-                                 "a variance/covariance guard). docs/method.md, \"Teacher heads\".",
-                                 choices=tuple(TEACHER_HEAD_MODES))
-    teacher_head_weight: float = setting(1.0, "Weight of the teacher heads' own loss (modes structure, guard).", min=0)
+    heads: objs.HeadSettings = setting(help="The sentence objectives' heads (mmkd/objectives/sentence.py).",
+                                       factory=objs.HeadSettings)
     # ------------------------------------------------------------------ an online teacher (no cache)
     teacher_layer: int = setting(-1, "Online teacher: hidden_states index (-1 = last layer).")
     teacher_max_length: int = setting(128, "Online teacher: input length in tokens.", min=3)
@@ -149,8 +139,19 @@ def validate(cfg: TrainConfig) -> None:
                                 "(names may be comma-separated)")
 
 
-def from_saved(saved: dict, where: str) -> TrainConfig:
-    """The TrainConfig a run folder recorded (its config.json "config"), older flat keys included."""
+# The layout of the settings a run records (config.json, each checkpoint's meta.json, mmkd_run.json):
+# 1 (no "config_version"): flat keys for the heads (`head_hidden`, `teacher_heads`, ...) and, before
+# that, for each objective's settings (`xwcl_temperature`); 2: the heads under `heads`. Every older
+# key is still read (settings.from_mapping: a nested setting's option name is its older key).
+CONFIG_VERSION = 2
+
+
+def from_saved(saved: dict, where: str, version: int | None = None) -> TrainConfig:
+    """The TrainConfig a run folder recorded (its "config"; `version`: its "config_version", None for
+    the runs before it was recorded), older keys included."""
+    if version is not None and (not isinstance(version, int) or version > CONFIG_VERSION):
+        raise TrainingError(f"{where}: config_version {version!r} was written by a newer mmkd (this one reads "
+                            f"versions up to {CONFIG_VERSION}); upgrade mmkd to use this run")
     return st.from_mapping(TrainConfig, saved, where)
 
 

@@ -182,62 +182,85 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True, overwrite: bool = F
     half-written is ever at DATA_DIR/corpora/NAME, and nothing mmkd did not write is deleted."""
     validate(cfg)
     out = _output_folder(cfg, overwrite)          # refuse early, before hours of reading
-    count = _length_counter(cfg.length_tokenizer)
-    dropped = {"empty": 0, "too_short": 0, "too_long": 0, "duplicate": 0}
-    seen: set[bytes] = set()
-    kept_en: list[str] = []
-    kept_x: list[str] = []
-    kept_line: list[int] = []
-    kept_src: list[int] = []
-    sources: list[str] = []
-    total = 0
-    batch: list[tuple[int, int, str, str]] = []
+    kept = _read_filtered(cfg, progress)
+    if not kept.en:
+        raise CorpusError(f"{cfg.pair}: no pair survived the filters (read {kept.total}, dropped {kept.dropped}); "
+                          f"check --min-tokens {cfg.min_tokens} / --max-tokens {cfg.max_tokens}")
+    table, meta = _shuffled(cfg, kept)
+    out = _output_folder(cfg, overwrite)          # again: another command may have written it meanwhile
+    _publish_corpus(table, meta, out)
+    return out
 
-    def flush():
-        en_len = count([b[2] for b in batch])
-        x_len = count([b[3] for b in batch])
+
+class _Kept:
+    """The pairs that pass the filters, in reading order, with where each came from; the filters
+    (length in the length unit, exact duplicates) run over batches of pairs."""
+
+    def __init__(self, cfg: CorpusConfig):
+        self.cfg, self.count = cfg, _length_counter(cfg.length_tokenizer)
+        self.dropped = {"empty": 0, "too_short": 0, "too_long": 0, "duplicate": 0}
+        self.seen: set[bytes] = set()
+        self.en: list[str] = []
+        self.x: list[str] = []
+        self.line: list[int] = []
+        self.src: list[int] = []
+        self.sources: list[str] = []
+        self.total = 0
+        self.batch: list[tuple[int, int, str, str]] = []
+
+    def add(self, src_i: int, line: int, en: str, x: str) -> None:
+        self.total += 1
+        en, x = en.strip(), x.strip()
+        if not en or not x:
+            self.dropped["empty"] += 1
+            return
+        self.batch.append((src_i, line, en, x))
+        if len(self.batch) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, cfg = self.batch, self.cfg
+        en_len = self.count([b[2] for b in batch])
+        x_len = self.count([b[3] for b in batch])
         for (src_i, line, en, x), le, lx in zip(batch, en_len, x_len):
             if min(le, lx) < cfg.min_tokens:
-                dropped["too_short"] += 1
+                self.dropped["too_short"] += 1
             elif max(le, lx) > cfg.max_tokens:
-                dropped["too_long"] += 1
+                self.dropped["too_long"] += 1
             else:
                 key = hashlib.blake2b(f"{en}\t{x}".encode("utf-8"), digest_size=12).digest()
-                if key in seen:
-                    dropped["duplicate"] += 1
+                if key in self.seen:
+                    self.dropped["duplicate"] += 1
                     continue
-                seen.add(key)
-                kept_en.append(en)
-                kept_x.append(x)
-                kept_line.append(line)
-                kept_src.append(src_i)
+                self.seen.add(key)
+                self.en.append(en)
+                self.x.append(x)
+                self.line.append(line)
+                self.src.append(src_i)
         batch.clear()
 
-    for src_i, (label, pairs) in enumerate(_sources(cfg, progress)):
-        sources.append(label)
-        for line, en, x in tqdm(pairs, desc=f"read {label}", unit=" pairs", disable=not progress):
-            total += 1
-            en, x = en.strip(), x.strip()
-            if not en or not x:
-                dropped["empty"] += 1
-                continue
-            batch.append((src_i, line, en, x))
-            if len(batch) >= 4096:
-                flush()
-        flush()
-    if not kept_en:
-        raise CorpusError(f"{cfg.pair}: no pair survived the filters (read {total}, dropped {dropped}); "
-                          f"check --min-tokens {cfg.min_tokens} / --max-tokens {cfg.max_tokens}")
 
-    order = np.random.default_rng(cfg.seed).permutation(len(kept_en))
+def _read_filtered(cfg: CorpusConfig, progress: bool) -> _Kept:
+    kept = _Kept(cfg)
+    for src_i, (label, pairs) in enumerate(_sources(cfg, progress)):
+        kept.sources.append(label)
+        for line, en, x in tqdm(pairs, desc=f"read {label}", unit=" pairs", disable=not progress):
+            kept.add(src_i, line, en, x)
+        kept.flush()
+    return kept
+
+
+def _shuffled(cfg: CorpusConfig, kept: _Kept) -> tuple[pa.Table, dict]:
+    """The kept pairs shuffled by the corpus seed and pruned to max_pairs, as a table, and its meta.json."""
+    order = np.random.default_rng(cfg.seed).permutation(len(kept.en))
     pruned = max(0, len(order) - cfg.max_pairs)
     order = order[: cfg.max_pairs]
-    en = [kept_en[i] for i in order]
-    x = [kept_x[i] for i in order]
+    en = [kept.en[i] for i in order]
+    x = [kept.x[i] for i in order]
     table = pa.table({
         "pair_id": pa.array(np.arange(len(order), dtype=np.int64)),
-        "source": pa.array(np.asarray(kept_src, dtype=np.int32)[order]),
-        "source_line": pa.array(np.asarray(kept_line, dtype=np.int64)[order]),
+        "source": pa.array(np.asarray(kept.src, dtype=np.int32)[order]),
+        "source_line": pa.array(np.asarray(kept.line, dtype=np.int64)[order]),
         "en": pa.array(en, pa.string()),
         "x": pa.array(x, pa.string()),
     })
@@ -247,15 +270,20 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True, overwrite: bool = F
         "pair": cfg.pair,
         "lang": parse_pair(cfg.pair),
         "n_pairs": len(order),
-        "read": total,
-        "dropped": {**dropped, "pruned": pruned},
-        "sources": sources,
+        "read": kept.total,
+        "dropped": {**kept.dropped, "pruned": pruned},
+        "sources": kept.sources,
         "length_unit": cfg.length_tokenizer or f"words:{WORD_RULE_VERSION}",
         "fingerprint": fingerprint_rows(en, x),
         "config": dataclasses.asdict(cfg),
         "mmkd_version": __version__,
     }
-    out = _output_folder(cfg, overwrite)          # again: another command may have written it meanwhile
+    return table, meta
+
+
+def _publish_corpus(table: pa.Table, meta: dict, out: Path) -> None:
+    """pairs.arrow and meta.json written beside `out`, then renamed into place (an older corpus mmkd
+    wrote there, which _output_folder allowed, replaced)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))   # hidden: never listed
     try:
@@ -273,7 +301,6 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True, overwrite: bool = F
         shutil.rmtree(tmp, ignore_errors=True)
         raise CorpusError(f"{e.filename or out}: cannot write the corpus ({e.strerror}); "
                           "free some space or choose another --data-dir") from None
-    return out
 
 
 @dataclass

@@ -61,7 +61,7 @@ def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
     from mmkd.config import from_saved
     from mmkd.supply import describe
 
-    settings = from_saved(run["config"], RUN_FILE)
+    settings = from_saved(run["config"], RUN_FILE, run.get("config_version"))
     start = settings.student
     start_name = describe(start)
     license_ = starting_license(start)
@@ -104,7 +104,7 @@ def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
         f"process(es) ({run.get('steps_per_epoch')} steps per epoch) |",
         f"| optimiser | AdamW, peak lr {settings.lr}, weight decay {settings.weight_decay}, warm-up "
         f"{settings.warmup_ratio}, max length {settings.max_length} |",
-        f"| teacher heads | {settings.teacher_heads} |",
+        f"| teacher heads | {settings.heads.teacher} |",
         f"| seed | {settings.seed} |", "",
         "### Corpora and teacher cache", "",
         "| corpus | pair | pairs | fingerprint (sha256) | cache |", "|---|---|---|---|---|",

@@ -46,11 +46,11 @@ def append_metrics(path: Path, logs: dict) -> None:
 def collapse_hint(name: str, teacher_heads: str | None = None, senta_center: bool | None = None) -> str:
     """What stops the collapse `name` reports, given the run's settings (None: not known)."""
     if name == "std_student_senta" and not senta_center:
-        return ("plain SentA can be met by one output for every input; --senta-center removes that "
+        return ("plain SentA can be met by one output for every input; senta.center=true removes that "
                 "(docs/method.md, \"Defaults the paper leaves open\")")
     if teacher_heads == "train" or (name.startswith("std_teacher") and teacher_heads not in ("structure", "guard")):
         # `train` lets SentA/StrucA pull both sides onto one answer; frozen random heads can start narrow
-        return "--teacher-heads structure or guard keeps the teacher heads spread (docs/method.md, \"Teacher heads\")"
+        return "heads.teacher=structure or guard keeps the teacher heads spread (docs/method.md, \"Teacher heads\")"
     return "see docs/method.md, \"Teacher heads\", and docs/results.md for runs where this happened"
 
 
@@ -58,7 +58,7 @@ class CollapseWatch:
     """One warning per collapse indicator (the batch spread of the L2-normalised head outputs, ≈ 1/√D
     for well-spread vectors, 0 for one vector for every input) when it is below a quarter of 1/√D
     and stays there: then the head gives nearly one vector for every sentence and its objective
-    compares constants. A head that is not trained (`--teacher-heads frozen`) is warned about the
+    compares constants. A head that is not trained (`heads.teacher=frozen`) is warned about the
     first time; a trained head only once it has fallen to half the highest value it had in this run,
     so a head that starts narrow (a student whose [CLS] vectors all point one way, as
     multilingual-e5-small's do) and widens as it learns is not reported as collapsing."""

@@ -198,7 +198,7 @@ class RunFolder:
         """Refuse to resume a checkpoint made with other settings or data, naming what differs."""
         try:
             meta = json.loads((checkpoint / "meta.json").read_text())
-            saved = from_saved(meta["config"], str(checkpoint / "meta.json"))
+            saved = from_saved(meta["config"], str(checkpoint / "meta.json"), meta.get("config_version"))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{checkpoint / 'meta.json'}: unreadable ({str(e).splitlines()[0][:120]}); move "
                                   f"{checkpoint.name} away and write the previous step's name into "

@@ -41,7 +41,7 @@ from mmkd.batching import StudentBatch
 from mmkd.cache.integrity import verify_before_training
 from mmkd.capacity import check_batch, check_length
 from mmkd.checkpoint import agreed_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from mmkd.config import TrainConfig, TrainingError, differences, from_saved, validate
+from mmkd.config import CONFIG_VERSION, TrainConfig, TrainingError, differences, from_saved, validate
 from mmkd.console import say
 from mmkd.dist import use_cpu
 from mmkd.errors import CacheError
@@ -113,7 +113,8 @@ def train_to_end(cfg: TrainConfig, progress: bool = True, advice: str = "give an
     out = Path(cfg.out)
     if (out / "config.json").is_file():
         try:
-            saved = from_saved(json.loads((out / "config.json").read_text())["config"], str(out / "config.json"))
+            recorded = json.loads((out / "config.json").read_text())
+            saved = from_saved(recorded["config"], str(out / "config.json"), recorded.get("config_version"))
         except (OSError, ValueError, KeyError):
             saved = None
         diffs = differences(saved, cfg) if saved is not None else []
@@ -231,7 +232,8 @@ def _resume(run: Run, resume: bool) -> None:
     the same), metrics.csv trimmed to the steps done, and the trackers started (a resumed run
     continues its tracker runs)."""
     cfg, accelerator, out = run.cfg, run.accelerator, run.out
-    run.meta = {"config": dataclasses.asdict(cfg), "caches": run.features.identities, "mmkd_version": __version__,
+    run.meta = {"config": dataclasses.asdict(cfg), "config_version": CONFIG_VERSION, "caches": run.features.identities,
+                "mmkd_version": __version__,
                 "total_steps": run.total_steps, "steps_per_epoch": run.schedule.steps_per_epoch,
                 "processes": accelerator.num_processes}
     existing = agreed_checkpoint(out, accelerator) if resume else None
@@ -275,7 +277,7 @@ def loop(run: Run) -> None:
     bar = tqdm(total=run.total_steps, initial=run.start, desc="train", unit="step",
                disable=not (run.progress and run.main), dynamic_ncols=True)
     run.model.train()
-    watch = CollapseWatch(cfg.head_out, cfg.teacher_heads, cfg.senta.center)
+    watch = CollapseWatch(cfg.heads.out, cfg.heads.teacher, cfg.senta.center)
     tick = time.perf_counter()
     for step, parts in zip(range(run.start, run.total_steps), run.loader):
         got_data = time.perf_counter()
@@ -316,43 +318,70 @@ def finish(run: Run) -> None:
 
 def train_step(run: Run, step: int, parts: list[StudentBatch]) -> dict:
     """One optimiser step over this process's micro-batches, with the exact global weighting above."""
-    cfg, accelerator, model, optimizer = run.cfg, run.accelerator, run.model, run.optimizer
-    chosen = run.terms.terms
-    world = accelerator.num_processes
-    device = accelerator.device
-    names = tuple(o.name for o in chosen)
-    gather = lambda t: _gather_with_grad(t, accelerator)   # noqa: E731
-    # What each term averages over (masked tokens, anchors, sentences), per micro-batch, here and
-    # summed over processes: one all-reduce a step gives the weights of an exact global mean.
-    local = torch.tensor([[o.count(p) for o in chosen] for p in parts], dtype=torch.float64)
-    across = accelerator.reduce(local.to(device), reduction="sum").cpu()       # [micro, objective]
-    totals = across.sum(0)
-    logged = {o.name: torch.zeros((), dtype=torch.float64, device=device) for o in chosen}
-    stds = {}
+    counts = _counts(run, parts)
+    logged = {o.name: torch.zeros((), dtype=torch.float64, device=run.accelerator.device) for o in run.terms.terms}
+    indicators: dict = {}
     for m, part in enumerate(parts):
-        batch = part.to(device)
-        sync = m == len(parts) - 1
-        with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
-            out = model(batch, names, step < cfg.head_warmup_steps)
-            loss = 0.0
-            for j, o in enumerate(chosen):
-                value = o.loss(out, gather)
-                if not totals[j]:
-                    back = 0.0
-                elif o.spans_batch:
-                    # Every process computes the same loss over the gathered micro-batch; all_gather's
-                    # backward sums the processes' gradients and DDP divides by world: net weight 1.
-                    back = float(across[m, j] / totals[j])
-                else:
-                    back = float(local[m, j] * world / totals[j])
-                if _any(not torch.isfinite(value.detach()).item(), accelerator):
-                    raise TrainingError(_nan_message(step, m, o, value, part))
-                loss = loss + o.weight * back * value
-                logged[o.name] += value.detach().double() * (back / world)
-            for o in chosen:
-                stds.update(o.indicators(out.get(o.name, {}), gather))
-            accelerator.backward(loss)
-    if step < cfg.head_warmup_steps:
+        indicators.update(_micro_batch(run, step, m, part, counts, logged))
+    grad_norm, skipped, used = _optimiser_step(run, step, logged, parts)
+    return _step_logs(run, logged, grad_norm, skipped, used, indicators)
+
+
+@dataclass
+class _Counts:
+    """What each term averages over (masked tokens, anchors, sentences), per micro-batch [micro, term]:
+    this process's (`local`) and summed over processes (`across`, `totals` per term)."""
+    local: torch.Tensor
+    across: torch.Tensor
+    totals: torch.Tensor
+
+    def weight(self, m: int, j: int, term, world: int) -> float:
+        """The backward weight of term j on micro-batch m that makes the step's loss the exact global mean."""
+        if not self.totals[j]:
+            return 0.0
+        if term.spans_batch:
+            # Every process computes the same loss over the gathered micro-batch; all_gather's
+            # backward sums the processes' gradients and DDP divides by world: net weight 1.
+            return float(self.across[m, j] / self.totals[j])
+        return float(self.local[m, j] * world / self.totals[j])
+
+
+def _counts(run: Run, parts: list[StudentBatch]) -> _Counts:
+    """One all-reduce a step gives the weights of an exact global mean."""
+    local = torch.tensor([[o.count(p) for o in run.terms.terms] for p in parts], dtype=torch.float64)
+    across = run.accelerator.reduce(local.to(run.accelerator.device), reduction="sum").cpu()
+    return _Counts(local, across, across.sum(0))
+
+
+def _micro_batch(run: Run, step: int, m: int, part: StudentBatch, counts: _Counts, logged: dict) -> dict:
+    """Forward and backward of micro-batch m (DDP syncs gradients on the last one); each term's
+    weighted value is added to `logged`; returns the terms' indicators."""
+    accelerator, model, chosen = run.accelerator, run.model, run.terms.terms
+    world = accelerator.num_processes
+    gather = lambda t: _gather_with_grad(t, accelerator)   # noqa: E731
+    batch = part.to(accelerator.device)
+    indicators: dict = {}
+    sync = m == counts.local.shape[0] - 1
+    with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+        out = model(batch, tuple(o.name for o in chosen), step < run.cfg.head_warmup_steps)
+        loss = 0.0
+        for j, o in enumerate(chosen):
+            value = o.loss(out, gather)
+            back = counts.weight(m, j, o, world)
+            if _any(not torch.isfinite(value.detach()).item(), accelerator):
+                raise TrainingError(_nan_message(step, m, o, value, part))
+            loss = loss + o.weight * back * value
+            logged[o.name] += value.detach().double() * (back / world)
+        for o in chosen:
+            indicators.update(o.indicators(out.get(o.name, {}), gather))
+        accelerator.backward(loss)
+    return indicators
+
+
+def _optimiser_step(run: Run, step: int, logged: dict, parts: list[StudentBatch]):
+    """Clip, check and step; returns (grad norm, whether fp16's scaler skipped the step, the lr of each group)."""
+    accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
+    if step < run.cfg.head_warmup_steps:
         # The head phase: the MLM decoder is tied to the word embeddings, so they got a gradient through
         # it; dropped, so that AdamW keeps no moments for the encoder from a phase in which it is frozen.
         for p in accelerator.unwrap_model(model).encoder.parameters():
@@ -362,7 +391,8 @@ def train_step(run: Run, step: int, parts: list[StudentBatch]) -> dict:
     # finite on every process before the optimiser may step.
     # With fp16 the norm is of the unscaled gradients; an inf there is the loss scale overflowing, not
     # bad data: the scaler skips that step and lowers the scale (a NaN *loss* stopped the run above).
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+    clip = run.cfg.max_grad_norm if run.cfg.max_grad_norm > 0 else math.inf
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
     overflow = _any(not torch.isfinite(grad_norm).item(), accelerator)
     if overflow and accelerator.scaler is None:
         optimizer.zero_grad(set_to_none=True)
@@ -375,13 +405,18 @@ def train_step(run: Run, step: int, parts: list[StudentBatch]) -> dict:
     if not skipped:                   # a skipped step leaves the schedule where it was (as transformers' Trainer)
         run.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    reduced = {o: accelerator.reduce(v, reduction="sum").item() for o, v in logged.items()}
+    return grad_norm, skipped, used
+
+
+def _step_logs(run: Run, logged: dict, grad_norm, skipped: bool, used: dict, indicators: dict) -> dict:
+    """The step's row of metrics.csv: each term's global mean, L, the lrs, the norm, the indicators."""
+    reduced = {o: run.accelerator.reduce(v, reduction="sum").item() for o, v in logged.items()}
     logs = {name: reduced.get(name) for name in (*objs.names(), objs.TeacherHeadsLoss.name)}
-    logs["loss"] = sum(o.weight * reduced[o.name] for o in chosen)
+    logs["loss"] = sum(o.weight * reduced[o.name] for o in run.terms.terms)
     logs["lr"], logs["lr_heads"] = used.get("encoder", 0.0), used.get("heads", 0.0)
     logs["grad_norm"] = float(grad_norm) if grad_norm is not None else None
     logs["skipped"] = int(skipped)
-    logs.update(stds)
+    logs.update(indicators)
     return logs
 
 

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmkd.ablate import AblationConfig, run_ablation
+from mmkd.objectives import HeadSettings
 from mmkd.cache import CacheConfig, build_cache
 from mmkd.cli import main
 from mmkd.trainer import TrainConfig
@@ -25,7 +26,7 @@ def sweep_cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
 
 def test_ablation_sweep_five_runs_from_one_cache(tmp_path, sweep_cache, tiny_student, data_dir, shared):
     base = TrainConfig(cache=[str(sweep_cache)], student=tiny_student, data_dir=str(data_dir), batch_size=8, max_steps=2,
-                       num_workers=0, log_with="none", head_hidden=32, head_out=16)
+                       num_workers=0, log_with="none", heads=HeadSettings(hidden=32, out=16))
     pairs = [f"tatoeba-fr={shared / 'parallel/tatoeba_challenge/eng-fra.tsv'}"]
     cfg = AblationConfig(base=base, out=str(tmp_path / "sweep"), retrieval_pairs=pairs)
     messages: list[str] = []

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmkd.cache import CacheConfig, build_cache
+from mmkd.objectives import HeadSettings
 from mmkd.cli import main
 from mmkd.corpus import CorpusConfig, prepare_corpus
 from mmkd.errors import CacheError
@@ -43,7 +44,7 @@ def own_cache(tmp_path, tiny_teacher, shared):
 
 def cfg(tmp_path, cache, student, name, **kw) -> TrainConfig:
     return TrainConfig(cache=[str(cache)], student=student, out=str(tmp_path / name), batch_size=6, max_steps=3,
-                       lr=1e-3, checkpoint_every=100, num_workers=0, log_with="none", head_hidden=32, head_out=16,
+                       lr=1e-3, checkpoint_every=100, num_workers=0, log_with="none", heads=HeadSettings(hidden=32, out=16),
                        data_dir=str(tmp_path / "no-such-data-dir"), **kw)
 
 
@@ -113,7 +114,7 @@ def test_stage_two_imports_no_stage_one_code():
 
 def test_the_teacher_mean_vector_and_its_upgrade_from_format_2(tmp_path, own_cache, tiny_student, tiny_teacher):
     """Format 3 stores the teacher's mean pooling (worked out here from the teacher's own hidden states);
-    `--senta-teacher-vector mean` trains from it, is refused on a format-2 cache naming the upgrade, and
+    `senta.teacher_vector=mean` trains from it, is refused on a format-2 cache naming the upgrade, and
     `cache upgrade` re-runs the teacher to give the same vectors."""
     import numpy as np
     import torch
@@ -146,7 +147,7 @@ def test_the_teacher_mean_vector_and_its_upgrade_from_format_2(tmp_path, own_cac
     shutil.copytree(cache / "en-es", old, ignore=shutil.ignore_patterns("verified"))
     make_format_2(old)
     assert TeacherCache(str(old)).get(ids).mean is None            # format 2 still reads
-    with pytest.raises(TrainingError, match=r"--senta-teacher-vector mean: .*old is format 2.*mmkd cache upgrade"):
+    with pytest.raises(TrainingError, match=r"senta.teacher_vector=mean: .*old is format 2.*mmkd cache upgrade"):
         train(dataclasses.replace(mean_run, cache=[str(old)], out=str(tmp_path / "refused")), progress=False)
     r = CliRunner().invoke(main, ["cache", "upgrade", str(old)])    # the teacher the manifest names
     assert r.exit_code == 0 and "upgraded to format 3" in r.output, r.output

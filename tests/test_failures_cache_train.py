@@ -19,6 +19,7 @@ import torch
 from click.testing import CliRunner
 
 from mmkd.cache import CacheConfig, build_cache
+from mmkd.objectives import HeadSettings
 from mmkd.cache.verify import verify_cache
 from mmkd.cli import main
 from mmkd.errors import MMKDError
@@ -44,7 +45,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def cfg(tmp_path, cache, student, data_dir, **kw) -> TrainConfig:
     base = dict(cache=[str(cache)], student=student, out=str(tmp_path / "run"), data_dir=str(data_dir), batch_size=8,
                 max_steps=2, lr=1e-3, warmup_ratio=0.0, checkpoint_every=1, num_workers=0, log_with="none",
-                head_hidden=32, head_out=16)
+                heads=HeadSettings(hidden=32, out=16))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -307,10 +308,11 @@ import mmkd.model_card as mc
 def killed(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 mc.card_text = killed
+from mmkd.objectives import HeadSettings
 from mmkd.trainer import TrainConfig, train
 train(TrainConfig(cache=[{str(cache)!r}], student={tiny_student!r}, out={str(tmp_path / 'run')!r},
-      data_dir={str(data_dir)!r}, batch_size=8, max_steps=1, num_workers=0, log_with="none", head_hidden=32,
-      head_out=16), progress=False)
+      data_dir={str(data_dir)!r}, batch_size=8, max_steps=1, num_workers=0, log_with="none", heads=HeadSettings(hidden=32,
+      out=16)), progress=False)
 """
     r = subprocess.run([sys.executable, "-c", code], env=ENV)
     assert r.returncode == -signal.SIGKILL

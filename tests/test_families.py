@@ -12,6 +12,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 from families import FAMILIES
 from mmkd.cache import CacheConfig, build_cache
+from mmkd.objectives import HeadSettings
 from mmkd.cli import main
 from mmkd.trainer import TrainConfig, train
 
@@ -28,7 +29,7 @@ def family_cache(tmp_path_factory, tiny_teacher, data_dir):
 def test_student_family_trains_saves_reloads_and_evaluates(tmp_path, family, family_cache, multilingual_texts, shared):
     student = FAMILIES[family](multilingual_texts, tmp_path / "student")
     run = train(TrainConfig(cache=[str(family_cache)], student=str(student), out=str(tmp_path / "run"), batch_size=8,
-                            max_steps=3, lr=1e-3, num_workers=0, log_with="none", head_hidden=32, head_out=16,
+                            max_steps=3, lr=1e-3, num_workers=0, log_with="none", heads=HeadSettings(hidden=32, out=16),
                             checkpoint_every=100), progress=False)
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4

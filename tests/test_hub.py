@@ -17,6 +17,7 @@ import pytest
 
 from hubserver import TOKEN, hub_server
 from mmkd.hub_data import EUROPARL, HUB_CORPORA
+from mmkd.objectives import HeadSettings
 
 LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
 
@@ -98,7 +99,7 @@ def test_corpus_eval_and_push_through_a_hub_on_localhost(tmp_path, shared, tiny_
         build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(tmp_path / "cache"),
                                 data_dir=str(data)), progress=False)
         run = train(TrainConfig(cache=[str(tmp_path / "cache")], student=tiny_student, out=str(tmp_path / "run"),
-                                max_steps=2, batch_size=8, head_hidden=32, head_out=16, num_workers=0,
+                                max_steps=2, batch_size=8, heads=HeadSettings(hidden=32, out=16), num_workers=0,
                                 log_with="none"), progress=False)
         student = Path(run) / "student"
 

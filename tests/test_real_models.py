@@ -15,10 +15,8 @@ import torch
 from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
 from mmkd import settings as st
-from mmkd.batching import PairKey, Part, build_student_batch
-from mmkd.cache.reader import TeacherBatch
 from mmkd.config import TrainConfig
-from mmkd.objectives.inputs import WORD_MASKED_PAIR, MaskingConfig
+from mmkd.objectives.inputs import MaskingConfig
 from mmkd.words import split_words
 
 pytestmark = pytest.mark.slow

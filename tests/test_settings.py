@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from mmkd import settings as st
 from mmkd.cli import main
 from mmkd.config import TrainConfig
+from mmkd.errors import TrainingError
+from mmkd.objectives import HeadSettings
 from mmkd.settings import SettingsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +69,7 @@ def test_presets_are_complete_files_of_known_settings():
     assert {"paper", "demo"} <= set(st.preset_names())
     paper = st.load(TrainConfig, "paper")
     assert (paper.lr, paper.batch_size, paper.epochs, paper.warmup_ratio, paper.weight_decay) == (2e-5, 256, 15, 0.1, 0.01)
-    assert (paper.head_hidden, paper.head_out, paper.xwcl.similarity, paper.senta.center) == (768, 128, "dot", False)
+    assert (paper.heads.hidden, paper.heads.out, paper.xwcl.similarity, paper.senta.center) == (768, 128, "dot", False)
     demo = st.load(TrainConfig, "demo")
     assert demo.max_steps and demo.senta.center and demo.struca.alpha == 1.0 and demo.xwcl.temperature == 0.1
 
@@ -120,6 +122,25 @@ def test_config_files_and_run_configs_load_with_old_flat_names(tmp_path):
     assert cfg.lr == 3e-5 and cfg.xwcl.similarity == "cosine"
 
 
+def test_a_run_config_of_version_1_loads_with_the_heads_under_heads_and_a_newer_version_is_refused(tmp_path):
+    """Config version 1 (no "config_version") kept the heads' settings at the top level, as asdict wrote
+    them; version 2 nests them under `heads`. Both give the same settings; a version from a newer mmkd
+    is one line."""
+    import dataclasses
+
+    from mmkd.config import CONFIG_VERSION, from_saved
+
+    now = dataclasses.asdict(TrainConfig(heads=HeadSettings(hidden=32, out=16, norm="layer", teacher="guard",
+                                                            teacher_weight=0.5), lr=1e-3))
+    old = {k: v for k, v in now.items() if k != "heads"}
+    old.update(head_hidden=32, head_out=16, head_norm="layer", teacher_heads="guard", teacher_head_weight=0.5)
+    assert from_saved(old, "config.json") == from_saved(now, "config.json", CONFIG_VERSION)
+    assert from_saved(old, "config.json").heads == HeadSettings(32, 16, "layer", "guard", 0.5)
+    with pytest.raises(TrainingError, match=rf"config.json: config_version 3 was written by a newer mmkd \(this one "
+                                            rf"reads versions up to {CONFIG_VERSION}\)"):
+        from_saved(now, "config.json", 3)
+
+
 @pytest.mark.parametrize("content,message", [
     ("[1, 2]", "holds a JSON object of settings, not a list"),
     ('"paper"', "not a str"),
@@ -128,7 +149,8 @@ def test_config_files_and_run_configs_load_with_old_flat_names(tmp_path):
     ('{"max_steps": 2.5}', "max_steps 2.5: must be a whole number"),
     ('{"seed": "0"}', "seed '0': must be a whole number"),
     ('{"mixed_precision": "fp8"}', "mixed_precision 'fp8': choose auto, no, bf16, fp16"),
-    ('{"head_norm": "group"}', "head_norm 'group': choose none, batch, layer"),
+    ('{"head_norm": "group"}', "heads.norm 'group': choose none, batch, layer"),      # the key before config version 2
+    ('{"heads": {"norm": "group"}}', "heads.norm 'group': choose none, batch, layer"),
     ('{"lrr": 1}', "unknown setting 'lrr'"),
     ("{not json", "not a readable settings file"),
 ])

@@ -282,15 +282,15 @@ def test_a_collapse_warning_names_the_remedy_for_its_side_under_the_run_settings
         (message,) = watch({"step": 3, name: 0.001})
         return message
 
-    assert "--senta-center" in warn("std_student_senta", teacher_heads="structure", senta_center=False)
-    assert "--senta-center" not in warn("std_student_senta", teacher_heads="structure", senta_center=True)
+    assert "senta.center=true" in warn("std_student_senta", teacher_heads="structure", senta_center=False)
+    assert "senta.center=true" not in warn("std_student_senta", teacher_heads="structure", senta_center=True)
     for heads in ("frozen", "train"):
-        assert "--teacher-heads structure or guard" in warn("std_teacher_struca", teacher_heads=heads)
-    assert "--teacher-heads structure or guard" in warn("std_student_struca", teacher_heads="train")
-    assert "--teacher-heads" not in warn("std_student_struca", teacher_heads="frozen")
+        assert "heads.teacher=structure or guard" in warn("std_teacher_struca", teacher_heads=heads)
+    assert "heads.teacher=structure or guard" in warn("std_student_struca", teacher_heads="train")
+    assert "heads.teacher" not in warn("std_student_struca", teacher_heads="frozen")
     for heads in ("structure", "guard"):
         message = warn("std_teacher_senta", teacher_heads=heads, senta_center=True)
-        assert "--teacher-heads" not in message and "--senta-center" not in message
+        assert "heads.teacher" not in message and "senta.center" not in message
         assert "docs/results.md" in message
 
 # ------------------------------------------------------------------ resume and distribution
@@ -466,7 +466,7 @@ def test_a_teacher_of_another_width_goes_through_a_learned_map(tmp_path, english
     build_cache(CacheConfig(corpora=["en-fr"], teacher=str(teacher), out=str(tmp_path / "c"), data_dir=str(data_dir),
                             dtype="fp32"), progress=False)
     cfg = config(tmp_path, tmp_path / "c", tiny_student, data_dir)
-    with pytest.raises(TrainingError, match=f"student 32, teacher {width}. Use --xwcl-map linear"):
+    with pytest.raises(TrainingError, match=f"student 32, teacher {width}. Use xwcl.map=linear"):
         train(changed(cfg, xwcl_map="none"), progress=False)
     run = train(cfg, progress=False)
     rows = metrics(run)

@@ -164,7 +164,7 @@ def cache_verify(path, k, teacher, seed):
 def cache_upgrade(path, corpus, teacher, trust_remote_code, data_dir):
     """Upgrade the cache at PATH in place to format 3. Format 1 -> 2 adds the pairs' text from the
     prepared corpus it was made from (checked against its fingerprint); format 2 -> 3 re-runs the
-    teacher on that text to add its mean pooling (`--senta-teacher-vector mean`), after checking
+    teacher on that text to add its mean pooling (`senta.teacher_vector=mean`), after checking
     that it reproduces the stored [CLS] states. Existing tensors are not changed."""
     from mmkd.cache.upgrade import upgrade_cache
     from mmkd.paths import default_data_dir

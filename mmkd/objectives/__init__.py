@@ -1,7 +1,8 @@
 """The MMKD objectives (paper section 3, eq. 6), one module each.
 
 An objective owns everything about itself: its settings (a dataclass, `Settings`, that the run's
-`TrainConfig` holds under its name: `settings.xwcl.temperature`), the student input it reads
+`TrainConfig` holds under its name: `settings.xwcl.temperature`; the sentence objectives' shared
+heads under `heads`, `HeadSettings`), the student input it reads
 (`objectives.inputs`), the heads it adds to the student and to the teacher side, its forward from
 the encoded input to the tensors its loss needs (teacher features included: they travel with the
 input), its loss (a pure function in `mmkd.losses`), what that loss is a mean over and how many of
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from mmkd.objectives.base import Objective
 from mmkd.objectives.senta import SentA
-from mmkd.objectives.sentence import TEACHER_HEAD_MODES, SentenceHeads
+from mmkd.objectives.sentence import TEACHER_HEAD_MODES, HeadSettings
 from mmkd.objectives.struca import StrucA
 from mmkd.objectives.teacher_heads import TeacherHeadsLoss
 from mmkd.objectives.tlm import TLM
@@ -83,12 +84,11 @@ class Built:
 
 def build_objectives(settings, student_width: int | None = None, teacher_width: int | None = None) -> Built:
     """Every objective of a run (a TrainConfig) made once with its own settings, and, given the widths,
-    the heads. Every objective's heads are built, also those removed with --without: their random
+    the heads. Every objective's heads are built, also those removed with `without`: their random
     initialisation draws from the seeded generator, so a run's heads do not depend on which objectives
     it trains; the student-side heads are built first, then the teacher projectors, each group in
     objective order (the order fixes their initialisation and the parameter order)."""
-    mode = TEACHER_HEAD_MODES[settings.teacher_heads]
-    shape = SentenceHeads(settings.head_hidden, settings.head_out, settings.head_norm, mode)
+    shape = settings.heads
     every = [cls(getattr(settings, cls.name, None), trained=cls.name not in settings.without, shape=shape)
              for cls in OBJECTIVES]
     heads: dict = {}
@@ -104,10 +104,10 @@ def build_objectives(settings, student_width: int | None = None, teacher_width: 
             teacher.update(made)
     terms = tuple(o for o in every if o.trained)
     sentence = tuple(o for o in terms if o.has_teacher_heads)
-    if mode.loss and sentence:
-        terms += (TeacherHeadsLoss(sentence, settings.teacher_head_weight, settings.struca.temperature),)
+    if shape.mode.loss and sentence:
+        terms += (TeacherHeadsLoss(sentence, shape.teacher_weight, settings.struca.temperature),)
     return Built(terms, {**heads, **teacher}, tuple(teacher))
 
 
-__all__ = ["OBJECTIVES", "Objective", "TEACHER_HEAD_MODES", "TeacherHeadsLoss", "Built", "build_objectives",
+__all__ = ["OBJECTIVES", "Objective", "TEACHER_HEAD_MODES", "HeadSettings", "TeacherHeadsLoss", "Built", "build_objectives",
            "by_name", "chosen", "inputs", "names", "indicator_names"]

@@ -18,7 +18,7 @@ from typing import Any
 
 
 class Objective:
-    name: str = ""                  # --without NAME, the metrics column, the key of its settings in TrainConfig
+    name: str = ""                  # without=NAME, the metrics column, the key of its settings in TrainConfig
     title: str = ""                 # as the paper writes it
     equation: str = ""
     input: Any                      # the student input it reads (mmkd.objectives.inputs.InputSpec)
@@ -29,8 +29,8 @@ class Objective:
 
     def __init__(self, settings: Any = None, trained: bool = True, shape: Any = None):
         self.settings = settings    # its own settings dataclass (TrainConfig holds it under `name`), or None
-        self.trained = trained      # False: removed with --without (made only for its heads' place in the draw)
-        self.shape = shape          # the MLP heads' shape and the teacher-head mode (sentence.SentenceHeads)
+        self.trained = trained      # False: removed with `without` (made only for its heads' place in the draw)
+        self.shape = shape          # the MLP heads' shape and the teacher-head mode (sentence.HeadSettings)
         self.heads: dict = {}       # its heads, by the names the model registers them under (build_objectives)
 
     # ------------------------------------------------------------------ made once, for a run

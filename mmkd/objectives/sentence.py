@@ -1,7 +1,8 @@
 """What SentA and StrucA share: the sentence input `[CLS] t [SEP]`, the student's sentence vector, a
 student projector and predictor each, and a teacher projector each fed by the teacher's vector of s
-(paper 3.3–3.4, 4.1: 2-layer MLPs, 768 hidden units, 128 outputs; `--head-hidden/--head-out/--head-norm`),
-and how those teacher projectors ḡ_t learn (`--teacher-heads`; docs/method.md, "Teacher heads").
+(paper 3.3–3.4, 4.1: 2-layer MLPs, 768 hidden units, 128 outputs), and how those teacher projectors
+ḡ_t learn (docs/method.md, "Teacher heads"). Their settings, `HeadSettings`, sit in a run's settings
+under `heads` (`heads.hidden=768`, `heads.teacher=structure`).
 
 The teacher-head modes `structure` and `guard` are mmkd's own, not the paper's: the paper trains ḡ_t
 with SentA/StrucA alone (`train`), which lets both sides agree on a constant. A mode whose heads learn
@@ -17,6 +18,7 @@ from mmkd.heads import mlp
 from mmkd.losses import projection_std
 from mmkd.objectives.base import Objective
 from mmkd.objectives.inputs import SENTENCE
+from mmkd.settings import setting
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,28 @@ TEACHER_HEAD_MODES: dict[str, TeacherHeadMode] = {m.name: m for m in (
 )}
 
 
-@dataclass(frozen=True)
-class SentenceHeads:
-    """The heads' shape and how the teacher-side one learns, shared by the sentence objectives (the
-    run's --head-hidden, --head-out, --head-norm and --teacher-heads)."""
-    hidden: int = 768
-    out: int = 128
-    norm: str = "none"
-    mode: TeacherHeadMode = TEACHER_HEAD_MODES["structure"]
+@dataclass
+class HeadSettings:
+    """The projector/predictor MLPs' shape and how the teacher-side ones learn, shared by the sentence
+    objectives (a run's `heads`; the keys of run configs before config version 2 were `head_hidden`,
+    `head_out`, `head_norm`, `teacher_heads` and `teacher_head_weight`, their options' names)."""
+    hidden: int = setting(768, "Hidden units of the projector/predictor MLPs (paper 4.1: 768).", min=1,
+                          flag="--head-hidden")
+    out: int = setting(128, "Output size of the projector/predictor MLPs (paper 4.1: 128).", min=1, flag="--head-out")
+    norm: str = setting("none", "Normalisation inside the head MLPs (the paper: none).",
+                        choices=("none", "batch", "layer"), flag="--head-norm")
+    teacher: str = setting("structure", "How the teacher projectors learn: frozen (random, never trained); "
+                           "train (by SentA/StrucA alone, the paper; both sides can agree on a constant); "
+                           "structure (mmkd's own: by a loss that keeps the teacher's batch similarity "
+                           "structure, SentA/StrucA gradients stopped); guard (mmkd's own: SentA/StrucA plus "
+                           "a variance/covariance guard). docs/method.md, \"Teacher heads\".",
+                           choices=tuple(TEACHER_HEAD_MODES), flag="--teacher-heads")
+    teacher_weight: float = setting(1.0, "Weight of the teacher heads' own loss (modes structure, guard).", min=0,
+                                    flag="--teacher-head-weight")
+
+    @property
+    def mode(self) -> TeacherHeadMode:
+        return TEACHER_HEAD_MODES[self.teacher]
 
 
 def sentence_vector(hidden, attention_mask, pooling: str):
@@ -65,8 +81,8 @@ class SentenceObjective(Objective):
     averages_over = "sentences"
     has_teacher_heads = True
 
-    def __init__(self, settings=None, trained: bool = True, shape: SentenceHeads | None = None):
-        super().__init__(settings, trained, shape or SentenceHeads())
+    def __init__(self, settings=None, trained: bool = True, shape: HeadSettings | None = None):
+        super().__init__(settings, trained, shape or HeadSettings())
 
     def student_heads(self, student_width, teacher_width):
         s = self.shape
@@ -92,7 +108,7 @@ class SentenceObjective(Objective):
     def check_features(self, features):
         if self.settings.teacher_vector == "mean" and not features.has_teacher_mean:
             old = next((c.url for c in getattr(features, "caches", []) if not c.manifest.has_mean), "the cache")
-            raise TrainingError(f"--{self.name}-teacher-vector mean: {old} is format 2, which holds the teacher's [CLS] but "
+            raise TrainingError(f"{self.name}.teacher_vector=mean: {old} is format 2, which holds the teacher's [CLS] but "
                                 f"not its mean pooling; add it with `mmkd cache upgrade {old}` (re-runs the teacher)")
 
     def count(self, batch):

@@ -1,6 +1,6 @@
-"""The teacher heads' own loss (`--teacher-heads structure|guard`; the modes are in sentence.py).
+"""The teacher heads' own loss (`heads.teacher=structure|guard`; the modes are in sentence.py).
 
-It is not an objective of eq. (6): `--without` does not name it and the ablation sweep never
+It is not an objective of eq. (6): `without` does not name it and the ablation sweep never
 removes it. It is a term of a run exactly when the run's mode has a loss and a sentence objective
 with teacher heads is trained; it reads those objectives' teacher projections."""
 
@@ -21,7 +21,7 @@ class TeacherHeadsLoss(Objective):
     def __init__(self, sentence: tuple[SentenceObjective, ...], weight: float, temperature: float):
         super().__init__()
         self.sentence = sentence            # the sentence objectives trained, whose teacher heads it trains
-        self._weight = weight               # --teacher-head-weight
+        self._weight = weight               # heads.teacher_weight
         self.temperature = temperature      # τ of the structure loss: StrucA's, whether or not StrucA is trained
 
     @property

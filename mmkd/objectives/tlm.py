@@ -1,5 +1,5 @@
 """TLM, translation language modelling (paper 3.1): the student's own masked-LM head predicts the
-tokens masked on both sides of `[CLS] s [SEP] t [SEP]`. The masking rate, `--mlm-probability`, is
+tokens masked on both sides of `[CLS] s [SEP] t [SEP]`. The masking rate, `mlm_probability`, is
 shared with XWCL's word masking; the head is the student's MLM head, found through
 `get_output_embeddings()`, whatever the family.
 
@@ -8,7 +8,7 @@ starts its fresh one. Random (transformers' initialisation) gives logits near ze
 ln V (12.4 on a 250k vocabulary), and a gradient that is mostly the head's noise; `unigram` sets
 the output bias to the log unigram frequencies of the training text first (docs/method.md, "TLM on a
 student without an MLM head"), so TLM starts at the unigram entropy and the head phase
-(`--head-warmup-steps`, `--head-lr`) fits the transform from there.
+(`head_warmup_steps`, `head_lr`) fits the transform from there.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class TLM(Objective):
         if student.get_output_embeddings() is None:
             raise TrainingError(f"student {student.config._name_or_path!r} has no MLM head (no output embeddings): TLM "
                                 "needs a masked-LM checkpoint (e.g. bert-base-multilingual-cased, xlm-roberta-base); "
-                                "or train --without tlm")
+                                "or train without=tlm")
 
     def forward(self, encoded, batch):
         mine = batch.inputs["masked_pair"]

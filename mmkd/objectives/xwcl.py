@@ -37,7 +37,7 @@ class XWCL(Objective):
     table5_row = 1
 
     def uses_map(self, student_width: int, teacher_width: int) -> bool:
-        """Removed with --without, XWCL builds no map (so none is drawn from the generator)."""
+        """Removed with `without`, XWCL builds no map (so none is drawn from the generator)."""
         return self.trained and (self.settings.map == "linear" or
                                  (self.settings.map == "auto" and student_width != teacher_width))
 
@@ -45,8 +45,8 @@ class XWCL(Objective):
         hidden = student.config.hidden_size
         if hidden != teacher_width and self.settings.map == "none":
             raise TrainingError(f"XWCL compares student and teacher states directly (eq. (1)), so their sizes must match: "
-                                f"student {hidden}, teacher {teacher_width}. Use --xwcl-map linear (or auto), a matching "
-                                "teacher, or --without xwcl.")
+                                f"student {hidden}, teacher {teacher_width}. Use xwcl.map=linear (or auto), a matching "
+                                "teacher, or without=xwcl.")
 
     def student_heads(self, student_width, teacher_width):
         # Across widths: W maps student word states into the teacher's space; none = the paper's direct comparison.

@@ -5,8 +5,11 @@ The Python API (docs/api.md):
     from mmkd import CacheConfig, build_cache, TeacherCache, TrainConfig, train, EvalConfig, evaluate, retrieval
 
 Each name is imported from its module when first used: `import mmkd` alone loads no torch (about
-two seconds of start-up, which `mmkd --help` and the CLI's error paths should not pay).
+two seconds of start-up), so `from mmkd import __version__` costs nothing in the modules that read it
+and a script that needs one name pays only for that name's module.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
@@ -29,8 +32,6 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str):
     if name in _API:
-        import importlib
-
         module, attr = _API[name]
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value

@@ -18,10 +18,18 @@ from pathlib import Path
 
 from mmkd import objectives as objs
 from mmkd.atomic import write_text
-from mmkd.config import RESUMABLE, TrainConfig
+from mmkd.checkpoint import latest_checkpoint
+from mmkd.config import RESUMABLE, TrainConfig, validate
+from mmkd.dist import process_state
 from mmkd.errors import MMKDError
+from mmkd.eval.retrieval import read_parallel
+from mmkd.eval.runner import run_task, write_result
 from mmkd.eval.settings import EvalConfig
+from mmkd.eval.tasks import task
+from mmkd.features import open_cached
 from mmkd.settings import dotted, setting
+from mmkd.teacher import count_forwards
+from mmkd.trainer import train_to_end
 
 SWEEP_FILE = "sweep.json"
 
@@ -50,29 +58,24 @@ def _run_config(cfg: AblationConfig, name: str, removed: str | None) -> TrainCon
 
 def _evaluate(model: str, out: Path, cfg: AblationConfig, log) -> dict[str, dict]:
     """Evaluations run on the main process only (under `accelerate launch` the others wait)."""
-    from mmkd.dist import process_state
-    from mmkd.eval.runner import run_task, write_result
-
     state = process_state()
     # Evaluations follow the runs' precision unless --eval-mixed-precision says otherwise.
     precision = cfg.base.mixed_precision if cfg.eval.mixed_precision == "auto" else cfg.eval.mixed_precision
     results = {}
-    for task in cfg.evals:
-        dest = out / task
+    for name in cfg.evals:
+        dest = out / name
         if state.is_main_process and not (dest / "results.json").is_file():
-            result = run_task(dataclasses.replace(cfg.eval, task=task, model=model, mixed_precision=precision,
+            result = run_task(dataclasses.replace(cfg.eval, task=name, model=model, mixed_precision=precision,
                                                   pairs=cfg.retrieval_pairs, out=str(dest)))   # seeds kept there
             write_result(result, dest)
         elif (dest / "results.json").is_file():
-            log(f"  {task}: reusing {dest}/results.json")
+            log(f"  {name}: reusing {dest}/results.json")
         state.wait_for_everyone()
-        results[task] = json.loads((dest / "results.json").read_text())
+        results[name] = json.loads((dest / "results.json").read_text())
     return results
 
 
 def _row(results: dict[str, dict]) -> dict[str, float]:
-    from mmkd.eval.tasks import task
-
     return {col: v for name, r in results.items() for col, v in task(name).columns(r).items()}
 
 
@@ -107,8 +110,6 @@ def _check_same_sweep(cfg: AblationConfig, out: Path) -> None:
 
 
 def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
-    from mmkd.teacher import count_forwards
-
     with count_forwards() as teacher_forwards:
         table = _sweep(cfg, progress, log)
     log(f"teacher forward passes during the sweep: {teacher_forwards.passes}")
@@ -119,10 +120,6 @@ def run_ablation(cfg: AblationConfig, progress: bool = True, log=print) -> dict:
 
 
 def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
-    from mmkd.checkpoint import latest_checkpoint
-    from mmkd.config import validate
-    from mmkd.trainer import train_to_end
-
     if cfg.base.online_teacher or not cfg.base.cache:
         raise MMKDError("the ablation sweep reads one teacher cache: give --cache")
     if cfg.base.without:
@@ -130,8 +127,6 @@ def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
     if "retrieval" in cfg.evals and not cfg.retrieval_pairs:
         raise MMKDError("retrieval needs held-out pairs: --pairs NAME=EN_FILE,X_FILE (repeatable)")
     validate(cfg.base)
-    from mmkd.eval.retrieval import read_parallel
-    from mmkd.features import open_cached
 
     open_cached(cfg.base.cache)                     # a missing or foreign cache stops the sweep before any work
     for spec in cfg.retrieval_pairs:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fsspec.implementations.local import LocalFileSystem
+
 
 def _fsync_path(path, flags: int) -> None:
     try:
@@ -77,8 +79,6 @@ def write_text(path, text: str) -> None:
 
 
 def is_local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
     return isinstance(fs, LocalFileSystem)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from mmkd.errors import MMKDError
 
 # Models whose position ids start after the padding id (XLM-R, RoBERTa): positions pad+1 ... max-1.
@@ -33,8 +35,6 @@ def check_length(option: str, length: int, config, what: str) -> None:
 
 def available_memory(device) -> int | None:
     """Bytes free on `device` (a CUDA device's free memory, else the machine's available RAM)."""
-    import torch
-
     try:
         if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
             return int(torch.cuda.mem_get_info(device)[0])

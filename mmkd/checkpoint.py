@@ -29,7 +29,9 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mmkd.atomic import publish, write_text
+from mmkd.console import say
 from mmkd.errors import MMKDError
+from mmkd.writers import gather
 
 
 class CheckpointError(MMKDError):
@@ -113,8 +115,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def agreed_checkpoint(run_dir: Path, accelerator) -> Path | None:
     """The checkpoint to resume from: `latest`, or, when copies of a node-local run folder disagree (a
     machine killed while publishing), the newest step every copy still holds."""
-    from mmkd.writers import gather
-
     latest = latest_checkpoint(run_dir)
     steps = gather(int(latest.name.split("-")[1]) if latest else 0, accelerator)
     if len(set(steps)) == 1:
@@ -145,7 +145,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> dic
             if (path / "scaler.pt").is_file():
                 accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
             else:       # a checkpoint of an fp32/bf16 run resumed in fp16: the scaler starts afresh
-                from mmkd.console import say
                 say(f"warning: {path} holds no scaler.pt (saved without fp16); the loss scale starts afresh", once=True)
     except Exception as e:   # safetensors' SafetensorError, torch's unpickling errors, OSError, ...
         if isinstance(e, FileNotFoundError):

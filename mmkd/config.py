@@ -11,14 +11,15 @@ settings are declared in its module and sit here under its name (`cfg.xwcl.tempe
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
-from mmkd import settings as st
+from mmkd import objectives as objs, settings as st
 from mmkd.errors import TrainingError
-from mmkd import objectives as objs
 from mmkd.objectives import names as objective_names
 from mmkd.paths import default_data_dir
 from mmkd.settings import SEED_MAX, setting
+from mmkd.trackers import CHOICES
 
 
 @dataclass
@@ -132,7 +133,6 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum {cfg.grad_accum}")
     if bool(cfg.cache) == bool(cfg.online_teacher):
         raise TrainingError("give either --cache (the teacher cache) or --online-teacher NAME (with --corpus)")
-    from mmkd.trackers import CHOICES
     for name in (n.strip() for n in cfg.log_with.split(",")):
         if name not in CHOICES or ("," in cfg.log_with and name in ("auto", "none", "all")):
             raise TrainingError(f"--log-with {cfg.log_with!r}: {name!r} is not one of {', '.join(CHOICES)} "
@@ -173,7 +173,5 @@ def differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
 
 def _same_folder(a, b) -> bool:
     """One local folder spelled two ways (relative and absolute, a trailing slash)."""
-    import os
-
     return (isinstance(a, str) and isinstance(b, str) and os.path.exists(a) and os.path.exists(b)
             and os.path.realpath(a) == os.path.realpath(b))

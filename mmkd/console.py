@@ -7,6 +7,8 @@ import contextlib
 import os
 import sys
 
+from tqdm.auto import tqdm
+
 _verbose = os.environ.get("MMKD_VERBOSE", "").lower() in ("1", "true", "yes")
 
 
@@ -29,8 +31,6 @@ def say(message: str, once: bool = False) -> None:
     if os.environ.get("RANK", "0") != "0" or (once and message in _said):
         return
     _said.add(message)
-    from tqdm.auto import tqdm
-
     tqdm.write(f"mmkd: {message}", file=sys.stderr)
 
 
@@ -40,7 +40,7 @@ def quiet_transformers():
     if _verbose:
         yield
         return
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging   # lazy: 0.8 s; every module imports console, most need no model
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()

@@ -34,10 +34,24 @@ from tqdm.auto import tqdm
 
 from mmkd import __version__
 from mmkd.atomic import publish
-from mmkd.corpus_sources import (OPUS_BASE_URL, PAPER_PAIRS, OpusRef, Pair, download_opus, fetch, hub_corpora,
-                                 opus_refs, parse_pair, read_hf, read_moses, read_opus_zip, read_tsv)
-from mmkd.hub_data import resolve
+from mmkd.corpus_sources import (
+    OPUS_BASE_URL,
+    OpusRef,
+    PAPER_PAIRS,
+    Pair,
+    download_opus,
+    fetch,
+    hub_corpora,
+    opus_refs,
+    parse_pair,
+    read_hf,
+    read_moses,
+    read_opus_zip,
+    read_tsv,
+)
 from mmkd.errors import CorpusError
+from mmkd.hf import load_tokenizer
+from mmkd.hub_data import resolve
 from mmkd.paths import default_data_dir
 from mmkd.settings import SEED_MAX, setting
 from mmkd.words import WORD_RULE_VERSION, split_words
@@ -83,7 +97,6 @@ class CorpusConfig:
 def _length_counter(tokenizer_name: str | None) -> Callable[[list[str]], list[int]]:
     if tokenizer_name is None:
         return lambda texts: [len(split_words(t)) for t in texts]
-    from mmkd.hf import load_tokenizer
 
     tok = load_tokenizer(tokenizer_name, what="--length-tokenizer")
     return lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]

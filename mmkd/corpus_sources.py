@@ -19,6 +19,8 @@ from typing import Iterator
 import fsspec
 
 from mmkd.atomic import publish
+from mmkd.console import is_verbose
+from mmkd.download import DownloadError, download
 from mmkd.errors import CorpusError, MMKDError
 from mmkd.hub_data import HUB_CORPORA, HubCorpus
 
@@ -217,8 +219,6 @@ def _guard_gzip(pairs: Iterator[Pair], *paths: str) -> Iterator[Pair]:
 
 def _check_zip(url: str):
     def check(path: str) -> None:
-        from mmkd.download import DownloadError
-
         try:
             with zipfile.ZipFile(path) as zf:
                 bad = zf.testzip()          # every member read through: its CRC, not just the directory
@@ -240,8 +240,6 @@ def fetch(url: str, dest: str, progress: bool = True, desc: str | None = None) -
     if os.path.isfile(dest):
         return dest
     if url.split("://", 1)[0].lower() in ("http", "https"):
-        from mmkd.download import download
-
         return download(url, dest, check=_check_zip(url), progress=progress, desc=desc)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     tmp = dest + ".part"
@@ -281,9 +279,8 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
     `translation: {"en": ..., lang: ...}` (the layout of opus_books, wmt*, europarl_bilingual, ...),
     or, with `columns="EN,X"`, two text columns (sentence-transformers' parallel-sentences-*:
     `english,non_english`)."""
-    import datasets
+    import datasets   # lazy: 1.1 s to import; only a Hugging Face corpus needs it
 
-    from mmkd.console import is_verbose
 
     if not is_verbose():
         datasets.disable_progress_bars()

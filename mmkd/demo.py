@@ -18,16 +18,29 @@ and XNLI of the trained student -> t-SNE -> summary. Every step reuses what a pr
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import json
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmkd.atomic import write_text
+from mmkd.cache import CacheConfig, build_cache
+from mmkd.console import say
+from mmkd.corpus import CorpusConfig, list_corpora, prepare_corpus
+from mmkd.errors import MMKDError
+from mmkd.eval.retrieval import run_retrieval
+from mmkd.eval.runner import run_task, write_result
+from mmkd.eval.settings import EvalConfig
+from mmkd.eval.tsne import plot_tsne, read_multiway
 from mmkd.lines import split_lines
+from mmkd.objectives import by_name, names
 from mmkd.settings import SEED_MAX, setting
+from mmkd.supply import model_folder
+from mmkd.trainer import train_to_end
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 TATOEBA = {"ar": "ara", "bg": "bul", "de": "deu", "es": "spa", "fr": "fra", "hi": "hin", "zh": "zho"}
@@ -78,12 +91,10 @@ class DemoConfig:
 
 
 def minilm_path() -> str:
-    from mmkd.supply import model_folder
     return str(model_folder("all-MiniLM-L6-v2"))
 
 
 def e5_path(progress: bool = True, log=None) -> str:
-    from mmkd.supply import model_folder
     return str(model_folder("multilingual-e5-small", progress=progress, log=log))
 
 
@@ -120,9 +131,6 @@ def stage_data(cfg: DemoConfig, root: Path) -> dict:
 
 def prepare(cfg: DemoConfig, train, root: Path, progress: bool, log) -> tuple[str, str, str, dict]:
     """Corpora and teacher cache; returns (teacher, student, cache, files)."""
-    from mmkd.cache import CacheConfig, build_cache
-    from mmkd.corpus import CorpusConfig, list_corpora, prepare_corpus
-
     teacher = cfg.teacher or minilm_path()
     student = cfg.student or e5_path(progress, log)
     data_dir = str(root / "data")
@@ -149,10 +157,6 @@ SMALL = {"train_pairs": 120, "heldout_pairs": 40, "xnli_train_examples": 40, "xn
 
 def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
     """The demo with training settings `train` (a TrainConfig; cache, student and out are the demo's)."""
-    from mmkd.eval.retrieval import run_retrieval
-    from mmkd.eval.runner import write_result
-    from mmkd.eval.tsne import plot_tsne, read_multiway
-
     root = Path(cfg.out)
     _check_settings(cfg, root)
     teacher, student, cache, files = prepare(cfg, train, root, progress, log)
@@ -162,7 +166,6 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
         write_result(run_retrieval(student, files["heldout"], precision=train.mixed_precision), root / "eval" / "before")
     before = json.loads((root / "eval" / "before" / "results.json").read_text())
 
-    from mmkd.objectives import by_name
 
     log("[4/7] training against the cache (" + " + ".join(by_name(o).title for o in train.objectives) + ")")
     run = root / "run"
@@ -194,17 +197,12 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
 
 
 def _train_once(tcfg, run: Path, root: Path, progress: bool) -> None:
-    from mmkd.trainer import train_to_end
-
     train_to_end(tcfg, progress, advice=f"give another --out or delete {root}")
 
 
 def eval_data_dir(cfg: DemoConfig) -> Path | None:
     """Where the demo looks for XNLI: --eval-data-dir, $MMKD_EVAL_DATA_DIR, else ../shared/data."""
-    import os
-
     if cfg.eval_data_dir and not (Path(cfg.eval_data_dir) / "xnli" / "dev-en.tsv").is_file():
-        from mmkd.errors import MMKDError
         raise MMKDError(f"--eval-data-dir {cfg.eval_data_dir}: no xnli/dev-en.tsv there (XTREME layout: "
                         "xnli/dev-en.tsv and xnli/test-fr.tsv, test-de.tsv, ...)")
     for candidate in (cfg.eval_data_dir, os.environ.get("MMKD_EVAL_DATA_DIR"), "../shared/data"):
@@ -221,9 +219,6 @@ def xnli_languages(where: Path) -> list[str]:
 def _xnli(cfg: DemoConfig, student: str, trained: str, root: Path, log, precision: str = "auto") -> dict | None:
     """Zero-shot XNLI of the initial and the trained student: fine-tuned on English, tested on every
     XNLI language found (a small budget, one seed: docs/results.md has the evidence over seeds)."""
-    from mmkd.eval.runner import run_task, write_result
-    from mmkd.eval.settings import EvalConfig
-
     log("[6/7] zero-shot XNLI before and after (fine-tuned on English only)")
     where = eval_data_dir(cfg) if cfg.xnli else None
     if where is None:
@@ -251,8 +246,6 @@ def _check_settings(cfg: DemoConfig, root: Path) -> None:
     """A demo folder holds the results of one set of demo settings: `demo.json` records them at the
     first run, and a rerun with any other value is refused naming it (its cached results would
     otherwise be reported as this run's)."""
-    from mmkd.errors import MMKDError
-
     want = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
     path = root / SETTINGS_FILE
     if path.exists():
@@ -281,7 +274,6 @@ def _cached_result(path: Path):
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        from mmkd.console import say
         say(f"warning: {path / 'results.json'} is damaged (not complete JSON); computing it again")
         return None
     return path if isinstance(data, dict) else None
@@ -327,7 +319,6 @@ def _summary(before: dict, after: dict, run: Path, xnli: dict | None = None) -> 
         for label, group in _groups([c for c in b["languages"] if c != "en"]):
             mean = {side: statistics.fmean(r["summary"][c]["mean"] for c in group) for side, r in (("b", b), ("a", a))}
             lines.append(f"| **{label}** | {mean['b']:.1f} | {mean['a']:.1f} |")
-    import csv
     try:
         with open(run / "metrics.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -337,7 +328,6 @@ def _summary(before: dict, after: dict, run: Path, xnli: dict | None = None) -> 
         return "\n".join(lines + ["", f"Training: {run / 'metrics.csv'} is missing or empty (the run was moved "
                                       "without it?); the loss curve cannot be shown"])
     first, last = rows[0], rows[-1]
-    from mmkd.objectives import names
     terms = ", ".join(f"{n} {float(first[n]):.4g}→{float(last[n]):.4g}" for n in names() if first.get(n))
     lines += ["", f"Training: {len(rows)} steps; loss {float(first['loss']):.3f} → {float(last['loss']):.3f} ({terms})",
               "", "One seed on a small budget: this shows the pipeline, not the method's worth; the evidence over seeds, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch
+from accelerate import PartialState
 
 
 def use_cpu() -> bool:
@@ -17,6 +18,4 @@ def use_cpu() -> bool:
 
 
 def process_state():
-    from accelerate import PartialState
-
     return PartialState(cpu=use_cpu())

@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 from mmkd.atomic import publish
 from mmkd.errors import MMKDError
 
@@ -142,8 +144,6 @@ def download(url: str, dest: str, *, retries: int = 6, backoff: float = 1.0, tim
         return dest
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
-    from tqdm.auto import tqdm
-
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=desc or f"download {os.path.basename(dest)}",
                disable=not progress, dynamic_ncols=True)
     try:

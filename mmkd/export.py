@@ -23,21 +23,20 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+import transformers
+from transformers import AutoModel
+
+from mmkd import __version__
 from mmkd.atomic import publish
 from mmkd.errors import MMKDError
+from mmkd.hf import load, load_tokenizer, quiet_transformers
 
 FORMATS = ("sentence-transformers",)
 
 
 def export_sentence_transformers(student: str, out: str | Path, pooling: str = "mean", max_seq_length: int = 128,
                                  trust_remote_code: bool = False) -> Path:
-    import torch
-    import transformers
-    from transformers import AutoModel
-
-    from mmkd import __version__
-    from mmkd.hf import load, load_tokenizer, quiet_transformers
-
     out = Path(out)
     if out.exists():
         raise MMKDError(f"{out}: already exists; choose another --out or remove it")

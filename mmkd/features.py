@@ -24,6 +24,7 @@ import numpy as np
 
 from mmkd.cache.reader import TeacherBatch, TeacherCache
 from mmkd.errors import CacheError, MMKDError
+from mmkd.supply import describe
 from mmkd.words import WORD_RULE_VERSION, split_words
 
 
@@ -113,7 +114,7 @@ class OnlineFeatures:
     def teacher(self, keys, words) -> TeacherBatch:
         """The teacher on the word lists `text` returned; words it cannot see (its max length) are
         dropped, as `cache-teacher` drops them, so `words` is cut to the kept ones in place."""
-        from mmkd.teacher import encode_words
+        from mmkd.teacher import encode_words   # lazy: stage one, loaded only for --online-teacher
 
         encoded = []
         for i in range(0, len(words), self.batch_size):
@@ -172,8 +173,7 @@ def open_features(cfg, device="cpu") -> TeacherFeatures:
         return open_cached(cfg.cache, cfg.cache_local, int(cfg.cache_local_limit_gb * 1e9))
     if not cfg.corpora:
         raise SourceError("--online-teacher needs the corpora to train on: --corpus NAME (repeatable)")
-    from mmkd.corpus import open_corpus
-    from mmkd.supply import describe
+    from mmkd.corpus import open_corpus   # lazy: stage one (this and the next), loaded only for --online-teacher
     from mmkd.teacher import load_teacher, model_hash
 
     corpora = sorted((open_corpus(n, cfg.data_dir) for n in cfg.corpora), key=lambda c: c.name)   # as caches: by name

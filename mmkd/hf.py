@@ -20,8 +20,12 @@ import os
 from pathlib import Path
 
 import torch
+import transformers
+from transformers import AutoConfig, AutoTokenizer
 
 from mmkd.console import quiet_transformers, say
+from mmkd.errors import MMKDError
+from mmkd.supply import check_files, read_record
 
 # What a load is for decides which differences are expected:
 #   student     *ForMaskedLM that MMKD trains (pooler and other heads are kept aside and saved)
@@ -104,8 +108,6 @@ def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokeni
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     name = model_name(name, role)
     if tokenizer is not None:
-        from transformers import AutoConfig
-
         with quiet_transformers(), _named(name, role):
             config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         check_vocabulary(tokenizer, config, f"{role} {_short(name)}")
@@ -123,8 +125,6 @@ def check_vocabulary(tokenizer, model, name: str) -> None:
     """A tokenizer that does not belong to the model is refused: one whose ids run past the model's
     embedding rows, or one far smaller than the model's vocabulary (transformers builds a 5-piece
     tokenizer for a folder without tokenizer files, and every word becomes [UNK])."""
-    from mmkd.errors import MMKDError
-
     rows = getattr(getattr(model, "config", model), "vocab_size", None)
     pieces = len(tokenizer)
     if rows is None:
@@ -142,8 +142,6 @@ def model_name(name, what: str) -> str:
     """`name` as a model name or folder: a str or a path, never a model object (mmkd reads models from
     folders or the hub, so that a run records where its model came from). A folder mmkd built
     (`mmkd models build`) is checked against its files' checksums first."""
-    from mmkd.errors import MMKDError
-
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if not isinstance(name, str) or not name:
@@ -151,23 +149,17 @@ def model_name(name, what: str) -> str:
                         f"{str(name).splitlines()[0][:60] if name is not None else ''}; save a model object with "
                         ".save_pretrained(DIR) and give DIR")
     if os.path.isfile(os.path.join(name, "mmkd-model.json")):
-        from mmkd.supply import check_files, read_record
-
         check_files(Path(name), read_record(Path(name)))
     return name
 
 
 def load_config(name: str, trust_remote_code: bool = False, what: str = "model"):
-    from transformers import AutoConfig
-
     name = model_name(name, what)
     with quiet_transformers(), _named(name, what):
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, what: str = "tokenizer"):
-    from transformers import AutoTokenizer
-
     name = model_name(name, what)
 
     with quiet_transformers(), _named(name, what):
@@ -177,8 +169,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, what: str = "toke
 @contextlib.contextmanager
 def _named(name: str, what: str):
     """A model or tokenizer that cannot be found is one line naming it, not a traceback."""
-    from mmkd.errors import MMKDError
-
     try:
         yield
     except MMKDError:
@@ -202,9 +192,6 @@ def starting_extras(start: str, trained: torch.nn.Module, trust_remote_code: boo
     head, ...), named as `trained` names them, unchanged. The checkpoint is read through its own
     architecture class (config.architectures), so transformers' renames (gamma/beta → weight/bias)
     apply; tensors that class would initialise randomly are not "starting" tensors and are left out."""
-    import transformers
-    from transformers import AutoConfig
-
     with quiet_transformers():
         config = AutoConfig.from_pretrained(start, trust_remote_code=trust_remote_code)
     arch = (config.architectures or [None])[0]

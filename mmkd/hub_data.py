@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
 from mmkd.errors import MMKDError
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -62,8 +65,6 @@ class HubDataError(MMKDError):
 
 
 def offline() -> bool:
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
@@ -73,9 +74,6 @@ def resolve(repo_id: str, revision: str = "main", repo_type: str = "dataset") ->
         return revision
     if offline():
         return None
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
     try:
         info = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type)
     except RevisionNotFoundError:
@@ -100,7 +98,7 @@ def record(repo_id: str, revision: str, commit: str | None) -> dict:
 
 def load(repo_id: str, config: str | None, split: str, commit: str | None, revision: str = "main"):
     """`datasets.load_dataset` at the resolved commit (offline: at `revision`, from the local cache)."""
-    import datasets
+    import datasets   # lazy: 1.1 s to import; only a dataset read from the hub needs it
 
     try:
         return datasets.load_dataset(repo_id, config, split=split, revision=commit or revision)

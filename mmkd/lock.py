@@ -73,7 +73,7 @@ class Lock:
             self._acquire_soft()
             return
         if isinstance(self.fs, LocalFileSystem):
-            import fcntl
+            import fcntl   # lazy: POSIX only, and only a local folder takes an flock
 
             fd = self._open_local()
             try:
@@ -172,7 +172,7 @@ class Lock:
                 pass
             self.soft = None
         elif self.fd is not None:
-            import fcntl
+            import fcntl   # lazy: POSIX only, and only a local folder takes an flock
 
             os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)

@@ -9,6 +9,10 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+from transformers import AutoModel
+
+from mmkd.cache.reader import TeacherBatch
+from mmkd.tiny import make_tiny_bert
 
 
 def english_sample(shared: Path, n: int, tico: bool = True) -> list[str]:
@@ -28,10 +32,6 @@ def english_sample(shared: Path, n: int, tico: bool = True) -> list[str]:
 def random_bert(texts: list[str], folder: Path, hidden: int, layers: int = 1, vocab: int = 3000) -> Path:
     """A random BERT of width `hidden` and `layers` layers with a tokenizer built from `texts`: a
     teacher of a given width, to write caches of that width quickly."""
-    from transformers import AutoModel
-
-    from mmkd.tiny import make_tiny_bert
-
     path = make_tiny_bert(texts[:5000], folder, vocab, seed=0, hidden=hidden)
     m = AutoModel.from_pretrained(path)
     m.encoder.layer = m.encoder.layer[:layers]
@@ -54,8 +54,6 @@ class FreeTeacher:
         return self.inner.text(keys)
 
     def teacher(self, keys, words):
-        from mmkd.cache.reader import TeacherBatch
-
         return TeacherBatch.from_sentences([np.zeros((len(w), self.hidden_size), np.float32) for w in words],
                                            [np.zeros(self.hidden_size, np.float32) for _ in words], [])
 

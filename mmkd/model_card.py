@@ -14,8 +14,14 @@ import os
 import re
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
+
 from mmkd import __version__
 from mmkd.atomic import write_text
+from mmkd.config import from_saved
+from mmkd.eval.tasks import task
+from mmkd.objectives import build_objectives
+from mmkd.supply import describe
 
 CARD = "README.md"
 EVAL_FILE = "eval_summary.json"
@@ -33,8 +39,6 @@ def starting_license(name: str) -> str | None:
     card = Path(name) / CARD if os.path.isdir(name) else None
     if card is None and _is_hub_id(name):
         try:
-            from huggingface_hub import try_to_load_from_cache
-
             found = try_to_load_from_cache(name, CARD)
             card = Path(found) if isinstance(found, str) else None
         except Exception:   # an old huggingface_hub or an unusual cache: the licence stays unknown
@@ -58,9 +62,6 @@ def _languages(run: dict, manifests: dict) -> list[str]:
 def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
               teacher_source: str | None = None) -> str:
     """The card of a run (`run`: its config.json) that read these caches (`{corpus: Manifest}`)."""
-    from mmkd.config import from_saved
-    from mmkd.supply import describe
-
     settings = from_saved(run["config"], RUN_FILE, run.get("config_version"))
     start = settings.student
     start_name = describe(start)
@@ -75,7 +76,6 @@ def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
     meta += ["library_name: transformers", "pipeline_tag: fill-mask",
              "tags:", "- mmkd", "- knowledge-distillation", "- multilingual", "- cross-lingual", "---", ""]
     teacher = next(iter(manifests.values()), None)
-    from mmkd.objectives import build_objectives
 
     objectives = build_objectives(settings).objectives
     lines = [
@@ -123,17 +123,15 @@ def eval_section(evals: dict[str, dict]) -> str:
     if not evals:
         return "Not evaluated yet: `mmkd eval xnli --model THIS_FOLDER` writes its results here."
     out = []
-    for task, r in sorted(evals.items()):
+    for name, r in sorted(evals.items()):
         langs = list(r["per_language"])
-        out += [f"**{task}** ({r['metric']}, %, {r['detail']})", "",
+        out += [f"**{name}** ({r['metric']}, %, {r['detail']})", "",
                 "| " + " | ".join(langs + ["avg"]) + " |", "|" + "---|" * (len(langs) + 1),
                 "| " + " | ".join(r["per_language"][lang] for lang in langs) + f" | {r['avg']} |", ""]
     return "\n".join(out).rstrip()
 
 
 def _summary(result: dict) -> dict:
-    from mmkd.eval.tasks import task
-
     return task(result["task"]).card(result)
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from mmkd import objectives as objs
 from mmkd.errors import MMKDError
 
 
 
 def _panels(columns: list[str]) -> list[tuple[str, list[str]]]:
-    from mmkd import objectives as objs
-
     losses = {"loss", *objs.names(), objs.TeacherHeadsLoss.name}
     panels = [("losses", [c for c in columns if c in losses]),
               ("learning rate", [c for c in columns if c in ("lr", "lr_heads")]),
@@ -50,7 +49,7 @@ def read_metrics(run: Path) -> tuple[list[float], dict[str, list[float | None]]]
 def plot_metrics(run: str | Path, out: str | Path | None = None) -> Path:
     """Draw RUN/metrics.csv into `out` (default RUN/metrics.png); returns the file."""
     try:
-        import matplotlib
+        import matplotlib   # lazy: optional (the demo extra)
     except ImportError:
         raise MMKDError("mmkd plot metrics needs matplotlib: pip install -e '.[demo]' (or pip install matplotlib)") from None
     matplotlib.use("Agg")

@@ -15,6 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
+
+from mmkd.cache.manifest import Manifest
 from mmkd.errors import MMKDError
 from mmkd.hub_data import EVAL_DATASETS, OPUS_ON_HUB
 from mmkd.model_card import CARD, EVAL_FILE, RUN_FILE, _is_hub_id, _languages, starting_license
@@ -98,8 +102,6 @@ def corpus_datasets(manifests: list[dict]) -> list[str]:
 
 def eval_results(evals: dict) -> list:
     """One EvalResult per task and language (and the average) of the zero-shot results recorded."""
-    from huggingface_hub import EvalResult
-
     results = []
     for task, summary in sorted(evals.items()):
         if task not in TASKS or not isinstance(summary.get("values"), dict):
@@ -118,10 +120,6 @@ def eval_results(evals: dict) -> list:
 
 def build(folder: str | Path, repo_id: str, license_: str | None = None) -> Upload:
     """The files and the card `push` would send."""
-    from huggingface_hub import ModelCardData
-
-    from mmkd.cache.manifest import Manifest
-
     folder = Path(folder)
     run = _student(folder)
     files = sorted(set(run["files"]) - {CARD} | ({EVAL_FILE} if (folder / EVAL_FILE).is_file() else set()))
@@ -147,9 +145,6 @@ def build(folder: str | Path, repo_id: str, license_: str | None = None) -> Uplo
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
          message: str | None = None, license_: str | None = None) -> str:
     """Create `repo_id` if needed and commit the student to it. Returns the commit's URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
     if not _is_hub_id(repo_id) or "/" not in repo_id:
         raise PushError(f"{repo_id!r} is not a hub repo id; give ORG/NAME (or USER/NAME)")
     upload = build(folder, repo_id, license_)

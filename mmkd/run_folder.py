@@ -24,12 +24,12 @@ from pathlib import Path
 
 from fsspec.implementations.local import LocalFileSystem
 
-from mmkd.trackers import FOLDERS as TRACKER_FOLDERS
-
 from mmkd.checkpoint import CheckpointError, latest_checkpoint
 from mmkd.config import TrainConfig, TrainingError, differences, from_saved
 from mmkd.lock import LOCK_FILES, Lock
+from mmkd.model_card import EVAL_FILE, RUN_FILE
 from mmkd.paths import check_deletable
+from mmkd.trackers import FOLDERS as TRACKER_FOLDERS
 from mmkd.writers import CLAIM, elect
 
 # What `mmkd train` writes into its run folder (accelerate's tracker writes `mmkd/`).
@@ -109,8 +109,6 @@ def _ours(out: Path, parts: tuple[str, ...]) -> bool:
 def _student_files(folder: Path) -> set[str]:
     """The files a saved student lists in its mmkd_run.json (`model_card.RUN_FILE`), plus the
     evaluation summary `mmkd eval` adds."""
-    from mmkd.model_card import EVAL_FILE, RUN_FILE
-
     try:
         listed = json.loads((folder / RUN_FILE).read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError, AttributeError):

@@ -60,8 +60,6 @@ def split_by_length(batch: list, lengths, rank: int, world: int, accumulation: i
     group is sorted by `lengths` (longest first, ties by position) and cut into contiguous runs, so
     every forward pads little. The per-pair objectives are exact global means wherever a pair
     lands, and masks depend on the pair, not its place, so the losses are those of `split_for`."""
-    import numpy as np
-
     lengths = np.asarray(lengths)
     index = np.arange(len(batch))
     out = []

@@ -14,16 +14,19 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 
 from mmkd.atomic import publish
+from mmkd.config import TrainingError
+from mmkd.console import quiet_transformers
+from mmkd.hf import starting_extras
+from mmkd.model_card import CARD, RUN_FILE, card_text
 
 
 def save_student(out: Path, model, tokenizer, run_meta: dict, manifests: dict, teacher_source: str,
                  start: str, trust_remote_code: bool = False) -> Path:
     """Write `<run>/student/` (and `<run>/heads.safetensors`) completely or not at all. A full disk
     is one line; the half-written `student.tmp/` is removed."""
-    from mmkd.config import TrainingError
-
     dest, tmp = out / "student", out / "student.tmp"
     try:
         _write(tmp, out, model, tokenizer, run_meta, manifests, teacher_source, start, trust_remote_code)
@@ -44,12 +47,6 @@ def save_student(out: Path, model, tokenizer, run_meta: dict, manifests: dict, t
 
 
 def _write(tmp: Path, out: Path, model, tokenizer, run_meta, manifests, teacher_source, start, trust_remote_code):
-    from safetensors.torch import save_model
-
-    from mmkd.console import quiet_transformers
-    from mmkd.hf import starting_extras
-    from mmkd.model_card import CARD, RUN_FILE, card_text
-
     if tmp.exists():
         shutil.rmtree(tmp)
     student = model.student

@@ -7,9 +7,16 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import BertConfig, BertForPreTraining, BertModel, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, BertConfig, BertForPreTraining, BertModel, PreTrainedTokenizerFast
+
+from mmkd.batching import PairKey, Part, build_student_batch
+from mmkd.cache.reader import TeacherBatch
+from mmkd import objectives as objs
+from mmkd.objectives.inputs import MaskingConfig
+from mmkd.words import split_words
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -97,15 +104,6 @@ def make_tiny_bert(texts: list[str], out: Path, vocab_size: int, seed: int, mlm:
 
 def tiny_batch(student: str, hidden: int = 32):
     """A StudentBatch of two real pairs with random teacher features of size `hidden`."""
-    import numpy as np
-    from transformers import AutoTokenizer
-
-    from mmkd.batching import PairKey, Part, build_student_batch
-    from mmkd.cache.reader import TeacherBatch
-    from mmkd.objectives import OBJECTIVES, inputs
-    from mmkd.objectives.inputs import MaskingConfig
-    from mmkd.words import split_words
-
     pairs = [("The report was adopted by the committee.", "Le rapport a été adopté par le comité."),
              ("Peace is near, they said.", "Der Frieden ist nahe, sagten sie.")]
     words = [split_words(en) for en, _ in pairs]
@@ -115,4 +113,4 @@ def tiny_batch(student: str, hidden: int = 32):
     keys = [PairKey(0, 0, 0), PairKey(0, 1, 1)]
     text = (words, [en for en, _ in pairs], [x for _, x in pairs])
     part = Part(keys, text, keys, text, teacher, teacher)
-    return build_student_batch(AutoTokenizer.from_pretrained(student), part, inputs(OBJECTIVES), MaskingConfig())
+    return build_student_batch(AutoTokenizer.from_pretrained(student), part, objs.inputs(objs.OBJECTIVES), MaskingConfig())

@@ -86,7 +86,7 @@ def _run_id(tracker) -> str | None:
     """The tracker's own id of its run, where it has one we can resume by."""
     try:
         if tracker.name == "mlflow":
-            import mlflow
+            import mlflow   # lazy: optional: only an mlflow run has it
             run = mlflow.active_run()
             return run.info.run_id if run else None
         if tracker.name == "aim":

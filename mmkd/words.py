@@ -18,6 +18,7 @@ import unicodedata
 
 import numpy as np
 from tokenizers import PreTokenizedString, normalizers, pre_tokenizers
+from mmkd.errors import MMKDError
 
 WORD_RULE_VERSION = "bert-basic-v1"
 
@@ -129,7 +130,6 @@ def align_by_offsets(text: str, starts: np.ndarray, offsets, sequence_ids, seque
 def require_fast(tokenizer) -> None:
     """Word alignment needs `word_ids()`, which only fast (Rust) tokenizers provide."""
     if not getattr(tokenizer, "is_fast", False):
-        from mmkd.errors import MMKDError
         raise MMKDError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} is not a fast tokenizer; "
             "mmkd needs word_ids() to map words to sub-tokens: give a model whose folder has a tokenizer.json "

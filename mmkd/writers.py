@@ -14,6 +14,8 @@ import re
 import secrets
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list, gather_object
+
 CLAIM = re.compile(r"\.writer-[0-9a-f]{16}")
 
 
@@ -23,8 +25,6 @@ def elect(folder: Path, accelerator) -> tuple[bool, bool]:
     if accelerator.num_processes == 1:
         folder.mkdir(parents=True, exist_ok=True)
         return True, existed
-    from accelerate.utils import broadcast_object_list
-
     token = broadcast_object_list([secrets.token_hex(8) if accelerator.is_main_process else None])[0]
     accelerator.wait_for_everyone()                 # everyone saw whether it existed before anyone made it
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,8 +44,6 @@ def gather(value, accelerator) -> list:
     """`value` of every process, in rank order."""
     if accelerator.num_processes == 1:
         return [value]
-    from accelerate.utils import gather_object
-
     return gather_object([value])
 
 

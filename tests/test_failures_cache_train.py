@@ -302,12 +302,10 @@ def test_a_kill_during_the_final_save_leaves_no_student_folder(tmp_path, clean_c
     """SIGKILL while the student is being written: `student/` never appears half-written."""
     cache = copy_cache(clean_cache, tmp_path)
     code = f"""
-import os, signal, mmkd.trainer as t
-real = t.card_text if hasattr(t, "card_text") else None
-import mmkd.model_card as mc
+import os, signal, mmkd.student
 def killed(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
-mc.card_text = killed
+mmkd.student.card_text = killed      # the card is written after the weights, inside student.tmp/
 from mmkd.objectives import HeadSettings
 from mmkd.trainer import TrainConfig, train
 train(TrainConfig(cache=[{str(cache)!r}], student={tiny_student!r}, out={str(tmp_path / 'run')!r},

@@ -736,13 +736,13 @@ def test_a_full_disk_while_building_a_model_is_one_line_and_leaves_nothing(tmp_p
 
 def test_a_full_disk_while_saving_the_student_is_one_line_and_leaves_no_tmp(tmp_path, cache, tiny_student, data_dir,
                                                                             monkeypatch):
-    import safetensors.torch
+    import mmkd.student
     from safetensors import SafetensorError
 
     def full(*a, **k):
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
                               "left on device\" })")
-    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    monkeypatch.setattr(mmkd.student, "save_model", full)          # the student module's own name for it
     run = tmp_path / "run"
     r = CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir))
     one_line(r, "student.tmp: the trained student could not be saved", "No space left on device", "--resume")

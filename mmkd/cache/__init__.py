@@ -12,9 +12,9 @@ __all__ = ["TeacherBatch", "TeacherCache", "CacheConfig", "build_cache"]
 
 def __getattr__(name: str):
     if name == "CacheConfig":
-        from mmkd.cache.settings import CacheConfig
+        from mmkd.cache.settings import CacheConfig   # lazy: stage two imports this package and loads no stage-one code
         return CacheConfig
     if name == "build_cache":
-        from mmkd.cache.writer import build_cache
+        from mmkd.cache.writer import build_cache     # lazy: the writer is stage one
         return build_cache
     raise AttributeError(f"module 'mmkd.cache' has no attribute {name!r}")

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
 from mmkd.errors import CacheError
 
@@ -97,8 +100,6 @@ def decode(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarr
 def zarr_location(fs, path: str) -> str:
     """What to hand Zarr: a plain path for local folders (Zarr's LocalStore makes parent folders),
     the full URL for any other fsspec filesystem."""
-    from fsspec.implementations.local import LocalFileSystem
-
     return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
 
 
@@ -111,12 +112,7 @@ def member_path(fs, base: str, name: str, where: str) -> str:
         raise CacheError(f"{where}: file name {name!r} in the record is not a path inside the shard; "
                          "the manifest is corrupt or was tampered with")
     path = f"{base}/{name}"
-    from fsspec.implementations.local import LocalFileSystem
-
     if isinstance(fs, LocalFileSystem):
-        import os
-        import stat
-
         real, inside = os.path.realpath(path), os.path.realpath(base)
         if os.path.commonpath([real, inside]) != inside:
             raise CacheError(f"{where}: {name!r} leads outside the shard (a link?); refused")

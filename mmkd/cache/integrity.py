@@ -26,8 +26,14 @@ import os
 import socket
 import time
 
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from tqdm.auto import tqdm
+
 from mmkd.atomic import fs_write_text
 from mmkd.cache.format import member_path, sha256_file
+from mmkd.cache.reader import shard_path
+from mmkd.console import say
 from mmkd.errors import CacheError
 
 MARKERS = "verified"
@@ -36,8 +42,6 @@ _TAGS = ("ETag", "etag", "md5Hash", "md5", "VersionId", "version_id", "generatio
 
 def _identity(fs, path: str) -> list | None:
     """What identifies the bytes of `path` without reading them, or None when nothing does."""
-    from fsspec.implementations.local import LocalFileSystem
-
     if isinstance(fs, LocalFileSystem):
         st = os.stat(path)
         return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
@@ -54,8 +58,6 @@ class ShardVerifier:
     """Checks shards of one cache; `markers` is a local folder or URL for the remembered results."""
 
     def __init__(self, cache, markers: str | None = None):
-        import fsspec
-
         self.cache = cache
         self.markers = markers or f"{cache.url}/{MARKERS}"
         self.mfs, self.mroot = fsspec.core.url_to_fs(self.markers)
@@ -64,7 +66,6 @@ class ShardVerifier:
         return f"{self.mroot}/{name}.json"
 
     def _base(self, record) -> str:
-        from mmkd.cache.reader import shard_path
         return shard_path(self.cache.fs, self.cache.root, record.name, self.cache.url)
 
     def _state(self, base: str, record) -> dict | None:
@@ -136,8 +137,6 @@ def writable(fs, root: str) -> bool:
 def copy_key(cache) -> list:
     """What tells copies of a cache apart: (machine, device, inode) of a local manifest, or of the
     node-local folder shards are fetched into; an URL's text."""
-    from fsspec.implementations.local import LocalFileSystem
-
     if cache.fetcher is not None:
         st = os.stat(cache.fetcher.base)
         return ["fetch", socket.gethostname(), st.st_dev, st.st_ino]
@@ -158,10 +157,6 @@ def verify_before_training(caches, rank: int, gather, any_process, run_markers, 
     reading one copy share its shards that no earlier run verified. `gather(value)` is every
     process's value in rank order; `any_process(flag)` is True when the flag is True on any process;
     `run_markers(name)` is where a read-only cache's markers go."""
-    from tqdm.auto import tqdm
-
-    from mmkd.console import say
-
     todo, fetches = [], []
     for cache in caches:
         if cache.fetcher is not None:

@@ -10,6 +10,7 @@ Compressed or remote (fsspec) caches go through Zarr.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import fsspec
@@ -19,6 +20,7 @@ import torch
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
+from mmkd.cache.fetch import ShardFetcher
 from mmkd.cache.format import STORAGE, decode, read_json, shard_name, zarr_location
 from mmkd.cache.manifest import Manifest, ShardRecord
 from mmkd.errors import CacheError
@@ -164,7 +166,6 @@ class TeacherCache:
         self._shards: dict[int, _Shard] = {}
         self.fetcher = None
         if local:
-            from mmkd.cache.fetch import ShardFetcher
             self.fetcher = ShardFetcher(self, local, limit_bytes)
 
     def __len__(self) -> int:
@@ -262,8 +263,6 @@ def shard_path(fs, root: str, name: str, url: str) -> str:
     swapped folder must not make mmkd read data from elsewhere."""
     path = f"{root}/shards/{name}"
     if isinstance(fs, LocalFileSystem):
-        import os
-
         real, inside = os.path.realpath(path), os.path.realpath(f"{root}/shards")
         if os.path.islink(f"{root}/shards") or os.path.commonpath([inside, os.path.realpath(root)]) != \
                 os.path.realpath(root):

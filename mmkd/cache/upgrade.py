@@ -23,15 +23,45 @@ given a fresh checksum.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import fsspec
+import numpy as np
 import pyarrow as pa
+import torch
+import zarr
+from tqdm.auto import tqdm
 
 from mmkd.atomic import fs_write_bytes, fs_write_text
-from mmkd.cache.format import (FORMAT_VERSION, TOLERANCE, decode, dumps, encode, member_path, read_json, sha256_file,
-                               shard_name, zarr_location)
+from mmkd.cache.format import (
+    FORMAT_VERSION,
+    TOLERANCE,
+    decode,
+    dumps,
+    encode,
+    member_path,
+    read_json,
+    sha256_file,
+    shard_name,
+    zarr_location,
+)
+from mmkd.cache.manifest import Manifest
 from mmkd.cache.reader import shard_path
+from mmkd.cache.writer import _array
+from mmkd.corpus import open_corpus
 from mmkd.errors import CacheError
 from mmkd.lock import Lock
+from mmkd.teacher import (
+    collate,
+    encode_prepared,
+    length_grouped_batches,
+    load_teacher,
+    model_hash,
+    token_lengths,
+    tokenize_words,
+    tokenizer_hash,
+)
+from mmkd.words import WORD_RULE_VERSION, split_words
 
 
 def upgrade_cache(path: str, data_dir: str, corpus: str | None = None, log=print, teacher: str | None = None,
@@ -73,17 +103,6 @@ def _write_manifest(fs, root: str, manifest: dict, version: int, **changes) -> N
 
 def _add_mean(url: str, fs, root: str, teacher: str | None, trust_remote_code: bool, log) -> str:
     """Format 2 -> 3: the teacher's mean pooling of every sentence, from the stored text."""
-    import numpy as np
-    import torch
-    import zarr
-    from tqdm.auto import tqdm
-
-    from mmkd.cache.manifest import Manifest
-    from mmkd.cache.writer import _array
-    from mmkd.teacher import (collate, encode_prepared, length_grouped_batches, load_teacher, model_hash,
-                              token_lengths, tokenize_words, tokenizer_hash)
-    from mmkd.words import WORD_RULE_VERSION, split_words
-
     raw = read_json(fs, f"{root}/manifest.json", "cache manifest")
     m = Manifest.parse(raw, f"{url}/manifest.json")
     if m.format_version != 2:
@@ -139,10 +158,6 @@ def _add_mean(url: str, fs, root: str, teacher: str | None, trust_remote_code: b
 
 
 def _upgrade(url: str, fs, root: str, data_dir: str, corpus: str | None, log) -> str:
-    from pathlib import Path
-
-    from mmkd.corpus import open_corpus
-
     manifest = read_json(fs, f"{root}/manifest.json", "cache manifest")
     if not isinstance(manifest, dict):
         raise CacheError(f"{url}/manifest.json: not a cache manifest (a JSON {type(manifest).__name__})")

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mmkd.cache.format import TOLERANCE, member_path, read_json, sha256_file
-from mmkd.cache.reader import TeacherCache
+from mmkd.cache.integrity import shard_members
+from mmkd.cache.reader import TeacherCache, shard_path
 from mmkd.errors import CacheError
 
 
@@ -36,16 +38,12 @@ def _rel_error(stored: np.ndarray, fresh: np.ndarray) -> np.ndarray:
 
 def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 0,
                  progress: bool = True) -> VerifyReport:
-    from tqdm.auto import tqdm
-
     try:
         cache = TeacherCache(path)      # the manifest is checked against the format here (cache/manifest.py)
     except CacheError as e:
         return VerifyReport(url=str(path).rstrip("/"), problems=[str(e)])
     m, fs, root = cache.manifest, cache.fs, cache.root
     report = VerifyReport(url=cache.url)
-    from mmkd.cache.integrity import shard_members
-    from mmkd.cache.reader import shard_path
 
     for index, rec in enumerate(tqdm(m.shards, desc="checksums", unit=" shard", disable=not progress)):
         where = f"shard {rec.name}"
@@ -82,7 +80,7 @@ def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 
         return report
 
     if k > 0:
-        from mmkd.teacher import encode_words, load_teacher, model_hash
+        from mmkd.teacher import encode_words, load_teacher, model_hash   # lazy: stage one; the trainer imports this module
 
         name = teacher or m.teacher_name
         model, tokenizer = load_teacher(name)

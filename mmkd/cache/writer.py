@@ -23,20 +23,38 @@ import pyarrow as pa
 import zarr
 from tqdm.auto import tqdm
 
-from mmkd import __version__
-from mmkd.cache.format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, dumps, encode, read_json,
-                               sha256_file, shard_name, zarr_location)
-from mmkd.cache.settings import CacheConfig
+from mmkd import __version__, settings
 from mmkd.atomic import fs_publish, fs_write_text
-from mmkd.capacity import check_batch, check_length
 from mmkd.cache.folder import CACHE_ENTRIES, foreign_files, is_build_record
-from mmkd.lock import LOCK_FILES, Lock
-from mmkd.supply import describe
+from mmkd.cache.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    STORAGE,
+    dumps,
+    encode,
+    read_json,
+    sha256_file,
+    shard_name,
+    zarr_location,
+)
+from mmkd.cache.settings import CacheConfig
+from mmkd.capacity import check_batch, check_length
 from mmkd.corpus import PreparedCorpus, open_corpus
 from mmkd.dist import process_state
 from mmkd.errors import CacheError
-from mmkd.teacher import (collate, encode_prepared, length_grouped_batches, load_teacher, model_hash,
-                          token_lengths, tokenize_words, tokenizer_hash)
+from mmkd.lock import LOCK_FILES, Lock
+from mmkd.paths import check_deletable
+from mmkd.supply import describe
+from mmkd.teacher import (
+    collate,
+    encode_prepared,
+    length_grouped_batches,
+    load_teacher,
+    model_hash,
+    token_lengths,
+    tokenize_words,
+    tokenizer_hash,
+)
 from mmkd.words import WORD_RULE_VERSION, split_words
 
 # How a shard is cut into teacher batches (it decides the padding, hence the fp32 rounding): sort
@@ -252,8 +270,6 @@ def _shard_complete(fs, root: str, k: int, checksums: bool = False) -> bool:
 
 
 def validate(cfg: CacheConfig) -> None:
-    from mmkd import settings
-
     settings.validate(cfg)
     if not cfg.corpora:
         raise CacheError("no --corpus given: name at least one prepared corpus")
@@ -299,8 +315,6 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
                              f"{' ...' if len(entries) > 3 else ''}, and no build record of mmkd's); nothing was "
                              "changed: choose another --out")
         if overwrite and ours:
-            from mmkd.paths import check_deletable
-
             foreign = foreign_files(fs, root)
             if foreign:
                 raise CacheError(f"{url} holds files mmkd did not write ({', '.join(foreign[:5])}); --overwrite deletes "

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 import click
 
-from mmkd.cache.writer import CacheConfig
-from mmkd.cli import data_dir_option, friendly
+from mmkd import settings as st
+from mmkd.cache.upgrade import upgrade_cache
+from mmkd.cache.verify import cache_info, verify_cache
+from mmkd.cache.writer import CacheConfig, build_cache
+from mmkd.cli.common import data_dir_option, friendly
 from mmkd.cli.options import assignments_argument, overrides, settings_epilog, settings_options
-from mmkd.corpus import CorpusConfig
+from mmkd.corpus import CorpusConfig, list_corpora, open_corpus, prepare_corpus
+from mmkd.corpus_sources import PAPER_PAIRS, hub_corpora, opus_refs
+from mmkd.paths import default_data_dir
 from mmkd.settings import SEED_MAX
 
 
@@ -46,9 +52,6 @@ def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, name, config, data_dir, o
     mirrors at a pinned commit. The result is written to
     DATA_DIR/corpora/NAME/ (pairs.arrow + meta.json with the counts of what was dropped).
     """
-    from mmkd import settings as st
-    from mmkd.corpus import default_data_dir, prepare_corpus
-
     base = CorpusConfig(pair=pair, name=name, moses=tuple(moses) if moses else None, tsv=tsv, zip=zip_,
                         hf_dataset=hf_dataset, data_dir=data_dir or default_data_dir())
     cfg = st.load(CorpusConfig, config, {**overrides(given), **st.assignments(CorpusConfig, list(assignments), "corpus")},
@@ -63,8 +66,6 @@ def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, name, config, data_dir, o
 @friendly
 def corpus_list(data_dir):
     """List prepared corpora."""
-    from mmkd.corpus import default_data_dir, list_corpora, open_corpus
-
     data_dir = data_dir or default_data_dir()
     names = list_corpora(data_dir)
     if not names:
@@ -78,8 +79,6 @@ def corpus_list(data_dir):
 def corpus_sources():
     """Show the built-in sources of the paper's seven pairs: OPUS (the default) and the hub's parquet
     mirrors (`--source hub`), with the commit each is pinned to."""
-    from mmkd.corpus_sources import PAPER_PAIRS, hub_corpora, opus_refs
-
     for pair in PAPER_PAIRS:
         for ref in opus_refs(pair):
             click.echo(f"{pair}\topus\t{ref.corpus} {ref.release}\t{ref.url()}")
@@ -110,17 +109,12 @@ def cache_teacher(corpora, teacher, out, config, resume, overwrite, trust_remote
     Run it under `accelerate launch -m mmkd cache-teacher ...` to split the shards between
     processes/GPUs.
     """
-    from mmkd import settings as st
-    from mmkd.cache.writer import build_cache
-    from mmkd.paths import default_data_dir
-
     base = CacheConfig(corpora=list(corpora), data_dir=data_dir or default_data_dir(),
                        trust_remote_code=trust_remote_code)
     cfg = st.load(CacheConfig, config, {**overrides(given), **st.assignments(CacheConfig, list(assignments),
                                                                              "cache-teacher")}, base)
     paths = {k: v for k, v in (("teacher", teacher), ("out", out)) if v}
     if paths:
-        import dataclasses
         cfg = dataclasses.replace(cfg, **paths)
     build_cache(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
 
@@ -140,8 +134,6 @@ def cache_group():
 @friendly
 def cache_verify(path, k, teacher, seed):
     """Check the manifest, counts, every checksum, and k re-run sentences of the cache at PATH."""
-    from mmkd.cache.verify import verify_cache
-
     report = verify_cache(path, k=k, teacher=teacher, seed=seed)
     for p in report.problems:
         click.echo(f"FAIL {report.url}: {p}", err=True)
@@ -166,9 +158,6 @@ def cache_upgrade(path, corpus, teacher, trust_remote_code, data_dir):
     prepared corpus it was made from (checked against its fingerprint); format 2 -> 3 re-runs the
     teacher on that text to add its mean pooling (`senta.teacher_vector=mean`), after checking
     that it reproduces the stored [CLS] states. Existing tensors are not changed."""
-    from mmkd.cache.upgrade import upgrade_cache
-    from mmkd.paths import default_data_dir
-
     upgrade_cache(path, data_dir or default_data_dir(), corpus, log=click.echo, teacher=teacher,
                   trust_remote_code=trust_remote_code)
 
@@ -179,8 +168,6 @@ def cache_upgrade(path, corpus, teacher, trust_remote_code, data_dir):
 @friendly
 def cache_info_cmd(path, as_json):
     """Print what the cache at PATH holds."""
-    from mmkd.cache.verify import cache_info
-
     info = cache_info(path)
     if as_json:
         click.echo(json.dumps(info, indent=2))

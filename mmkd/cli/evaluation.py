@@ -6,9 +6,14 @@ from pathlib import Path
 
 import click
 
-from mmkd.cli import friendly
+from mmkd import settings as st
+from mmkd.cli.common import friendly
 from mmkd.cli.options import assignments_argument, overrides, settings_epilog, settings_options
+from mmkd.eval import runner
+from mmkd.eval.runner import report_table
 from mmkd.eval.settings import EvalConfig
+from mmkd.eval.tsne import plot_tsne, read_multiway
+from mmkd.plot_metrics import plot_metrics
 from mmkd.settings import SEED_MAX
 
 DEFAULT_STUDENT = "runs/mmkd/student"      # the student `mmkd train` writes with its default --out
@@ -48,16 +53,13 @@ def _task_command(task: str, doc: str):
     @assignments_argument
     @friendly
     def command(model, out, trust_remote_code, assignments, **given):
-        from mmkd import settings as st
-        from mmkd.eval.runner import default_out, markdown_table, run_task, write_result
-
         model = default_model(model)
-        out = Path(out) if out else default_out(model, task)
+        out = Path(out) if out else runner.default_out(model, task)
         cfg = st.load(EvalConfig, None, {**overrides(given), **st.assignments(EvalConfig, list(assignments), "eval")},
                       EvalConfig(task=task, model=model, out=str(out), trust_remote_code=trust_remote_code))
-        result = run_task(cfg)          # resumable: OUT/seeds/ keeps each finished seed until results.json is written
-        where = write_result(result, out)
-        click.echo(markdown_table(result))
+        result = runner.run_task(cfg)   # resumable: OUT/seeds/ keeps each finished seed until results.json is written
+        where = runner.write_result(result, out)
+        click.echo(runner.markdown_table(result))
         click.echo(f"\nwritten to {where}/results.json and results.md")
 
     command.__doc__ = (doc + " Zero-shot: the checkpoint is selected on English dev.\n\n\b\n"
@@ -76,14 +78,11 @@ def _task_command(task: str, doc: str):
 @friendly
 def eval_retrieval(model, specs, max_eval_examples, out, trust_remote_code):
     """Translation retrieval accuracy, both directions, [CLS] and mean pooling (no fine-tuning)."""
-    from mmkd.eval.runner import default_out, markdown_table, run_task, write_result
-    from mmkd.eval.settings import EvalConfig
-
     model = default_model(model)
-    result = run_task(EvalConfig(task="retrieval", model=model, pairs=list(specs), max_eval_examples=max_eval_examples,
-                                 trust_remote_code=trust_remote_code))
-    where = write_result(result, Path(out) if out else default_out(model, "retrieval"))
-    click.echo(markdown_table(result))
+    result = runner.run_task(EvalConfig(task="retrieval", model=model, pairs=list(specs), max_eval_examples=max_eval_examples,
+                                        trust_remote_code=trust_remote_code))
+    where = runner.write_result(result, Path(out) if out else runner.default_out(model, "retrieval"))
+    click.echo(runner.markdown_table(result))
     click.echo(f"\nwritten to {where}/results.json")
 
 
@@ -105,8 +104,6 @@ def plot_group():
 @friendly
 def plot_tsne_cmd(models, files, xnli_dir, languages, n, seed, out):
     """Figure 2: t-SNE of sentences and their translations (colour = sentence, marker = language)."""
-    from mmkd.eval.tsne import plot_tsne, read_multiway
-
     pairs = {}
     for f in files:
         lang, sep, path = f.partition("=")
@@ -124,8 +121,6 @@ def plot_tsne_cmd(models, files, xnli_dir, languages, n, seed, out):
 def plot_metrics_cmd(run, out):
     """Every loss, the learning rates, the gradient norm and the collapse indicators of a run
     (RUN/metrics.csv) over steps, in one PNG; no TensorBoard needed."""
-    from mmkd.plot_metrics import plot_metrics
-
     click.echo(f"wrote {plot_metrics(run, out)}")
 
 
@@ -134,8 +129,6 @@ def plot_metrics_cmd(run, out):
 @friendly
 def report_cmd(paths):
     """One table comparing runs: every results.json under PATHS, one row per model (like Table 5)."""
-    from mmkd.eval.runner import report_table
-
     try:
         click.echo(report_table(list(paths)))
     except FileNotFoundError as e:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from mmkd.cli import friendly
+from mmkd.cli.common import friendly
+from mmkd.export import export_sentence_transformers
+from mmkd.push import build, push
+from mmkd.supply import PROVENANCE, model_folder, models_dir, names, supply
 
 
 @click.group("models")
@@ -23,8 +26,6 @@ def models_group():
 @friendly
 def models_build(name, quiet):
     """Build NAME (once; later calls print its folder) and check it against its packages."""
-    from mmkd.supply import model_folder
-
     click.echo(model_folder(name, progress=not quiet, log=lambda m: click.echo(m, err=True)))
 
 
@@ -32,8 +33,6 @@ def models_build(name, quiet):
 @friendly
 def models_list():
     """Every model mmkd can build, where it comes from, and whether it is built."""
-    from mmkd.supply import PROVENANCE, models_dir, names, supply
-
     for name in names():
         s = supply(name)
         built = (models_dir() / name / PROVENANCE).is_file() or s.build is None
@@ -56,8 +55,6 @@ def models_list():
 def export_cmd(student, fmt, out, pooling, max_seq_length, trust_remote_code):
     """Export a trained student (`RUN/student`) for other libraries. sentence-transformers: its vectors
     equal the ones `mmkd eval retrieval` uses."""
-    from mmkd.export import export_sentence_transformers
-
     target = out or f"{str(student).rstrip('/')}-st"
     click.echo(f"wrote {export_sentence_transformers(student, target, pooling, max_seq_length, trust_remote_code)}")
 
@@ -79,8 +76,6 @@ def push_cmd(student, repo_id, private, revision, message, license_, dry_run):
     zero-shot results `mmkd eval` recorded) is built with huggingface_hub's ModelCardData. The token
     is huggingface_hub's: `hf auth login` or HF_TOKEN; HF_ENDPOINT points at another hub.
     """
-    from mmkd.push import build, push
-
     if dry_run:
         upload = build(student, repo_id, license_)
         click.echo(upload.card)

@@ -11,6 +11,8 @@ VALUE`, hidden from `--help`), which older scripts use; KEY=VALUE wins over it.
 
 from __future__ import annotations
 
+import textwrap
+
 import click
 
 from mmkd import settings as st
@@ -119,8 +121,6 @@ def overrides(kwargs: dict, param: str = PREFIX) -> dict[tuple[str, ...], object
 
 
 def settings_epilog(cls, exclude: tuple[str, ...] = (), command: str = "train") -> str:
-    import textwrap
-
     names = ", ".join(f.key for f in st.fields(cls) if f.meta.get("cli", True) and f.key not in exclude)
     presets = ", ".join(st.preset_names())
     return "\b\n" + "\n".join(

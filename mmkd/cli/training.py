@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import click
 
-from mmkd.ablate import AblationConfig
-from mmkd.cli import data_dir_option, friendly
+from mmkd import settings as st
+from mmkd.ablate import AblationConfig, ablation_markdown, run_ablation
+from mmkd.cache.settings import CacheConfig
+from mmkd.checkpoint import latest_checkpoint
+from mmkd.cli.common import data_dir_option, friendly
 from mmkd.cli.options import assignments_argument, grouped, overrides, settings_epilog, settings_options
 from mmkd.config import TrainConfig
-from mmkd.demo import DemoConfig
+from mmkd.corpus import CorpusConfig
+from mmkd.demo import DemoConfig, SMALL, run_demo
+from mmkd.errors import MMKDError
 from mmkd.eval.settings import EvalConfig
+from mmkd.paths import default_data_dir
+from mmkd.trainer import train
 
 _EVAL_ALIASES = {"max_train_examples": "--max-train-examples", "max_eval_examples": "--max-eval-examples"}
 
@@ -24,10 +33,6 @@ def train_settings(config: str | None, given: dict, *, base: TrainConfig | None 
                    command: str = "train", **paths) -> TrainConfig:
     """Defaults, then --config, then the settings given on the command line (options, then
     KEY=VALUE), then the paths."""
-    import dataclasses
-
-    from mmkd import settings as st
-
     cfg = st.load(TrainConfig, config, {**overrides(given), **st.assignments(TrainConfig, list(assigned), command)}, base)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in paths.items() if v is not None})
     st.validate(cfg)
@@ -68,9 +73,6 @@ def train_cmd(caches, corpora, online_teacher, student, out, config, resume, ove
     Continue:       mmkd train --resume --out runs/mmkd
     Reproduce:      mmkd train --config runs/mmkd/config.json --out runs/again
     """
-    from mmkd.paths import default_data_dir
-    from mmkd.trainer import train
-
     if resume and config is None:
         config = _saved_settings(Path(out or TrainConfig().out), bool(caches or online_teacher))
     cfg = train_settings(config, given, assigned=assignments, cache=list(caches) or None, corpora=list(corpora) or None,
@@ -86,11 +88,6 @@ def _saved_settings(run: Path, data_given: bool) -> str | None:
     copy of its checkpoints/) the latest checkpoint's meta.json, which records them too. A cache the
     run recorded that is not there (a run moved, a relative path from another folder) is one line
     saying to give --cache."""
-    import json
-
-    from mmkd.checkpoint import latest_checkpoint
-    from mmkd.errors import MMKDError
-
     saved = run / "config.json"
     if not saved.is_file():
         latest = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
@@ -136,13 +133,6 @@ def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline
     continues an interrupted sweep; other settings are refused by name. The zero-shot evaluations
     take `mmkd eval`'s settings as eval.KEY=VALUE (eval.seeds=1,2,3 eval.lr=3e-5).
     """
-    import dataclasses
-
-    from mmkd import settings as st
-    from mmkd.ablate import ablation_markdown, run_ablation
-    from mmkd.errors import MMKDError
-    from mmkd.paths import default_data_dir
-
     if without:
         raise MMKDError("--without: the sweep removes each objective itself")
     eval_given = {k: given.pop(k) for k in [k for k in given if k.startswith("e__")]}
@@ -181,10 +171,6 @@ def demo_cmd(out, teacher, student, config, small, quiet, assignments, **given):
     corpora -> teacher cache -> retrieval and XNLI of the initial student -> train (--config demo)
     -> retrieval and XNLI after -> t-SNE -> runs/demo/summary.md
     """
-    import dataclasses
-
-    from mmkd import settings as st
-    from mmkd.demo import SMALL, run_demo
 
     # --small starts from smaller sizes; settings given on the command line still win.
     items = grouped(assignments, ("train",))
@@ -207,10 +193,6 @@ def settings_cmd(command, config):
     mmkd settings train --config demo   the demo's preset
     mmkd settings train --config runs/mmkd/config.json
     """
-    from mmkd import settings as st
-    from mmkd.cache.settings import CacheConfig
-    from mmkd.corpus import CorpusConfig
-
     cls = {"train": TrainConfig, "demo": DemoConfig, "eval": EvalConfig, "cache-teacher": CacheConfig,
            "corpus": CorpusConfig}[command]
     base = None if cls is not CorpusConfig else CorpusConfig(pair="en-xx")

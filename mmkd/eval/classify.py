@@ -8,14 +8,26 @@ XTREME's mBERT recipe: lr 2e-5, 5 epochs, batch 32, max length 128.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from transformers import AutoModelForSequenceClassification
 
-from mmkd.eval.data import (PAWSX, XNLI, EvalDataError, PairExample, PairTask, check_languages, load_pair_split,
-                            load_pair_train)
-from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune, resolve_precision
-from mmkd.eval.settings import EvalConfig
+from mmkd.eval.data import (
+    EvalDataError,
+    PAWSX,
+    PairExample,
+    PairTask,
+    XNLI,
+    check_languages,
+    load_pair_split,
+    load_pair_train,
+)
+from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune, resolve_precision, seed_everything
 from mmkd.eval.metrics import accuracy
+from mmkd.eval.settings import EvalConfig
+from mmkd.hf import load, load_tokenizer
 
 TASKS = {"xnli": XNLI, "pawsx": PAWSX}
 DEFAULTS = {"epochs": 5.0, "lr": 2e-5, "max_length": 128, "weight_decay": 0.0, "warmup_ratio": 0.0}
@@ -58,12 +70,6 @@ def check(cfg: EvalConfig) -> list[str]:
 
 
 def run_seed(cfg: EvalConfig, seed: int) -> dict:
-    from transformers import AutoModelForSequenceClassification
-
-    from mmkd.hf import load, load_tokenizer
-
-    from mmkd.eval.finetune import seed_everything
-
     task: PairTask = TASKS[cfg.task]
     hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
     mixed = resolve_precision(cfg.mixed_precision)
@@ -128,5 +134,4 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
 
 
 def _same(a: str, b: str) -> bool:
-    from pathlib import Path
     return Path(a).resolve() == Path(b).resolve()

@@ -8,8 +8,10 @@ from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup, set_seed
 
 from mmkd import precision as prec
+from mmkd.eval.data import EvalDataError
 from mmkd.optim import adamw
 
 
@@ -33,8 +35,6 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
     ("dev-en", and each "dev-xx" for the oracle) the weights of its best epoch are kept.
     `precision` is resolved (no, bf16, fp16: autocast, and a loss scaler for fp16 whose overflowing
     steps are skipped). Returns ({name: state_dict}, {"history": [...], "best": {name: score}})."""
-    from transformers import get_linear_schedule_with_warmup
-
     dev = device()
     model.to(dev)
     total = max(1, int(round(n_steps_per_epoch * epochs)))
@@ -87,14 +87,11 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
 
 
 def seed_everything(seed: int) -> None:
-    from transformers import set_seed
     set_seed(seed)
 
 
 def check_max_length(model, max_length: int) -> None:
     """A window longer than the model's position table would crash deep inside the model."""
-    from mmkd.eval.data import EvalDataError
-
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
         raise EvalDataError(f"--max-length {max_length} exceeds the model's {limit} positions; "

@@ -21,6 +21,8 @@ import string
 import sys
 import unicodedata
 
+import numpy as np
+
 SCORINGS = ("squad", "mlqa")
 _ASCII_PUNCT = set(string.punctuation)
 _SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -113,8 +115,6 @@ def alignment_infonce(similarity, temperature: float = ALIGNMENT_TEMPERATURE) ->
     -log softmax_j(sim[i, j] / τ) at j = i, averaged over the rows and over both directions (rows and
     columns). Lower is better; ln N for vectors that tell nothing apart. Unlike accuracy it moves when
     the right translation gets closer without yet becoming the nearest."""
-    import numpy as np
-
     sim = np.asarray(similarity, dtype=np.float64) / temperature
 
     def one_way(s):
@@ -127,7 +127,5 @@ def alignment_infonce(similarity, temperature: float = ALIGNMENT_TEMPERATURE) ->
 
 def retrieval_accuracy(similarity) -> float:
     """similarity[i, j] between source i and candidate j; the right candidate is j = i."""
-    import numpy as np
-
     sim = np.asarray(similarity)
     return 100.0 * float((sim.argmax(axis=1) == np.arange(len(sim))).mean())

@@ -18,11 +18,13 @@ import sys
 
 import numpy as np
 import torch
+from transformers import AutoModelForQuestionAnswering
 
-from mmkd.eval.data import XQUAD_ALL, XQUAD_LANGUAGES, EvalDataError, QAExample, check_languages, load_qa
-from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune, resolve_precision
-from mmkd.eval.settings import EvalConfig
+from mmkd.eval.data import EvalDataError, QAExample, XQUAD_ALL, XQUAD_LANGUAGES, check_languages, load_qa
+from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune, resolve_precision, seed_everything
 from mmkd.eval.metrics import MLQA_LANGUAGES, squad_scores
+from mmkd.eval.settings import EvalConfig
+from mmkd.hf import load, load_tokenizer
 
 DEFAULTS = {"epochs": 3.0, "lr": 3e-5, "max_length": 384, "weight_decay": 1e-4, "warmup_ratio": 0.1}
 
@@ -125,12 +127,6 @@ def check(cfg: EvalConfig) -> tuple[list[str], dict]:
 
 
 def run_seed(cfg: EvalConfig, seed: int) -> dict:
-    from transformers import AutoModelForQuestionAnswering
-
-    from mmkd.hf import load, load_tokenizer
-
-    from mmkd.eval.finetune import seed_everything
-
     languages, hp = check(cfg)
     mixed = resolve_precision(cfg.mixed_precision)
     train = load_qa(None, cfg.train_file, cfg.data_dir, cfg.max_train_examples, cfg.train_hub_revision)

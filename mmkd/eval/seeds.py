@@ -22,6 +22,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from mmkd.atomic import write_text
 from mmkd.console import say
 
@@ -31,15 +33,11 @@ _slot: dict = {}
 def processes(asked: int, n_seeds: int) -> int:
     """How many worker processes: `asked`, or (0) one per visible GPU when there are several."""
     if asked == 0:
-        import torch
-
         asked = torch.cuda.device_count() if torch.cuda.device_count() > 1 else 1
     return max(1, min(asked, n_seeds))
 
 
 def _init(slots, threads: int) -> None:
-    import torch
-
     index = slots.get()
     _slot["index"] = index
     torch.set_num_threads(threads)
@@ -113,8 +111,6 @@ def run_seeds(run_seed: Callable, cfg, seeds: list[int], asked: int = 0, keep: P
         for seed in todo:
             finished(seed, run_seed(cfg, seed))
         return [done[seed] for seed in seeds]
-    import torch
-
     context = mp.get_context("spawn")         # CUDA cannot be forked; spawn is also what every platform has
     slots = context.Queue()
     for i in range(n):

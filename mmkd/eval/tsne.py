@@ -6,8 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from transformers import AutoModel
 
 from mmkd.eval.data import EvalDataError
+from mmkd.eval.finetune import device
+from mmkd.eval.retrieval import embed
+from mmkd.hf import load, load_tokenizer
 from mmkd.lines import split_lines
 
 MARKERS = "os^vD*PXh<>p"
@@ -42,16 +46,12 @@ def read_multiway(files: dict[str, str], n: int, seed: int = 0, xnli_dir: str | 
 
 def plot_tsne(models: list[str], sentences: dict[str, list[str]], out: str, seed: int = 0,
               labels: list[str] | None = None) -> str:
+    # lazy: matplotlib and scikit-learn are optional (the demo extra)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
-    from transformers import AutoModel
 
-    from mmkd.hf import load, load_tokenizer
-
-    from mmkd.eval.finetune import device
-    from mmkd.eval.retrieval import embed
 
     langs = list(sentences)
     n = len(sentences[langs[0]])

@@ -19,10 +19,10 @@ A missing or changed package is one line naming it and the install command.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -30,8 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mmkd.atomic import publish
+from tqdm.auto import tqdm
+
+from mmkd import __version__
+from mmkd.atomic import publish, write_text
 from mmkd.errors import MMKDError
+from mmkd.supply import e5, mpnet
+from mmkd.supply.hashing import file_sha256, tensors_sha256
 
 PROVENANCE = "mmkd-model.json"
 
@@ -60,24 +65,6 @@ class Supply:
             " --no-deps" if self.name == "all-mpnet-base-v2" else "")
 
 
-def tensors_sha256(state: dict) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _package_file(supply: Supply, package: Package) -> Path:
     """The installed file, after checking the distribution's version (and the file's sha256)."""
     try:
@@ -103,8 +90,6 @@ def models_dir() -> Path:
 
 
 def _supplies() -> dict[str, Supply]:
-    from mmkd.supply import e5, mpnet
-
     return {s.name: s for s in (
         Supply("multilingual-e5-small", "intfloat/multilingual-e5-small", "MIT",
                (Package(*e5.WEIGHTS, e5.WEIGHTS_SHA256), Package(*e5.TOKENIZER, e5.TOKENIZER_SHA256)),
@@ -141,8 +126,6 @@ def supply(name: str) -> Supply:
 def model_folder(name: str, progress: bool = True, log=None) -> Path:
     """The folder of built-in model `name`, built on first use (see the module docstring); a built
     folder is checked against the checksums of its files every time it is used."""
-    from tqdm.auto import tqdm
-
     s = supply(name)
     files = [_package_file(s, p) for p in s.packages]
     if s.build is None:
@@ -250,8 +233,6 @@ def _stats(folder: Path, names) -> dict:
 
 
 def _remember(folder: Path, record: dict) -> None:
-    from mmkd.atomic import write_text
-
     try:
         write_text(folder / _VERIFIED, json.dumps(_stats(folder, record["files"])))
     except OSError:          # a read-only models folder: hashed again on every use
@@ -283,7 +264,6 @@ def check_files(folder: Path, record: dict) -> None:
 
 
 def _version() -> str:
-    from mmkd import __version__
     return __version__
 
 
@@ -301,8 +281,6 @@ def _card(s: Supply, checks: dict) -> str:
 def describe(name_or_path: str) -> str:
     """How a model card names a model: a hub id as it is; a folder by what a reader can look up
     (the original's hub id and the package it came from), never by a local absolute path."""
-    import re
-
     path = Path(name_or_path)
     if not path.is_dir():
         if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_path) and not name_or_path.startswith("."):

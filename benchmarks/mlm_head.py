@@ -35,10 +35,12 @@ def _rss_mb() -> float:
 
 
 def tlm(shared: Path, batch: int, repeats: int, full: bool) -> dict:
+    import numpy as np
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from mmkd.batching import PairKey, Part, StudentBatch, build_student_batch
+    from mmkd.cache.reader import Sentences
     from mmkd.model import Encodings
     from mmkd.objectives.inputs import MASKED_PAIR, MaskingConfig
     from mmkd.supply import model_folder
@@ -54,8 +56,9 @@ def tlm(shared: Path, batch: int, repeats: int, full: bool) -> dict:
     rows = rows[:batch]
     words = [split_words(en) for en, _ in rows]
     keys = [PairKey(0, i, i) for i in range(len(rows))]
-    text = (words, [en for en, _ in rows], [x for _, x in rows])
-    batch_ = build_student_batch(tok, Part(keys, text, keys, text), [MASKED_PAIR],
+    read = Sentences(words, [en for en, _ in rows], [x for _, x in rows],
+                     [np.zeros((len(w), 1), np.float32) for w in words], [np.zeros(1, np.float32) for _ in words], None)
+    batch_ = build_student_batch(tok, Part(keys, keys, read, read), [MASKED_PAIR],
                                  MaskingConfig(segments=False))
     mine = batch_.inputs["masked_pair"]
     selected = mine.labels != -100

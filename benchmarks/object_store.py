@@ -44,8 +44,7 @@ def build(work: Path, shared: Path, n: int) -> Path:
 
 
 def read_step(features: CachedFeatures, keys) -> None:
-    features.text(keys)
-    features.teacher(keys)
+    features.read(keys)
 
 
 def main() -> None:

@@ -174,7 +174,7 @@ def mse_distill(staged: dict, folder: Path, seed: int) -> str:
     for step in range(STEPS):
         keys = [PairKey(*k) for k in schedule.batch(step)]
         english, targets = _texts(features, keys)
-        target = features.teacher(keys).mean        # the teacher's own sentence embedding of en (format 3)
+        target = features.read(keys).batch().mean   # the teacher's own sentence embedding of en (format 3)
         mse = torch.nn.functional.mse_loss
         loss = mse(embed(english), target) + mse(embed(targets), target)
         loss.backward()

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mmkd.cache.reader import TeacherBatch
+from mmkd.cache.reader import Sentences
 from mmkd.objectives.inputs import MaskingConfig, Pairs, Tokens, random_token_ids
 
 
@@ -41,15 +41,13 @@ class StudentBatch:
 
 @dataclass
 class Part:
-    """What one micro-batch is made of: for the pair inputs and for the sentence input, the keys and
-    text of their pairs (cached English word lists, English sentences, target sentences); and, once
-    read, their teacher features."""
+    """What one micro-batch is made of: the keys of the pairs of its pair inputs and of its sentence
+    input (the same pairs unless `--assign length`), and, once read, those pairs' text and teacher
+    features (`mmkd.cache.reader.Sentences`)."""
     pair_keys: list[PairKey]
-    pair_text: tuple[list[list[str]], list[str], list[str]]
     sent_keys: list[PairKey]
-    sent_text: tuple[list[list[str]], list[str], list[str]]
-    pair_teacher: TeacherBatch | None = None
-    sent_teacher: TeacherBatch | None = None
+    pairs: Sentences | None = None
+    sentences: Sentences | None = None
 
 
 def build_student_batch(tokenizer, part: Part, specs, cfg: MaskingConfig,
@@ -57,11 +55,12 @@ def build_student_batch(tokenizer, part: Part, specs, cfg: MaskingConfig,
     """The inputs `specs` (mmkd.objectives.inputs.InputSpec) of one micro-batch."""
     if random_ids is None:
         random_ids = random_token_ids(tokenizer)
-    sources = {"pairs": Pairs(tokenizer, part.pair_keys, *part.pair_text, part.pair_teacher, cfg, random_ids)}
-    if part.sent_keys == part.pair_keys:
-        sources["sentences"] = sources["pairs"]
-    else:
-        sources["sentences"] = Pairs(tokenizer, part.sent_keys, *part.sent_text, part.sent_teacher, cfg, random_ids)
+    def source(keys, read: Sentences) -> Pairs:
+        return Pairs(tokenizer, keys, read.words, read.english, read.targets, read.batch(), cfg, random_ids)
+
+    sources = {"pairs": source(part.pair_keys, part.pairs)}
+    sources["sentences"] = (sources["pairs"] if part.sent_keys == part.pair_keys
+                            else source(part.sent_keys, part.sentences))
     batch = StudentBatch()
     for spec in specs:
         source = sources[spec.source]

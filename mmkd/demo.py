@@ -40,7 +40,6 @@ from mmkd.lines import split_lines
 from mmkd.objectives import by_name, names
 from mmkd.settings import SEED_MAX, setting
 from mmkd.supply import model_folder
-from mmkd.trainer import train_to_end
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 TATOEBA = {"ar": "ara", "bg": "bul", "de": "deu", "es": "spa", "fr": "fra", "hi": "hin", "zh": "zho"}
@@ -197,6 +196,9 @@ def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
 
 
 def _train_once(tcfg, run: Path, root: Path, progress: bool) -> None:
+    # lazy: the trainer loads transformers and accelerate (`import mmkd.cli`: 1.6 s without, 3.0 s with)
+    from mmkd.trainer import train_to_end
+
     train_to_end(tcfg, progress, advice=f"give another --out or delete {root}")
 
 

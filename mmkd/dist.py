@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import torch
-from accelerate import PartialState
 
 
 def use_cpu() -> bool:
@@ -18,4 +17,5 @@ def use_cpu() -> bool:
 
 
 def process_state():
+    from accelerate import PartialState   # lazy: accelerate, see mmkd/__init__.py
     return PartialState(cpu=use_cpu())

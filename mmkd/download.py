@@ -77,13 +77,35 @@ def _fetch_once(url: str, part: str, timeout: float, bar) -> None:
         _discard(part)
         record = {}
     offset = os.path.getsize(part) if os.path.exists(part) else 0
+    with _open(url, part, offset, record, timeout) as response:
+        if offset and response.status != 206:   # the server ignored the range, or the file changed: from the start
+            offset = 0
+        total = _total_from(response, offset)
+        if offset and record.get("total") is not None and total is not None and total != record["total"]:
+            response.close()
+            _discard(part)
+            raise _Transient(f"the file changed upstream ({record['total']} bytes, now {total})")
+        validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+        with open(part + ".json", "w") as f:
+            json.dump({"url": url, "total": total, "validator": validator}, f)
+        if bar is not None:
+            bar.reset(total=total)
+            bar.update(offset)
+        _copy(response, url, part, offset, bar)
+    size = os.path.getsize(part)
+    if total is not None and size != total:   # the server closed the connection early
+        raise _Transient(f"connection lost after {size} of {total} bytes")
+
+
+def _open(url: str, part: str, offset: int, record: dict, timeout: float):
+    """The response to a GET of `url` from byte `offset` (If-Range: the same file only)."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
         if record.get("validator"):
             request.add_header("If-Range", record["validator"])
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:   # the range starts at or past the end: start again
             os.remove(part)
@@ -95,42 +117,28 @@ def _fetch_once(url: str, part: str, timeout: float, bar) -> None:
     except (urllib.error.URLError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise _Transient(f"{reason}") from None
-    with response:
-        if offset and response.status != 206:   # the server ignored the range, or the file changed: from the start
-            offset = 0
-        total = _total_from(response, offset)
-        if offset and record.get("total") is not None and total is not None and total != record["total"]:
-            offset = 0                          # another file than the one the part began: start again
-            response.close()
-            _discard(part)
-            raise _Transient(f"the file changed upstream ({record['total']} bytes, now {total})")
-        validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-        with open(part + ".json", "w") as f:
-            json.dump({"url": url, "total": total, "validator": validator}, f)
-        if bar is not None:
-            bar.reset(total=total)
-            bar.update(offset)
-        try:
-            out = open(part, "ab" if offset else "wb")
-        except OSError as e:
-            raise DownloadError(f"{url}: cannot write {part}: {e.strerror}") from None
-        with out:
-            while True:
-                try:
-                    chunk = response.read(CHUNK)
-                except (http.client.HTTPException, ConnectionError, socket.timeout) as e:
-                    raise _Transient(f"connection lost ({type(e).__name__})") from None
-                if not chunk:
-                    break
-                try:
-                    out.write(chunk)
-                except OSError as e:
-                    raise DownloadError(f"{url}: cannot write {part}: {e.strerror}") from None
-                if bar is not None:
-                    bar.update(len(chunk))
-    size = os.path.getsize(part)
-    if total is not None and size != total:   # the server closed the connection early
-        raise _Transient(f"connection lost after {size} of {total} bytes")
+
+
+def _copy(response, url: str, part: str, offset: int, bar) -> None:
+    """The response's body appended to `part` (written afresh from offset 0)."""
+    try:
+        out = open(part, "ab" if offset else "wb")
+    except OSError as e:
+        raise DownloadError(f"{url}: cannot write {part}: {e.strerror}") from None
+    with out:
+        while True:
+            try:
+                chunk = response.read(CHUNK)
+            except (http.client.HTTPException, ConnectionError, socket.timeout) as e:
+                raise _Transient(f"connection lost ({type(e).__name__})") from None
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as e:
+                raise DownloadError(f"{url}: cannot write {part}: {e.strerror}") from None
+            if bar is not None:
+                bar.update(len(chunk))
 
 
 def download(url: str, dest: str, *, retries: int = 6, backoff: float = 1.0, timeout: float = 60.0,

@@ -24,8 +24,6 @@ import shutil
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import AutoModel
 
 from mmkd import __version__
 from mmkd.atomic import publish
@@ -37,6 +35,8 @@ FORMATS = ("sentence-transformers",)
 
 def export_sentence_transformers(student: str, out: str | Path, pooling: str = "mean", max_seq_length: int = 128,
                                  trust_remote_code: bool = False) -> Path:
+    import transformers   # lazy: transformers, see mmkd/__init__.py
+    from transformers import AutoModel   # lazy: transformers, see mmkd/__init__.py
     out = Path(out)
     if out.exists():
         raise MMKDError(f"{out}: already exists; choose another --out or remove it")

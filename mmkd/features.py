@@ -1,8 +1,9 @@
 """What a training run reads: the pairs' text and the teacher's features, behind one interface.
 
 `TeacherFeatures` is the whole contract between the stages. Given `PairKey`s it returns the pairs'
-text (`text`: the cached English word lists and the target sentences) and the teacher's word
-states, word mask and [CLS] (`teacher`). Two implementations:
+text (`text`: the cached English word lists, English and target sentences), or the text and the
+teacher's word states, [CLS] and mean together (`read`, one pass over the shards that hold them).
+Two implementations:
 
 - `CachedFeatures` reads teacher caches and nothing else: the text is in the cache (format 2), so
   a cache copied to another machine or an object store trains with no corpus beside it, and the
@@ -22,7 +23,7 @@ from typing import Protocol
 import fsspec
 import numpy as np
 
-from mmkd.cache.reader import TeacherBatch, TeacherCache
+from mmkd.cache.reader import Sentences, TeacherCache
 from mmkd.errors import CacheError, MMKDError
 from mmkd.supply import describe
 from mmkd.words import WORD_RULE_VERSION, split_words
@@ -43,7 +44,7 @@ class TeacherFeatures(Protocol):
 
     def text(self, keys) -> tuple[list[list[str]], list[str], list[str]]: ...   # English words, English, targets
 
-    def teacher(self, keys, words: list[list[str]]) -> TeacherBatch: ...
+    def read(self, keys) -> Sentences: ...          # text and teacher features together
 
 
 def _by_corpus(keys):
@@ -75,16 +76,11 @@ class CachedFeatures:
                 words[p], english[p], targets[p] = w, e, x
         return words, english, targets
 
-    def teacher(self, keys, words=None) -> TeacherBatch:
-        parts, order = [], []
+    def read(self, keys) -> Sentences:
+        out = Sentences.empty(len(keys), self.has_teacher_mean)
         for c, pos, pairs in _by_corpus(keys):
-            parts.append(self.caches[c].get(pairs, with_words=False))
-            order.append(pos)
-        batch = TeacherBatch.concat(parts)
-        inverse = np.argsort(np.concatenate(order), kind="stable")
-        return TeacherBatch(word_states=batch.word_states[inverse], word_mask=batch.word_mask[inverse],
-                            cls=batch.cls[inverse], words=[],
-                            mean=None if batch.mean is None else batch.mean[inverse])
+            out.place(pos, self.caches[c].sentences(pairs))
+        return out
 
 
 class OnlineFeatures:
@@ -111,19 +107,19 @@ class OnlineFeatures:
                 words[p], english[p], targets[p] = split_words(e), e, t
         return words, english, targets
 
-    def teacher(self, keys, words) -> TeacherBatch:
-        """The teacher on the word lists `text` returned; words it cannot see (its max length) are
-        dropped, as `cache-teacher` drops them, so `words` is cut to the kept ones in place."""
+    def read(self, keys) -> Sentences:
+        """The teacher run on the pairs' words; words it cannot see (its max length) are dropped, as
+        `cache-teacher` drops them, so the word lists returned are the kept ones."""
         from mmkd.teacher import encode_words   # lazy: stage one, loaded only for --online-teacher
 
+        words, english, targets = self.text(keys)
         encoded = []
         for i in range(0, len(words), self.batch_size):
             encoded += encode_words(self.model, self.tokenizer, words[i:i + self.batch_size], self.layer,
                                     self.max_length)
-        for b, e in enumerate(encoded):
-            words[b] = [words[b][j] for j in e.kept]
-        return TeacherBatch.from_sentences([e.word_states for e in encoded], [e.cls for e in encoded], words,
-                                           [e.mean for e in encoded])
+        kept = [[w[j] for j in e.kept] for w, e in zip(words, encoded)]
+        return Sentences(kept, english, targets, [e.word_states for e in encoded], [e.cls for e in encoded],
+                         [e.mean for e in encoded])
 
 
 def find_caches(paths: list[str]) -> list[str]:

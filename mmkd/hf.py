@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import AutoConfig, AutoTokenizer
 
 from mmkd.console import quiet_transformers, say
 from mmkd.errors import MMKDError
@@ -104,6 +102,7 @@ def load(auto_cls, name: str, role: str, trust_remote_code: bool = False, tokeni
     """`auto_cls.from_pretrained(name)` without transformers' report; differences said by mmkd. Given
     the `tokenizer` it will be used with, the two are checked to belong together first. `head_trained`
     (students): whether the MLM head will be trained (TLM on), for what is said of a missing one."""
+    from transformers import AutoConfig   # lazy: transformers, see mmkd/__init__.py
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     name = model_name(name, role)
@@ -154,12 +153,14 @@ def model_name(name, what: str) -> str:
 
 
 def load_config(name: str, trust_remote_code: bool = False, what: str = "model"):
+    from transformers import AutoConfig   # lazy: transformers, see mmkd/__init__.py
     name = model_name(name, what)
     with quiet_transformers(), _named(name, what):
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, what: str = "tokenizer"):
+    from transformers import AutoTokenizer   # lazy: transformers, see mmkd/__init__.py
     name = model_name(name, what)
 
     with quiet_transformers(), _named(name, what):
@@ -192,6 +193,8 @@ def starting_extras(start: str, trained: torch.nn.Module, trust_remote_code: boo
     head, ...), named as `trained` names them, unchanged. The checkpoint is read through its own
     architecture class (config.architectures), so transformers' renames (gamma/beta → weight/bias)
     apply; tensors that class would initialise randomly are not "starting" tensors and are left out."""
+    import transformers   # lazy: transformers, see mmkd/__init__.py
+    from transformers import AutoConfig   # lazy: transformers, see mmkd/__init__.py
     with quiet_transformers():
         config = AutoConfig.from_pretrained(start, trust_remote_code=trust_remote_code)
     arch = (config.architectures or [None])[0]

@@ -9,9 +9,8 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoModel
 
-from mmkd.cache.reader import TeacherBatch
+from mmkd.cache.reader import Sentences
 from mmkd.tiny import make_tiny_bert
 
 
@@ -32,6 +31,7 @@ def english_sample(shared: Path, n: int, tico: bool = True) -> list[str]:
 def random_bert(texts: list[str], folder: Path, hidden: int, layers: int = 1, vocab: int = 3000) -> Path:
     """A random BERT of width `hidden` and `layers` layers with a tokenizer built from `texts`: a
     teacher of a given width, to write caches of that width quickly."""
+    from transformers import AutoModel   # lazy: transformers, see mmkd/__init__.py
     path = make_tiny_bert(texts[:5000], folder, vocab, seed=0, hidden=hidden)
     m = AutoModel.from_pretrained(path)
     m.encoder.layer = m.encoder.layer[:layers]
@@ -53,9 +53,10 @@ class FreeTeacher:
     def text(self, keys):
         return self.inner.text(keys)
 
-    def teacher(self, keys, words):
-        return TeacherBatch.from_sentences([np.zeros((len(w), self.hidden_size), np.float32) for w in words],
-                                           [np.zeros(self.hidden_size, np.float32) for _ in words], [])
+    def read(self, keys) -> Sentences:
+        words, english, targets = self.inner.text(keys)
+        return Sentences(words, english, targets, [np.zeros((len(w), self.hidden_size), np.float32) for w in words],
+                         [np.zeros(self.hidden_size, np.float32) for _ in words], None)
 
 
 def step_medians(run: Path, skip: int = 2) -> dict:

@@ -59,12 +59,8 @@ def _languages(run: dict, manifests: dict) -> list[str]:
     return langs
 
 
-def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
-              teacher_source: str | None = None) -> str:
-    """The card of a run (`run`: its config.json) that read these caches (`{corpus: Manifest}`)."""
-    settings = from_saved(run["config"], RUN_FILE, run.get("config_version"))
-    start = settings.student
-    start_name = describe(start)
+def _front_matter(run: dict, manifests: dict, start: str) -> list[str]:
+    """The card's YAML header: base model, languages, licence, tags."""
     license_ = starting_license(start)
     meta = ["---"]
     if _is_hub_id(start):
@@ -73,30 +69,22 @@ def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
     meta += [f"- {lang}" for lang in _languages(run, manifests)]
     if license_:
         meta.append(f"license: {license_}")
-    meta += ["library_name: transformers", "pipeline_tag: fill-mask",
-             "tags:", "- mmkd", "- knowledge-distillation", "- multilingual", "- cross-lingual", "---", ""]
-    teacher = next(iter(manifests.values()), None)
+    return meta + ["library_name: transformers", "pipeline_tag: fill-mask",
+                   "tags:", "- mmkd", "- knowledge-distillation", "- multilingual", "- cross-lingual", "---", ""]
 
+
+def _how_made(run: dict, manifests: dict, settings, teacher_source: str | None) -> list[str]:
+    """The table of what the run was: starting model, teacher, objectives, steps, optimiser."""
+    teacher = next(iter(manifests.values()), None)
     objectives = build_objectives(settings).objectives
-    lines = [
-        f"# MMKD student of {start_name}", "",
-        "Continued pre-training with MMKD (multi-level multilingual knowledge distillation: Li et al., "
-        "*Multi-level Distillation of Semantic Knowledge for Pre-training Multilingual Language Model*) by "
-        f"mmkd {run.get('mmkd_version', __version__)}. Every tensor of the "
-        "starting checkpoint that MMKD does not train (its pooler, other pre-training heads) is saved here "
-        "unchanged, so `AutoModel`, `AutoModelForSequenceClassification` and `AutoModelForQuestionAnswering` "
-        "load this folder with nothing missing.", "",
-        "## How it was made", "",
-        "| | |", "|---|---|",
-        f"| starting model | {start_name} |",
-    ]
+    lines = ["## How it was made", "", "| | |", "|---|---|", f"| starting model | {describe(settings.student)} |"]
     if teacher is not None:
         source = teacher_source or describe(teacher.teacher_source)
         lines.append(f"| teacher | {source} (weights sha256 {teacher.teacher_hash[:16]}, layer {teacher.layer}) |")
     elif settings.online_teacher:
         lines.append(f"| teacher | {teacher_source or describe(settings.online_teacher)} (run online, no cache) |")
     described = "; ".join(f"{o.title}: {o.describe()}" for o in objectives if o.describe()) or "none"
-    lines += [
+    return lines + [
         f"| objectives | {' + '.join(o.title for o in objectives)} "
         f"(weights: {', '.join(f'{o.name} {o.weight:g}' for o in objectives)}) |",
         f"| objective settings | {described} |",
@@ -106,6 +94,22 @@ def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
         f"{settings.warmup_ratio}, max length {settings.max_length} |",
         f"| teacher heads | {settings.heads.teacher} |",
         f"| seed | {settings.seed} |", "",
+    ]
+
+
+def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
+              teacher_source: str | None = None) -> str:
+    """The card of a run (`run`: its config.json) that read these caches (`{corpus: Manifest}`)."""
+    settings = from_saved(run["config"], RUN_FILE, run.get("config_version"))
+    lines = [
+        f"# MMKD student of {describe(settings.student)}", "",
+        "Continued pre-training with MMKD (multi-level multilingual knowledge distillation: Li et al., "
+        "*Multi-level Distillation of Semantic Knowledge for Pre-training Multilingual Language Model*) by "
+        f"mmkd {run.get('mmkd_version', __version__)}. Every tensor of the "
+        "starting checkpoint that MMKD does not train (its pooler, other pre-training heads) is saved here "
+        "unchanged, so `AutoModel`, `AutoModelForSequenceClassification` and `AutoModelForQuestionAnswering` "
+        "load this folder with nothing missing.", "",
+        *_how_made(run, manifests, settings, teacher_source),
         "### Corpora and teacher cache", "",
         "| corpus | pair | pairs | fingerprint (sha256) | cache |", "|---|---|---|---|---|",
     ]
@@ -116,7 +120,7 @@ def card_text(run: dict, manifests: dict, evals: dict[str, dict] | None = None,
     lines += ["", "Every setting of the run is in `mmkd_run.json`; the cache manifests it read are the "
               "`cache-manifest-*.json` files.", "", "## Evaluation", "", _EVAL_START, eval_section(evals or {}),
               _EVAL_END, ""]
-    return "\n".join(meta + lines)
+    return "\n".join(_front_matter(run, manifests, settings.student) + lines)
 
 
 def eval_section(evals: dict[str, dict]) -> str:

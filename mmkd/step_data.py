@@ -5,10 +5,11 @@ resumed run needs only the step count).
 
 One pair's way from the schedule to a loss, every hop named:
   schedule.batch(step)        -> the step's global batch of PairKeys (language-balanced)
-  StepData.plan(step)         -> this process's micro-batches (`Part`s): keys assigned by length or
-                                 position, and their text (read once per step)
-  StepData.build(part)        -> teacher features read for those keys, student inputs built
-                                 (batching.build_student_batch; objectives/inputs.py)
+  StepData.plan(step)         -> this process's micro-batches (`Part`s): keys assigned by position,
+                                 or by length (the global batch's text read to measure it)
+  StepData.build(part)        -> features.read: the pairs' text and teacher features, one pass over
+                                 their shards; student inputs built (batching.build_student_batch;
+                                 objectives/inputs.py)
   train.train_step            -> model forward (model.py) -> each objective's forward and loss
 """
 
@@ -47,22 +48,15 @@ class StepData(torch.utils.data.Dataset):
         """This process's micro-batches of `step`. By position (`--assign stride`, or one process
         without accumulation) the pair inputs and the sentence input hold the same pairs; by length,
         each holds the micro-batch's members of its length range, so each forward pads little. Every
-        process then reads the whole global batch's text (all must agree on the assignment), once."""
+        process first reads the whole global batch's text to measure it (all must agree on the assignment)."""
         batch = [PairKey(*k) for k in self.schedule.batch(step)]
         if self.cfg.assign == "stride" or self.world * self.cfg.grad_accum == 1:
-            parts = split_for(batch, self.rank, self.world, self.cfg.grad_accum)
-            texts = [self.features.text(keys) for keys in parts]
-            return [Part(keys, text, keys, text) for keys, text in zip(parts, texts)]
-        words, english, targets = self.features.text(batch)
-        text = {k: row for k, row in zip(batch, zip(words, english, targets))}
+            return [Part(keys, keys) for keys in split_for(batch, self.rank, self.world, self.cfg.grad_accum)]
+        _, english, targets = self.features.text(batch)
         pair_len, sent_len = self.lengths(english, targets)
         by_pair = split_by_length(batch, pair_len, self.rank, self.world, self.cfg.grad_accum)
         by_sent = split_by_length(batch, sent_len, self.rank, self.world, self.cfg.grad_accum)
-
-        def texts_of(keys):
-            return tuple([text[k][i] for k in keys] for i in range(3))
-
-        return [Part(p, texts_of(p), s, texts_of(s)) for p, s in zip(by_pair, by_sent)]
+        return [Part(p, s) for p, s in zip(by_pair, by_sent)]
 
     def lengths(self, english, targets) -> tuple[list[int], list[int]]:
         """Sub-tokens of each pair's `s t` and of its `t` (no special tokens): what the pair inputs
@@ -72,11 +66,11 @@ class StepData(torch.utils.data.Dataset):
         return [a + b for a, b in zip(source, target)], target
 
     def build(self, part: Part) -> StudentBatch:
-        """Read the teacher features of the part's pairs and build its student inputs."""
-        part.pair_teacher = self.features.teacher(part.pair_keys, part.pair_text[0])
-        part.sent_teacher = (part.pair_teacher if part.sent_keys == part.pair_keys
-                             else self.features.teacher(part.sent_keys, part.sent_text[0]))
-        return build_student_batch(self.tokenizer, part, self.specs, self.masking, self.random_ids)
+        """Read the part's pairs (text and teacher features in one pass) and build its student inputs."""
+        pairs = self.features.read(part.pair_keys)
+        sentences = pairs if part.sent_keys == part.pair_keys else self.features.read(part.sent_keys)
+        read = Part(part.pair_keys, part.sent_keys, pairs, sentences)
+        return build_student_batch(self.tokenizer, read, self.specs, self.masking, self.random_ids)
 
     def __getitem__(self, step: int):
         try:

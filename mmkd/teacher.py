@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import AutoModel
 
 from mmkd.hf import load, load_tokenizer
 from mmkd.words import first_subtoken_positions, require_fast
@@ -24,6 +23,7 @@ from mmkd.words import first_subtoken_positions, require_fast
 def load_teacher(name_or_path: str, device: torch.device | str = "cpu",
                  trust_remote_code: bool = False):
     """Teacher encoder (frozen, eval mode) and its fast tokenizer, from a hub name or a local path."""
+    from transformers import AutoModel   # lazy: transformers, see mmkd/__init__.py
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     require_fast(tokenizer)
     model = load(AutoModel, name_or_path, "teacher", trust_remote_code, tokenizer=tokenizer)

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, BertConfig, BertForPreTraining, BertModel, PreTrainedTokenizerFast
 
 from mmkd.batching import PairKey, Part, build_student_batch
-from mmkd.cache.reader import TeacherBatch
+from mmkd.cache.reader import Sentences
 from mmkd import objectives as objs
 from mmkd.objectives.inputs import MaskingConfig
 from mmkd.words import split_words
@@ -108,9 +108,9 @@ def tiny_batch(student: str, hidden: int = 32):
              ("Peace is near, they said.", "Der Frieden ist nahe, sagten sie.")]
     words = [split_words(en) for en, _ in pairs]
     g = np.random.default_rng(0)
-    teacher = TeacherBatch.from_sentences([g.standard_normal((len(w), hidden)).astype(np.float32) for w in words],
-                                          [g.standard_normal(hidden).astype(np.float32) for _ in words], words)
+    states = [g.standard_normal((len(w), hidden)).astype(np.float32) for w in words]
+    cls = [g.standard_normal(hidden).astype(np.float32) for _ in words]
+    read = Sentences(words, [en for en, _ in pairs], [x for _, x in pairs], states, cls, None)
     keys = [PairKey(0, 0, 0), PairKey(0, 1, 1)]
-    text = (words, [en for en, _ in pairs], [x for _, x in pairs])
-    part = Part(keys, text, keys, text, teacher, teacher)
+    part = Part(keys, keys, read, read)
     return build_student_batch(AutoTokenizer.from_pretrained(student), part, objs.inputs(objs.OBJECTIVES), MaskingConfig())

@@ -14,13 +14,13 @@ import re
 import secrets
 from pathlib import Path
 
-from accelerate.utils import broadcast_object_list, gather_object
 
 CLAIM = re.compile(r"\.writer-[0-9a-f]{16}")
 
 
 def elect(folder: Path, accelerator) -> tuple[bool, bool]:
     """(this process writes `folder`, `folder` existed before this call). Makes the folder."""
+    from accelerate.utils import broadcast_object_list   # lazy: accelerate, see mmkd/__init__.py
     existed = folder.exists()
     if accelerator.num_processes == 1:
         folder.mkdir(parents=True, exist_ok=True)
@@ -42,6 +42,7 @@ def elect(folder: Path, accelerator) -> tuple[bool, bool]:
 
 def gather(value, accelerator) -> list:
     """`value` of every process, in rank order."""
+    from accelerate.utils import gather_object   # lazy: accelerate, see mmkd/__init__.py
     if accelerator.num_processes == 1:
         return [value]
     return gather_object([value])

@@ -1,8 +1,10 @@
-"""Shared fixtures: the real sample data in ../shared/data, tiny models trained on it, prepared
-corpora. Everything is offline and built once per test session."""
+"""Shared fixtures: tiny models trained on the package's bundled sample (mmkd/demo_data), prepared
+corpora from it, and the real sample data in ../shared/data for the tests that need it (they skip,
+saying so, without it). Everything is offline and built once per test session."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 from pathlib import Path
@@ -16,9 +18,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))      # tests/families.py
+from mmkd.corpus import CorpusConfig, prepare_corpus  # noqa: E402
 from mmkd.tiny import make_tiny_bert  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "mmkd" / "demo_data"
 
 
 def pytest_addoption(parser):
@@ -28,9 +32,10 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def shared(pytestconfig) -> Path:
+    """../shared/data (or --shared-data): the real-data tests skip, saying so, where it is not."""
     path = Path(pytestconfig.getoption("--shared-data"))
     if not (path / "MANIFEST.md").is_file():
-        raise pytest.UsageError(f"shared sample data not found at {path}; pass --shared-data DIR")
+        pytest.skip(f"real-data test: the shared sample data is not at {path} (pass --shared-data DIR)")
     return path
 
 
@@ -39,21 +44,31 @@ def read_lines(path: Path, n: int | None = None) -> list[str]:
     return lines[:n] if n else lines
 
 
+def bundled(name: str) -> list[str]:
+    """The lines of one file of the package's own sample, mmkd/demo_data/ (see its ATTRIBUTION.md)."""
+    with gzip.open(DEMO_DATA / name, "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+TATOEBA = ("ara", "bul", "deu", "fra", "hin", "spa", "zho")
+
+
 @pytest.fixture(scope="session")
-def english_texts(shared) -> list[str]:
-    par = shared / "parallel"
-    texts = read_lines(par / "europarl_v7_fr-en" / "europarl-v7.fr-en.en")
-    texts += read_lines(par / "ntrex128" / "newstest2019-src.eng.txt")
-    texts += [line.split("\t")[0] for line in read_lines(par / "tatoeba_challenge" / "eng-fra.tsv")]
+def english_texts() -> list[str]:
+    """English of the bundled sample: TICO-19's long sentences and Tatoeba's short ones."""
+    texts = bundled("tico19-test.en.gz")
+    for lang in TATOEBA:
+        texts += [row.split("\t")[0] for row in bundled(f"tatoeba.eng-{lang}.tsv.gz")]
     return texts
 
 
 @pytest.fixture(scope="session")
-def multilingual_texts(shared, english_texts) -> list[str]:
-    par = shared / "parallel" / "ntrex128"
+def multilingual_texts(english_texts) -> list[str]:
     texts = list(english_texts)
-    for lang in ("fra", "deu", "spa", "bul", "hin", "arb", "zho_Hans"):
-        texts += read_lines(par / f"newstest2019-ref.{lang}.txt")
+    for lang in ("fr", "es_LA", "sw", "ur"):
+        texts += bundled(f"tico19-test.{lang}.gz")
+    for lang in TATOEBA:
+        texts += [row.split("\t")[1] for row in bundled(f"tatoeba.eng-{lang}.tsv.gz")]
     return texts
 
 
@@ -76,17 +91,17 @@ def tiny_student(tmp_path_factory, multilingual_texts) -> str:
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory, shared) -> Path:
-    """Prepared corpora: en-fr (Europarl, 300 pairs) and en-de (Tatoeba, 300 pairs)."""
-    from mmkd.corpus import CorpusConfig, prepare_corpus
-
+def data_dir(tmp_path_factory) -> Path:
+    """Prepared corpora from the bundled sample: en-fr (TICO-19, Moses files, 300 pairs) and en-de
+    (Tatoeba, a TSV, 300 pairs)."""
     d = tmp_path_factory.mktemp("data")
-    par = shared / "parallel"
-    prepare_corpus(CorpusConfig(pair="en-fr", data_dir=str(d), max_pairs=300,
-                                moses=(str(par / "europarl_v7_fr-en" / "europarl-v7.fr-en.en"),
-                                       str(par / "europarl_v7_fr-en" / "europarl-v7.fr-en.fr"))), progress=False)
-    prepare_corpus(CorpusConfig(pair="en-de", data_dir=str(d), max_pairs=300, min_tokens=5,
-                                tsv=str(par / "tatoeba_challenge" / "eng-deu.tsv")), progress=False)
+    raw = tmp_path_factory.mktemp("raw")
+    en, fr, de = raw / "tico19.en", raw / "tico19.fr", raw / "tatoeba.eng-deu.tsv"
+    for path, name in ((en, "tico19-test.en.gz"), (fr, "tico19-test.fr.gz"), (de, "tatoeba.eng-deu.tsv.gz")):
+        path.write_text("\n".join(bundled(name)) + "\n", encoding="utf-8")
+    prepare_corpus(CorpusConfig(pair="en-fr", data_dir=str(d), max_pairs=300, moses=(str(en), str(fr))), progress=False)
+    prepare_corpus(CorpusConfig(pair="en-de", data_dir=str(d), max_pairs=300, min_tokens=5, tsv=str(de)),
+                   progress=False)
     return d
 
 

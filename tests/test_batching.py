@@ -8,7 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from mmkd.batching import PairKey, Part, build_student_batch
-from mmkd.cache.reader import TeacherBatch
+from mmkd.cache.reader import Sentences
 from mmkd.masking import mask_tokens, mask_words
 from mmkd.objectives import OBJECTIVES, inputs
 from mmkd.objectives.inputs import MASKED_PAIR, WORD_MASKED_PAIR, MaskingConfig, random_token_ids
@@ -78,20 +78,19 @@ SENTENCES = [
 ]
 
 
-def _teacher_batch(words: list[list[str]], hidden=8) -> TeacherBatch:
+def _read(words: list[list[str]], english: list[str], targets: list[str], hidden=8) -> Sentences:
     g = torch.Generator().manual_seed(0)
-    return TeacherBatch.from_sentences([torch.randn(len(w), hidden, generator=g).numpy() for w in words],
-                                       [np.zeros(hidden, np.float32) for _ in words], words)
+    return Sentences(words, english, targets, [torch.randn(len(w), hidden, generator=g).numpy() for w in words],
+                     [np.zeros(hidden, np.float32) for _ in words], None)
 
 
 def build(tok, words, targets, keys, specs, cfg=None, english=None):
     """The student inputs of these pairs (the pair inputs and the sentence input on the same pairs);
     `english` defaults to the words joined by spaces."""
     keys = [PairKey(*k) for k in keys]
-    teacher = _teacher_batch(words)
     english = english if english is not None else [" ".join(w) for w in words]
-    text = (words, english, targets)
-    part = Part(keys, text, keys, text, teacher, teacher)
+    read = _read(words, english, targets)
+    part = Part(keys, keys, read, read)
     return build_student_batch(tok, part, specs, cfg or MaskingConfig())
 
 

@@ -325,3 +325,25 @@ def test_info_cli(tmp_path, tiny_teacher, data_dir):
     assert info["sentences"] == 300 and info["dtype"].startswith("int8") and info["shards"] == 5
     words = sum(len(w) for w in TeacherCache(str(out)).words(np.arange(300)))
     assert info["words"] == words
+
+
+def test_one_read_gives_text_and_features_in_the_order_asked_across_shards(clean_cache):
+    """`CachedFeatures.read` (one pass over the shards) gives, for keys from several shards in any
+    order, what reading each pair alone gives: its word list, English, target, word states and [CLS]."""
+    from mmkd.features import open_cached
+
+    features = open_cached([str(clean_cache / "en-fr")])
+    cache = features.caches[0]
+    ids = [250, 3, 64, 3 + 64 * 2, 127, 0]                       # shards 3, 0, 1, 2, 1, 0
+    read = features.read([(0, s, i) for s, i in enumerate(ids)])
+    batch = read.batch()
+    for b, pair in enumerate(ids):
+        alone = cache.get([pair])
+        english, target = cache.texts([pair])
+        n = len(alone.words[0])
+        assert read.words[b] == alone.words[0] == cache.words([pair])[0]
+        assert (read.english[b], read.targets[b]) == (english[0], target[0])
+        assert torch.equal(batch.word_states[b, :n], alone.word_states[0, :n])
+        assert not batch.word_mask[b, n:].any() and bool(batch.word_mask[b, :n].all())
+        assert torch.equal(batch.cls[b], alone.cls[0])
+        assert not batch.word_states[b, n:].any()                  # padding is zeros

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mmkd"
@@ -118,3 +120,13 @@ def test_every_import_inside_a_function_says_why_it_is_lazy():
                     if not said:
                         bare.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert bare == [], "imports inside functions without a '# lazy: why' comment: " + ", ".join(bare)
+
+
+def test_the_cli_and_the_readers_start_without_transformers_or_accelerate():
+    """The measured reason for the lazy imports of transformers and accelerate (mmkd/__init__.py):
+    `mmkd --help`, the cache reader and the step data start without them."""
+    code = ("import sys, mmkd.cli, mmkd.cache, mmkd.features, mmkd.step_data; "
+            "print([m for m in ('transformers', 'accelerate') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"

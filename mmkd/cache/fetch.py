@@ -166,24 +166,8 @@ class ShardFetcher:
         remote = f"{self.cache.root}/shards/{name}"
         where = f"{self.cache.url} shard {name}"
         try:
-            files = {}
             for member in sorted({*record.sha256, "shard.json"}):
-                source = member_path(self.cache.fs, remote, member, where)
-                target = tmp / member
-                target.parent.mkdir(parents=True, exist_ok=True)
-                digest = hashlib.sha256()
-                with self.cache.fs.open(source, "rb", block_size=1 << 24) as src, open(target, "wb") as out:
-                    while chunk := src.read(_STREAM):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        self.fetched_bytes += len(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                want = record.sha256.get(member)
-                if want is not None and digest.hexdigest() != want:
-                    raise CacheError(f"{self.cache.fs.unstrip_protocol(source)}: sha256 {digest.hexdigest()[:12]}… is "
-                                     f"not the manifest's {want[:12]}… (a corrupt object in the store); refused, "
-                                     "nothing of the shard was kept: restore the object or rebuild the cache")
+                self._copy_member(remote, member, tmp / member, record.sha256.get(member), where)
             with open(tmp / "shard.json", encoding="utf-8") as f:
                 try:
                     own = json.load(f)
@@ -194,12 +178,29 @@ class ShardFetcher:
                                  "refused: rebuild the cache")
             os.replace(tmp, final)
             fsync_folder(final.parent)
-            for member in sorted({*record.sha256, "shard.json"}):
-                files[member] = _identity(str(final / member))
+            files = {member: _identity(str(final / member)) for member in sorted({*record.sha256, "shard.json"})}
             write_text(marker, json.dumps({"url": self.cache.url, "bytes": size, "files": files}))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             part.unlink(missing_ok=True)
+
+    def _copy_member(self, remote: str, member: str, target: Path, want: str | None, where: str) -> None:
+        """One file of a shard streamed from the store to `target` (fsynced), hashed on the way and
+        refused unless its sha256 is the manifest's."""
+        source = member_path(self.cache.fs, remote, member, where)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with self.cache.fs.open(source, "rb", block_size=1 << 24) as src, open(target, "wb") as out:
+            while chunk := src.read(_STREAM):
+                digest.update(chunk)
+                out.write(chunk)
+                self.fetched_bytes += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if want is not None and digest.hexdigest() != want:
+            raise CacheError(f"{self.cache.fs.unstrip_protocol(source)}: sha256 {digest.hexdigest()[:12]}… is "
+                             f"not the manifest's {want[:12]}… (a corrupt object in the store); refused, "
+                             "nothing of the shard was kept: restore the object or rebuild the cache")
 
     def _make_room(self, size: int, part: Path) -> None:
         """Under the folder's lock: reserve `size` bytes (the .part marker), first removing the least

@@ -123,26 +123,8 @@ class Manifest:
     @classmethod
     def parse(cls, data: Any, where: str) -> "Manifest":
         c = _Check(where)
-        if not isinstance(data, dict):
-            c.fail("manifest", f"must be a JSON object, not {type(data).__name__}")
-        if data.get("format") != FORMAT_NAME:
-            raise CacheError(f"{where}: not an mmkd teacher cache manifest (format={data.get('format')!r})")
-        version = data.get("format_version")
-        if version == 1:
-            raise CacheError(f"{where}: cache format version 1 holds no text, so training would need the prepared "
-                             "corpus beside it; make it self-contained with `mmkd cache upgrade "
-                             f"{where.rsplit('/manifest.json', 1)[0]} --data-dir DIR` (DIR holds corpora/<name>/)")
-        if version not in READABLE_VERSIONS:
-            raise CacheError(f"{where}: cache format version {version!r}, but this mmkd reads versions "
-                             f"{' and '.join(map(str, READABLE_VERSIONS))}; rebuild the cache with `mmkd cache-teacher`")
-        teacher = c.get(data, "teacher", dict)
-        t_name = c.get(teacher, "name_or_path", str, "teacher.")
-        source = c.get(teacher, "source", str, "teacher.", optional=True) or t_name
-        t_hash = c.sha(c.get(teacher, "hash", str, "teacher."), "teacher.hash")
-        t_type = c.get(teacher, "model_type", str, "teacher.")
-        hidden = c.get(data, "hidden_size", int, least=1)
-        if c.get(teacher, "hidden_size", int, "teacher.") != hidden:
-            c.fail("teacher.hidden_size", "differs from hidden_size")
+        version = _version(c, data, where)
+        t_name, source, t_hash, t_type, hidden = _teacher(c, data)
         dtype = c.get(data, "dtype", str)
         if dtype not in STORAGE:
             c.fail("dtype", f"{dtype!r} is not one of {', '.join(STORAGE)}")
@@ -157,18 +139,7 @@ class Manifest:
         n_pairs = c.get(corpus, "n_pairs", int, "corpus.", least=1)
         records = c.get(data, "shards", list)
         shards = tuple(ShardRecord.parse(r, k, shard_size, c, version) for k, r in enumerate(records))
-        n = c.get(data, "n_sentences", int, least=1)
-        if c.get(data, "n_shards", int, least=1) != len(shards):
-            c.fail("n_shards", f"{data['n_shards']} but {len(shards)} shards are listed")
-        if sum(s.n_sentences for s in shards) != n:
-            c.fail("n_sentences", f"{n} but the shards hold {sum(s.n_sentences for s in shards)}")
-        if n != n_pairs:
-            c.fail("n_sentences", f"{n} but the corpus has {n_pairs} pairs")
-        if any(s.n_sentences != shard_size for s in shards[:-1]):
-            c.fail("shards", "every shard but the last holds shard_size sentences")
-        words = c.get(data, "n_words", int, least=0)
-        if sum(s.n_words for s in shards) != words:
-            c.fail("n_words", f"{words} but the shards hold {sum(s.n_words for s in shards)}")
+        n, words = _counts(c, data, shards, shard_size, n_pairs)
         layer = c.get(data, "layer", int)
         max_length = c.get(data, "max_length", int, least=3)
         word_rule = c.get(data, "word_rule", str)
@@ -185,3 +156,50 @@ class Manifest:
         """What a run records of the cache it trained on (a resume must match)."""
         return {"corpus": self.corpus_name, "fingerprint": self.corpus_fingerprint, "teacher_hash": self.teacher_hash,
                 "layer": self.layer, "max_length": self.max_length, "source": f"cache:{self.dtype}"}
+
+
+def _version(c: _Check, data: Any, where: str) -> int:
+    """The manifest's format version, one this mmkd reads (version 1 is refused, naming the upgrade)."""
+    if not isinstance(data, dict):
+        c.fail("manifest", f"must be a JSON object, not {type(data).__name__}")
+    if data.get("format") != FORMAT_NAME:
+        raise CacheError(f"{where}: not an mmkd teacher cache manifest (format={data.get('format')!r})")
+    version = data.get("format_version")
+    if version == 1:
+        raise CacheError(f"{where}: cache format version 1 holds no text, so training would need the prepared "
+                         "corpus beside it; make it self-contained with `mmkd cache upgrade "
+                         f"{where.rsplit('/manifest.json', 1)[0]} --data-dir DIR` (DIR holds corpora/<name>/)")
+    if version not in READABLE_VERSIONS:
+        raise CacheError(f"{where}: cache format version {version!r}, but this mmkd reads versions "
+                         f"{' and '.join(map(str, READABLE_VERSIONS))}; rebuild the cache with `mmkd cache-teacher`")
+    return version
+
+
+def _teacher(c: _Check, data: dict) -> tuple[str, str, str, str, int]:
+    """(name, source, hash, model type, hidden size) of the teacher that wrote the cache."""
+    teacher = c.get(data, "teacher", dict)
+    t_name = c.get(teacher, "name_or_path", str, "teacher.")
+    source = c.get(teacher, "source", str, "teacher.", optional=True) or t_name
+    t_hash = c.sha(c.get(teacher, "hash", str, "teacher."), "teacher.hash")
+    t_type = c.get(teacher, "model_type", str, "teacher.")
+    hidden = c.get(data, "hidden_size", int, least=1)
+    if c.get(teacher, "hidden_size", int, "teacher.") != hidden:
+        c.fail("teacher.hidden_size", "differs from hidden_size")
+    return t_name, source, t_hash, t_type, hidden
+
+
+def _counts(c: _Check, data: dict, shards: tuple, shard_size: int, n_pairs: int) -> tuple[int, int]:
+    """(sentences, words), each checked against the sum over the shards and the corpus's pairs."""
+    n = c.get(data, "n_sentences", int, least=1)
+    if c.get(data, "n_shards", int, least=1) != len(shards):
+        c.fail("n_shards", f"{data['n_shards']} but {len(shards)} shards are listed")
+    if sum(s.n_sentences for s in shards) != n:
+        c.fail("n_sentences", f"{n} but the shards hold {sum(s.n_sentences for s in shards)}")
+    if n != n_pairs:
+        c.fail("n_sentences", f"{n} but the corpus has {n_pairs} pairs")
+    if any(s.n_sentences != shard_size for s in shards[:-1]):
+        c.fail("shards", "every shard but the last holds shard_size sentences")
+    words = c.get(data, "n_words", int, least=0)
+    if sum(s.n_words for s in shards) != words:
+        c.fail("n_words", f"{words} but the shards hold {sum(s.n_words for s in shards)}")
+    return n, words

@@ -1,4 +1,5 @@
-"""Reading a teacher cache: `TeacherCache(path).get(pair_ids)`.
+"""Reading a teacher cache: `TeacherCache(path).sentences(pair_ids)` (text and features, unpadded)
+or `.get(pair_ids)` (padded).
 
 Designed for shuffled random access from many data-loader workers and ranks: opening is cheap
 (manifest + shard records), every shard is opened lazily in the process that reads it (so file
@@ -37,7 +38,7 @@ class TeacherBatch:
     @classmethod
     def from_sentences(cls, states: list[np.ndarray], cls_vectors: list[np.ndarray],
                        words: list[list[str]], means: list[np.ndarray] | None = None) -> "TeacherBatch":
-        """Pad per-sentence [n_i, H] word states into a batch."""
+        """Pad per-sentence [n_i, H] word states into a batch: the one place teacher states are padded."""
         b, hidden = len(states), cls_vectors[0].shape[-1]
         width = max((len(s) for s in states), default=0)
         out = np.zeros((b, width, hidden), dtype=np.float32)
@@ -49,16 +50,79 @@ class TeacherBatch:
                    cls=torch.from_numpy(np.stack(cls_vectors).astype(np.float32)), words=words,
                    mean=None if means is None else torch.from_numpy(np.stack(means).astype(np.float32)))
 
+
+@dataclass
+class Sentences:
+    """What a cache holds of some pairs, in the order asked, unpadded: each pair's English word list,
+    English and target text, word states [n_i, H], [CLS] [H] and mean [H] (None before format 3)."""
+    words: list[list[str]]
+    english: list[str]
+    targets: list[str]
+    states: list[np.ndarray]
+    cls: list[np.ndarray]
+    means: list[np.ndarray] | None
+
     @classmethod
-    def concat(cls, parts: list["TeacherBatch"]) -> "TeacherBatch":
-        """Join batches (e.g. from several language caches), padding to the widest."""
-        width = max(p.word_states.shape[1] for p in parts)
-        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]))  # noqa: E731
-        return cls(word_states=torch.cat([pad(p.word_states) for p in parts]),
-                   word_mask=torch.cat([torch.nn.functional.pad(p.word_mask, (0, width - p.word_mask.shape[1]))
-                                        for p in parts]),
-                   cls=torch.cat([p.cls for p in parts]), words=[w for p in parts for w in p.words],
-                   mean=None if any(p.mean is None for p in parts) else torch.cat([p.mean for p in parts]))
+    def empty(cls, n: int, with_means: bool) -> "Sentences":
+        return cls([[]] * n, [""] * n, [""] * n, [None] * n, [None] * n, [None] * n if with_means else None)
+
+    def place(self, positions, other: "Sentences") -> None:
+        """Put `other`'s pairs at `positions` (filling one read from several shards or corpora)."""
+        for i, p in enumerate(positions):
+            self.words[p], self.english[p], self.targets[p] = other.words[i], other.english[i], other.targets[i]
+            self.states[p], self.cls[p] = other.states[i], other.cls[i]
+            if self.means is not None:
+                self.means[p] = other.means[i]
+
+    def batch(self) -> TeacherBatch:
+        return TeacherBatch.from_sentences(self.states, self.cls, self.words, self.means)
+
+
+def _memmap_arrays(fs, path: str, record: ShardRecord):
+    """Opens a shard's arrays as memory maps of its Zarr chunk files (one chunk each, raw bytes),
+    each checked for a checksum in the manifest and for its size before it is mapped."""
+    def open_array(name, dt, shape):
+        member = f"{name}/c/0" + "/0" * (len(shape) - 1)
+        expected = int(np.prod(shape)) * np.dtype(dt).itemsize
+        if expected == 0:
+            return np.zeros(shape, dt)
+        if member not in record.sha256:
+            raise CacheError(f"{path}/{member}: not covered by a checksum in the manifest (shard {record.name}); "
+                             "the manifest was edited: rebuild the cache")
+        try:
+            size = fs.size(f"{path}/{member}")
+        except FileNotFoundError:
+            raise CacheError(f"{path}/{member}: missing (shard {record.name})") from None
+        if size != expected:
+            raise CacheError(f"{path}/{member}: {size} bytes, expected {expected} (shard {record.name} is corrupt)")
+        return np.memmap(f"{path}/{member}", dtype=np.dtype(dt).newbyteorder("<"), mode="r", shape=shape)
+    return open_array
+
+
+def _zarr_arrays(fs, path: str):
+    """Opens a shard's arrays through Zarr (compressed or remote caches), each checked for its shape."""
+    group = zarr.open_group(zarr_location(fs, path), mode="r")
+
+    def open_array(name, dt, shape):
+        arr = group[name]
+        if arr.shape != shape:
+            raise CacheError(f"{path}/{name}: shape {arr.shape}, manifest says {shape}")
+        return arr
+    return open_array
+
+
+def _read_meta(fs, path: str, record: ShardRecord, memmap: bool) -> pa.Table:
+    """The shard's text (words, en, x), zero-copy from a local uncompressed cache."""
+    try:
+        if memmap:  # the word lists stay on disk until touched
+            meta = pa.ipc.open_file(pa.memory_map(f"{path}/meta.arrow")).read_all()
+        else:
+            with fs.open(f"{path}/meta.arrow", "rb") as f:
+                meta = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+    except (pa.ArrowException, OSError) as e:
+        raise CacheError(f"{path}/meta.arrow: unreadable ({str(e).splitlines()[0][:120]}); shard "
+                         f"{record.name} is corrupt: `mmkd cache verify` it, then rebuild the cache") from None
+    return meta
 
 
 class _Shard:
@@ -69,31 +133,7 @@ class _Shard:
         stored = STORAGE[dtype][0]
         self.has_scale = STORAGE[dtype][1]
         n, nw = record.n_sentences, record.n_words
-        if memmap:
-            def mm(name, dt, shape):
-                member = f"{name}/c/0" + "/0" * (len(shape) - 1)
-                path = f"{self.path}/{member}"
-                expected = int(np.prod(shape)) * np.dtype(dt).itemsize
-                if expected == 0:
-                    return np.zeros(shape, dt)
-                if member not in record.sha256:
-                    raise CacheError(f"{path}: not covered by a checksum in the manifest (shard {record.name}); "
-                                     "the manifest was edited: rebuild the cache")
-                try:
-                    size = fs.size(path)
-                except FileNotFoundError:
-                    raise CacheError(f"{path}: missing (shard {record.name})") from None
-                if size != expected:
-                    raise CacheError(f"{path}: {size} bytes, expected {expected} (shard {record.name} is corrupt)")
-                return np.memmap(path, dtype=np.dtype(dt).newbyteorder("<"), mode="r", shape=shape)
-        else:
-            group = zarr.open_group(zarr_location(fs, self.path), mode="r")
-
-            def mm(name, dt, shape):
-                arr = group[name]
-                if arr.shape != shape:
-                    raise CacheError(f"{self.path}/{name}: shape {arr.shape}, manifest says {shape}")
-                return arr
+        mm = _memmap_arrays(fs, self.path, record) if memmap else _zarr_arrays(fs, self.path)
         self.words = mm("words", stored, (nw, hidden))
         self.cls = mm("cls", stored, (n, hidden))
         self.offsets = np.asarray(mm("offsets", "int64", (n + 1,))[:])
@@ -102,15 +142,7 @@ class _Shard:
         self.has_mean = has_mean
         self.mean = mm("mean", stored, (n, hidden)) if has_mean else None
         self.mean_scale = mm("mean_scale", "float32", (n,)) if has_mean and self.has_scale else None
-        try:
-            if memmap:  # zero-copy: the word lists stay on disk until touched
-                self.meta = pa.ipc.open_file(pa.memory_map(f"{self.path}/meta.arrow")).read_all()
-            else:
-                with fs.open(f"{self.path}/meta.arrow", "rb") as f:
-                    self.meta = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
-        except (pa.ArrowException, OSError) as e:
-            raise CacheError(f"{self.path}/meta.arrow: unreadable ({str(e).splitlines()[0][:120]}); shard "
-                             f"{record.name} is corrupt: `mmkd cache verify` it, then rebuild the cache") from None
+        self.meta = _read_meta(fs, self.path, record, memmap)
         if self.meta.num_rows != n or len(self.offsets) != n + 1:
             raise CacheError(f"{self.path}: {self.meta.num_rows} rows in meta.arrow, {len(self.offsets) - 1} in offsets, "
                              f"the manifest says {n} (shard {record.name} is corrupt)")
@@ -219,43 +251,37 @@ class TeacherCache:
                 english[p], targets[p] = e, x
         return english, targets
 
-    def get(self, pair_ids, with_words: bool = True) -> TeacherBatch:
+    def sentences(self, pair_ids) -> Sentences:
+        """Text and teacher features of the pairs, read together: one pass over their shards."""
         pair_ids = self._check_ids(pair_ids)
-        b = len(pair_ids)
-        parts = []
+        out = Sentences.empty(len(pair_ids), self.manifest.has_mean)
         for k, pos in _group_by_shard(pair_ids, self.shard_size):
-            words, cls, mean, lens = self.shard(k).read(pair_ids[pos] - k * self.shard_size)
-            # Every value read is finite, whether or not an objective will use it: a NaN or inf in a
-            # cache is damage (checksums re-recorded over it, or written so), never data.
+            shard, local = self.shard(k), pair_ids[pos] - k * self.shard_size
+            words, cls, mean, lens = shard.read(local)
             for name, values in (("words", words), ("cls", cls)) + ((("mean", mean),) if mean is not None else ()):
-                if not np.isfinite(values).all():
-                    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(1))[0]
-                    pair = int(pair_ids[pos][np.searchsorted(np.cumsum(lens), bad, side="right")]
-                               if name == "words" else pair_ids[pos][bad])
-                    raise CacheError(f"{self.url} shard {shard_name(k)}: a non-finite value ({values.reshape(-1)[~np.isfinite(values.reshape(-1))][0]}) "
-                                     f"in {name} (pair {pair}); the cache is damaged: `mmkd cache verify "
-                                     f"{self.url}` re-runs the teacher to confirm; rebuild the cache")
-            parts.append((pos, words, cls, mean, lens))
-        lengths = np.zeros(b, dtype=np.int64)
-        for pos, _, _, _, lens in parts:
-            lengths[pos] = lens
-        width = int(lengths.max()) if b else 0
-        states = np.zeros((b, width, self.hidden_size), dtype=np.float32)
-        mask = np.zeros((b, width), dtype=bool)
-        cls = np.zeros((b, self.hidden_size), dtype=np.float32)
-        mean = np.zeros((b, self.hidden_size), dtype=np.float32) if self.manifest.has_mean else None
-        for pos, w, c, m, lens in parts:
-            cls[pos] = c
-            if mean is not None:
-                mean[pos] = m
-            start = 0
-            for p, n in zip(pos, lens):
-                states[p, :n] = w[start:start + n]
-                mask[p, :n] = True
-                start += n
-        return TeacherBatch(word_states=torch.from_numpy(states), word_mask=torch.from_numpy(mask),
-                            cls=torch.from_numpy(cls), words=self.words(pair_ids) if with_words else [],
-                            mean=None if mean is None else torch.from_numpy(mean))
+                self._check_finite(name, values, pair_ids[pos], lens, k)
+            meta = shard.meta.select(["words", "en", "x"]).take(pa.array(local))
+            split = np.split(words, np.cumsum(lens)[:-1]) if len(lens) else []
+            out.place(pos, Sentences(meta.column("words").to_pylist(), meta.column("en").to_pylist(),
+                                     meta.column("x").to_pylist(), split, list(cls),
+                                     None if mean is None else list(mean)))
+        return out
+
+    def _check_finite(self, name: str, values: np.ndarray, pairs: np.ndarray, lens: np.ndarray, k: int) -> None:
+        """Every value read is finite, whether or not an objective will use it: a NaN or inf in a cache
+        is damage (checksums re-recorded over it, or written so), never data."""
+        if np.isfinite(values).all():
+            return
+        bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(1))[0]
+        pair = int(pairs[np.searchsorted(np.cumsum(lens), bad, side="right")] if name == "words" else pairs[bad])
+        value = values.reshape(-1)[~np.isfinite(values.reshape(-1))][0]
+        raise CacheError(f"{self.url} shard {shard_name(k)}: a non-finite value ({value}) in {name} (pair {pair}); "
+                         f"the cache is damaged: `mmkd cache verify {self.url}` re-runs the teacher to confirm; "
+                         "rebuild the cache")
+
+    def get(self, pair_ids) -> TeacherBatch:
+        """The pairs' teacher features, padded, with their word lists."""
+        return self.sentences(pair_ids).batch()
 
 
 def shard_path(fs, root: str, name: str, url: str) -> str:

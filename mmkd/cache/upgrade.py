@@ -121,32 +121,7 @@ def _add_mean(url: str, fs, root: str, teacher: str | None, trust_remote_code: b
     batch_size = int(raw.get("batch_size") or 64)
     with tqdm(total=m.n_sentences, desc="teacher mean", unit=" sent", disable=None) as bar:
         for record, rec, base in zip(raw["shards"], m.shards, bases):
-            where = f"{url} shard {rec.name}"
-            with fs.open(member_path(fs, base, "meta.arrow", where), "rb") as f:
-                table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
-            words = [split_words(s) for s in table.column("en").to_pylist()]
-            enc = tokenize_words(tokenizer, words, m.max_length)
-            mean = np.zeros((len(words), m.hidden_size), np.float32)
-            cls = np.zeros_like(mean)
-            for idx in length_grouped_batches(token_lengths(enc), batch_size):
-                for i, e in zip(idx, encode_prepared(model, collate(tokenizer, enc, idx, words, m.max_length), m.layer)):
-                    mean[i], cls[i] = e.mean, e.cls
-                bar.update(len(idx))
-            group = zarr.open_group(zarr_location(fs, base), mode="r+")
-            stored_cls = decode(group["cls"][...], group["cls_scale"][...] if "cls_scale" in group else None, m.dtype)
-            error = float(np.max(np.linalg.norm(stored_cls - cls, axis=1) / np.maximum(np.linalg.norm(cls, axis=1), 1e-12)))
-            if error > TOLERANCE[m.dtype]:
-                raise CacheError(f"{where}: the teacher re-run gives [CLS] states {error:.1e} (relative) from the stored "
-                                 f"ones, above the {m.dtype} tolerance {TOLERANCE[m.dtype]:.0e}: not the run that "
-                                 "made the cache (another layer, library or device?); nothing of this shard was "
-                                 "changed; rebuild the cache")
-            stored, scale = encode(mean, m.dtype)
-            for array in ("mean", "mean_scale"):
-                if array in group:
-                    del group[array]
-            _array(group, "mean", stored, m.compression)
-            if scale is not None:
-                _array(group, "mean_scale", scale, m.compression)
+            _mean_shard(fs, base, f"{url} shard {rec.name}", m, model, tokenizer, batch_size, bar)
             files = sorted(p[len(base) + 1:] for p in fs.find(base) if not p.endswith("/shard.json"))
             record["sha256"] = {f: sha256_file(fs, f"{base}/{f}") for f in files}
             if "bytes" in record:
@@ -157,8 +132,65 @@ def _add_mean(url: str, fs, root: str, teacher: str | None, trust_remote_code: b
     return url
 
 
+def _mean_shard(fs, base: str, where: str, m: Manifest, model, tokenizer, batch_size: int, bar) -> None:
+    """One shard's mean vectors: the teacher re-run on its stored text, checked against its stored
+    [CLS] within the dtype's tolerance before anything of the shard is changed."""
+    with fs.open(member_path(fs, base, "meta.arrow", where), "rb") as f:
+        table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+    words = [split_words(s) for s in table.column("en").to_pylist()]
+    enc = tokenize_words(tokenizer, words, m.max_length)
+    mean = np.zeros((len(words), m.hidden_size), np.float32)
+    cls = np.zeros_like(mean)
+    for idx in length_grouped_batches(token_lengths(enc), batch_size):
+        for i, e in zip(idx, encode_prepared(model, collate(tokenizer, enc, idx, words, m.max_length), m.layer)):
+            mean[i], cls[i] = e.mean, e.cls
+        bar.update(len(idx))
+    group = zarr.open_group(zarr_location(fs, base), mode="r+")
+    stored_cls = decode(group["cls"][...], group["cls_scale"][...] if "cls_scale" in group else None, m.dtype)
+    error = float(np.max(np.linalg.norm(stored_cls - cls, axis=1) / np.maximum(np.linalg.norm(cls, axis=1), 1e-12)))
+    if error > TOLERANCE[m.dtype]:
+        raise CacheError(f"{where}: the teacher re-run gives [CLS] states {error:.1e} (relative) from the stored "
+                         f"ones, above the {m.dtype} tolerance {TOLERANCE[m.dtype]:.0e}: not the run that "
+                         "made the cache (another layer, library or device?); nothing of this shard was "
+                         "changed; rebuild the cache")
+    stored, scale = encode(mean, m.dtype)
+    for array in ("mean", "mean_scale"):
+        if array in group:
+            del group[array]
+    _array(group, "mean", stored, m.compression)
+    if scale is not None:
+        _array(group, "mean_scale", scale, m.compression)
+
+
 def _upgrade(url: str, fs, root: str, data_dir: str, corpus: str | None, log) -> str:
+    """Format 1 -> 2: each shard's text, from the prepared corpus the cache was made from."""
     manifest = read_json(fs, f"{root}/manifest.json", "cache manifest")
+    bases = _format_1_shards(url, fs, root, manifest)
+    want = manifest["corpus"]
+    recorded = want.get("path")
+    if corpus is None and recorded and (Path(recorded) / "meta.json").is_file():
+        corpus = recorded   # where it was when the cache was written, if it is still there
+    prepared = open_corpus(corpus or want["name"], data_dir)
+    if prepared.fingerprint != want["fingerprint"] or len(prepared) != manifest["n_sentences"]:
+        raise CacheError(f"{url} was written for corpus {want['name']!r} with fingerprint {want['fingerprint'][:16]} "
+                         f"({manifest['n_sentences']} pairs), but {prepared.path} has {prepared.fingerprint[:16]} "
+                         f"({len(prepared)} pairs): give the corpus it was made from (--data-dir / --corpus)")
+    _verify_all(url, fs, manifest, bases)      # verify everything before changing anything
+    for record, base in zip(manifest["shards"], bases):
+        meta_path = _add_text(fs, member_path(fs, base, "meta.arrow", f"{url} shard {record['name']}"), prepared)
+        record["sha256"]["meta.arrow"] = sha256_file(fs, meta_path)
+        if "bytes" in record:
+            record["bytes"]["meta.arrow"] = int(fs.size(meta_path))
+        fs_write_text(fs, f"{base}/shard.json", dumps(record))
+    _write_manifest(fs, root, manifest, 2, corpus={k: v for k, v in want.items() if k != "path"})
+    log(f"{url}: upgraded to format 2 ({len(manifest['shards'])} shards; the text of "
+        f"{manifest['n_sentences']} pairs added from {prepared.path})")
+    return url
+
+
+def _format_1_shards(url: str, fs, root: str, manifest) -> list[str]:
+    """The shard folders of a format-1 manifest, each record checked to name its shard and carry its
+    checksums (and never a link to a folder outside the cache)."""
     if not isinstance(manifest, dict):
         raise CacheError(f"{url}/manifest.json: not a cache manifest (a JSON {type(manifest).__name__})")
     version = manifest.get("format_version")
@@ -172,38 +204,23 @@ def _upgrade(url: str, fs, root: str, data_dir: str, corpus: str | None, log) ->
                 not isinstance(record.get("sha256"), dict):
             raise CacheError(f"{url}/manifest.json: shard {k} is recorded as {str(record)[:80]!r}, not shard "
                              f"{shard_name(k)} with its checksums; refused (the manifest is corrupt or was edited)")
-        bases.append(shard_path(fs, root, record["name"], url))    # never a link to a folder outside the cache
-    want = manifest["corpus"]
-    recorded = want.get("path")
-    if corpus is None and recorded and (Path(recorded) / "meta.json").is_file():
-        corpus = recorded   # where it was when the cache was written, if it is still there
-    prepared = open_corpus(corpus or want["name"], data_dir)
-    if prepared.fingerprint != want["fingerprint"] or len(prepared) != manifest["n_sentences"]:
-        raise CacheError(f"{url} was written for corpus {want['name']!r} with fingerprint {want['fingerprint'][:16]} "
-                         f"({manifest['n_sentences']} pairs), but {prepared.path} has {prepared.fingerprint[:16]} "
-                         f"({len(prepared)} pairs): give the corpus it was made from (--data-dir / --corpus)")
-    _verify_all(url, fs, manifest, bases)      # verify everything before changing anything
-    for record, base in zip(manifest["shards"], bases):
-        where = f"{url} shard {record['name']}"
-        meta_path = member_path(fs, base, "meta.arrow", where)
-        try:
-            with fs.open(meta_path, "rb") as f:
-                table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
-        except (OSError, pa.ArrowException) as e:
-            raise CacheError(f"{meta_path}: unreadable ({str(e).splitlines()[0][:120]}); rebuild the cache") from None
-        if "x" not in table.column_names:
-            english, targets = prepared.rows(table.column("pair_id").to_numpy())
-            table = table.append_column("en", pa.array(english, pa.string())).append_column(
-                "x", pa.array(targets, pa.string()))
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_file(sink, table.schema) as w:
-                w.write_table(table)
-            fs_write_bytes(fs, meta_path, sink.getvalue().to_pybytes())
-        record["sha256"]["meta.arrow"] = sha256_file(fs, meta_path)
-        if "bytes" in record:
-            record["bytes"]["meta.arrow"] = int(fs.size(meta_path))
-        fs_write_text(fs, f"{base}/shard.json", dumps(record))
-    _write_manifest(fs, root, manifest, 2, corpus={k: v for k, v in want.items() if k != "path"})
-    log(f"{url}: upgraded to format 2 ({len(manifest['shards'])} shards; the text of "
-        f"{manifest['n_sentences']} pairs added from {prepared.path})")
-    return url
+        bases.append(shard_path(fs, root, record["name"], url))
+    return bases
+
+
+def _add_text(fs, meta_path: str, prepared) -> str:
+    """The shard's meta.arrow with the pairs' English and target text added (if not there yet)."""
+    try:
+        with fs.open(meta_path, "rb") as f:
+            table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+    except (OSError, pa.ArrowException) as e:
+        raise CacheError(f"{meta_path}: unreadable ({str(e).splitlines()[0][:120]}); rebuild the cache") from None
+    if "x" not in table.column_names:
+        english, targets = prepared.rows(table.column("pair_id").to_numpy())
+        table = table.append_column("en", pa.array(english, pa.string())).append_column(
+            "x", pa.array(targets, pa.string()))
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        fs_write_bytes(fs, meta_path, sink.getvalue().to_pybytes())
+    return meta_path

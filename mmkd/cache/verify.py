@@ -42,73 +42,79 @@ def verify_cache(path: str, k: int = 8, teacher: str | None = None, seed: int = 
         cache = TeacherCache(path)      # the manifest is checked against the format here (cache/manifest.py)
     except CacheError as e:
         return VerifyReport(url=str(path).rstrip("/"), problems=[str(e)])
-    m, fs, root = cache.manifest, cache.fs, cache.root
     report = VerifyReport(url=cache.url)
+    for index, rec in enumerate(tqdm(cache.manifest.shards, desc="checksums", unit=" shard", disable=not progress)):
+        _check_shard(cache, index, rec, report)
+    if not report.problems and k > 0:
+        _rerun_teacher(cache, k, teacher, seed, report)
+    return report
 
-    for index, rec in enumerate(tqdm(m.shards, desc="checksums", unit=" shard", disable=not progress)):
-        where = f"shard {rec.name}"
+
+def _check_shard(cache: TeacherCache, index: int, rec, report: VerifyReport) -> None:
+    """One shard: its record against the manifest's, a checksum for every file and every checksum
+    right, then its offsets."""
+    fs, where = cache.fs, f"shard {rec.name}"
+    try:
+        base = shard_path(fs, cache.root, rec.name, cache.url)
+    except CacheError as e:
+        report.problems.append(str(e))
+        return
+    try:
+        on_disk = read_json(fs, f"{base}/shard.json", f"{where} record")
+    except CacheError as e:
+        on_disk = str(e)
+    before = len(report.problems)
+    if on_disk != cache.manifest.raw["shards"][index]:
+        report.problems.append(f"{where}: shard.json differs from the manifest's record")
+    for name in sorted(shard_members(fs, base) - set(rec.sha256)):
+        report.problems.append(f"{where}: file {name} has no checksum in the manifest")
+    for name, digest in rec.sha256.items():
         try:
-            base = shard_path(fs, root, rec.name, cache.url)
+            actual = sha256_file(fs, member_path(fs, base, name, where))
         except CacheError as e:
             report.problems.append(str(e))
             continue
+        report.checked_files += 1
+        if actual != digest:
+            report.problems.append(f"{where}: file {name} checksum mismatch (corrupted)")
+    if not any("shard " + rec.name in p for p in report.problems[before:]):
         try:
-            on_disk = read_json(fs, f"{base}/shard.json", f"{where} record")
+            offsets = cache.shard(index).offsets
+            if offsets[0] != 0 or offsets[-1] != rec.n_words or np.any(np.diff(offsets) < 0):
+                report.problems.append(f"{where}: offsets are inconsistent with n_words={rec.n_words}")
         except CacheError as e:
-            on_disk = str(e)
-        if on_disk != m.raw["shards"][index]:
-            report.problems.append(f"{where}: shard.json differs from the manifest's record")
-        for name in sorted(shard_members(fs, base) - set(rec.sha256)):
-            report.problems.append(f"{where}: file {name} has no checksum in the manifest")
-        for name, digest in rec.sha256.items():
-            try:
-                actual = sha256_file(fs, member_path(fs, base, name, where))
-            except CacheError as e:
-                report.problems.append(str(e))
-                continue
-            report.checked_files += 1
-            if actual != digest:
-                report.problems.append(f"{where}: file {name} checksum mismatch (corrupted)")
-        if not any("shard " + rec.name in p for p in report.problems):
-            try:
-                offsets = cache.shard(index).offsets
-                if offsets[0] != 0 or offsets[-1] != rec.n_words or np.any(np.diff(offsets) < 0):
-                    report.problems.append(f"{where}: offsets are inconsistent with n_words={rec.n_words}")
-            except CacheError as e:
-                report.problems.append(f"{where}: {e}")
-    if report.problems:
-        return report
+            report.problems.append(f"{where}: {e}")
 
-    if k > 0:
-        from mmkd.teacher import encode_words, load_teacher, model_hash   # lazy: stage one; the trainer imports this module
 
-        name = teacher or m.teacher_name
-        model, tokenizer = load_teacher(name)
-        if model_hash(model) != m.teacher_hash:
-            report.problems.append(f"teacher {name!r} is not the teacher that wrote this cache "
-                                   f"(weights hash {model_hash(model)[:12]} vs {m.teacher_hash[:12]})")
-            return report
-        rng = np.random.default_rng(seed)
-        ids = np.sort(rng.choice(len(cache), size=min(k, len(cache)), replace=False))
-        batch = cache.get(ids)
-        tol = TOLERANCE[m.dtype]
-        for j, (pid, words) in enumerate(zip(ids, batch.words)):
-            # Re-encode alone from the stored word list: the kept words are exactly these.
-            fresh = encode_words(model, tokenizer, [words], m.layer, m.max_length)[0]
-            n = int(batch.word_mask[j].sum())
-            where = f"shard {int(pid) // cache.shard_size:05d} sentence pair_id={int(pid)}"
-            if len(fresh.kept) != n:
-                report.problems.append(f"{where}: {n} stored words, the teacher now keeps {len(fresh.kept)}")
-                continue
-            err_w = _rel_error(batch.word_states[j, :n].numpy(), fresh.word_states)
-            err_c = _rel_error(batch.cls[j].numpy()[None], fresh.cls[None])
-            worst = float(max(err_w.max(initial=0.0), err_c.max()))
-            report.max_rel_error = max(report.max_rel_error, worst)
-            report.rerun_sentences += 1
-            if worst > tol:
-                report.problems.append(f"{where}: stored states differ from the teacher by relative "
-                                       f"error {worst:.2e} > {tol:.0e} ({m.dtype})")
-    return report
+def _rerun_teacher(cache: TeacherCache, k: int, teacher: str | None, seed: int, report: VerifyReport) -> None:
+    """The teacher re-run on k random sentences, alone, from their stored word lists (the kept words
+    are exactly these), compared with the stored states within the dtype's tolerance."""
+    from mmkd.teacher import encode_words, load_teacher, model_hash   # lazy: stage one; the trainer imports this module
+
+    m = cache.manifest
+    name = teacher or m.teacher_name
+    model, tokenizer = load_teacher(name)
+    if model_hash(model) != m.teacher_hash:
+        report.problems.append(f"teacher {name!r} is not the teacher that wrote this cache "
+                               f"(weights hash {model_hash(model)[:12]} vs {m.teacher_hash[:12]})")
+        return
+    ids = np.sort(np.random.default_rng(seed).choice(len(cache), size=min(k, len(cache)), replace=False))
+    batch, tol = cache.get(ids), TOLERANCE[m.dtype]
+    for j, (pid, words) in enumerate(zip(ids, batch.words)):
+        fresh = encode_words(model, tokenizer, [words], m.layer, m.max_length)[0]
+        n = int(batch.word_mask[j].sum())
+        where = f"shard {int(pid) // cache.shard_size:05d} sentence pair_id={int(pid)}"
+        if len(fresh.kept) != n:
+            report.problems.append(f"{where}: {n} stored words, the teacher now keeps {len(fresh.kept)}")
+            continue
+        err_w = _rel_error(batch.word_states[j, :n].numpy(), fresh.word_states)
+        err_c = _rel_error(batch.cls[j].numpy()[None], fresh.cls[None])
+        worst = float(max(err_w.max(initial=0.0), err_c.max()))
+        report.max_rel_error = max(report.max_rel_error, worst)
+        report.rerun_sentences += 1
+        if worst > tol:
+            report.problems.append(f"{where}: stored states differ from the teacher by relative "
+                                   f"error {worst:.2e} > {tol:.0e} ({m.dtype})")
 
 
 def cache_info(path: str) -> dict:

@@ -158,34 +158,14 @@ def _encode_shard(shard: _Shard, cfg: CacheConfig, model, bar) -> _Shard:
 def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) -> dict:
     """Write an encoded shard into `shards/<k>.tmp/`, checksum it, then rename it into place."""
     k, words, encoded = shard.k, shard.words, shard.encoded
-    kept_words = [[w[j] for j in e.kept] for w, e in zip(words, encoded)]
     counts = np.array([len(e.kept) for e in encoded], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    word_states = (np.concatenate([e.word_states for e in encoded]) if counts.sum()
-                   else np.zeros((0, hidden), np.float32))
-    cls = np.stack([e.cls for e in encoded])
-    mean = np.stack([e.mean for e in encoded])
-
     tmp = f"{root}/shards/{shard_name(k)}.tmp"
     if fs.exists(tmp):
         fs.rm(tmp, recursive=True)
-    group = zarr.open_group(zarr_location(fs, tmp), mode="w")
-    stored, scale = encode(word_states, cfg.dtype)
-    _array(group, "words", stored, cfg.compression)
-    if scale is not None:
-        _array(group, "words_scale", scale, cfg.compression)
-    stored, scale = encode(cls, cfg.dtype)
-    _array(group, "cls", stored, cfg.compression)
-    if scale is not None:
-        _array(group, "cls_scale", scale, cfg.compression)
-    stored, scale = encode(mean, cfg.dtype)
-    _array(group, "mean", stored, cfg.compression)
-    if scale is not None:
-        _array(group, "mean_scale", scale, cfg.compression)
-    _array(group, "offsets", offsets, None)
+    _store_arrays(zarr.open_group(zarr_location(fs, tmp), mode="w"), encoded, counts, cfg, hidden)
     meta = pa.table({
         "pair_id": pa.array(shard.pair_ids),
-        "words": pa.array(kept_words, pa.list_(pa.string())),
+        "words": pa.array([[w[j] for j in e.kept] for w, e in zip(words, encoded)], pa.list_(pa.string())),
         "n_words": pa.array(counts.astype(np.int32)),
         "n_words_split": pa.array(np.array([len(w) for w in words], dtype=np.int32)),
         "truncated": pa.array([e.truncated for e in encoded], pa.bool_()),
@@ -212,6 +192,20 @@ def _store_shard(fs, root: str, shard: _Shard, cfg: CacheConfig, hidden: int) ->
         fs.rm(final, recursive=True)
     fs_publish(fs, tmp, final)     # locally: every file fsynced, renamed, `shards/` fsynced
     return record
+
+
+def _store_arrays(group, encoded: list, counts: np.ndarray, cfg: CacheConfig, hidden: int) -> None:
+    """The shard's word states, [CLS] and mean vectors in the cache's dtype (int8: with their scales),
+    and the word offsets of each sentence."""
+    word_states = (np.concatenate([e.word_states for e in encoded]) if counts.sum()
+                   else np.zeros((0, hidden), np.float32))
+    for name, values in (("words", word_states), ("cls", np.stack([e.cls for e in encoded])),
+                         ("mean", np.stack([e.mean for e in encoded]))):
+        stored, scale = encode(values, cfg.dtype)
+        _array(group, name, stored, cfg.compression)
+        if scale is not None:
+            _array(group, f"{name}_scale", scale, cfg.compression)
+    _array(group, "offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), None)
 
 
 def _write_shards(fs, root: str, todo: list[int], corpus: PreparedCorpus, cfg: CacheConfig, model,
@@ -335,23 +329,7 @@ def _build_one(cfg, corpus, model, tokenizer, state, resume, overwrite, progress
 def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state, resume, overwrite, progress,
                   started) -> None:
     if state.is_main_process:
-        if fs.exists(f"{root}/build.json"):
-            if overwrite:     # checked above: only mmkd's own files are there
-                for entry in CACHE_ENTRIES - LOCK_FILES:
-                    if fs.exists(f"{root}/{entry}"):
-                        fs.rm(f"{root}/{entry}", recursive=True)
-            elif not resume:
-                raise CacheError(f"{url} already holds a cache; pass --resume to continue it or "
-                                 "--overwrite to replace it")
-            else:
-                diffs = _diff(read_json(fs, f"{root}/build.json", "build record"), identity)
-                if diffs:
-                    raise CacheError(f"{url}: cannot resume, the cache was built differently:\n  "
-                                     + "\n  ".join(diffs))
-        fs.makedirs(f"{root}/shards", exist_ok=True)
-        fs_write_text(fs, f"{root}/build.json", dumps(identity))
-        if fs.exists(f"{root}/manifest.json"):
-            fs.rm(f"{root}/manifest.json")   # rewritten when every shard is complete
+        _start(fs, root, url, identity, resume, overwrite)
     state.wait_for_everyone()
 
     n_shards = max(1, -(-len(corpus) // cfg.shard_size))
@@ -362,33 +340,61 @@ def _build_locked(cfg, corpus, url, fs, root, identity, model, tokenizer, state,
               position=state.process_index, dynamic_ncols=True) as bar:
         timing = _write_shards(fs, root, todo, corpus, cfg, model, tokenizer, bar)
     state.wait_for_everyone()
-
     if state.is_main_process:
-        shards = []
-        for k in range(n_shards):
-            if not _shard_complete(fs, root, k):
-                raise CacheError(f"{url}: shard {shard_name(k)} is missing after the run; run again with --resume")
-            shards.append(read_json(fs, f"{root}/shards/{shard_name(k)}/shard.json", "shard record"))
-        manifest = {
-            **identity,
-            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("corpora", "out", "data_dir")},
-            "n_shards": n_shards,
-            "n_sentences": sum(s["n_sentences"] for s in shards),
-            "n_words": sum(s["n_words"] for s in shards),
-            "n_truncated": sum(s["n_truncated"] for s in shards),
-            "n_words_dropped": sum(s["n_words_dropped"] for s in shards),
-            "shards": shards,
-        }
-        fs_write_text(fs, f"{root}/manifest.json", dumps(manifest))
-        elapsed = time.time() - started
-        nbytes = sum(fs.du(f"{root}/shards/{s['name']}") for s in shards)
-        summary = {"seconds": round(elapsed, 3), "sentences_written_this_run": n_todo,
-                   "sentences_per_second": round(n_todo / elapsed, 2) if elapsed else None,
-                   "n_sentences": manifest["n_sentences"], "n_words": manifest["n_words"],
-                   "bytes": nbytes, "processes": state.num_processes, **timing}
-        fs_write_text(fs, f"{root}/summary.json", dumps(summary))
-        if progress:
-            print(f"{url}: {manifest['n_sentences']} sentences, {manifest['n_words']} words, "
-                  f"{nbytes / 1e6:.1f} MB in {n_shards} shards; {n_todo} sentences written in "
-                  f"{elapsed:.1f}s ({manifest['n_truncated']} truncated, {manifest['n_words_dropped']} words dropped)")
+        _finish(fs, root, url, cfg, identity, n_shards, n_todo, started, progress, state.num_processes, timing)
     state.wait_for_everyone()
+
+
+def _start(fs, root: str, url: str, identity: dict, resume: bool, overwrite: bool) -> None:
+    """The cache folder made ready: an existing cache replaced (--overwrite), continued if it was built
+    the same way (--resume), or refused; the build's identity recorded, any old manifest removed."""
+    if fs.exists(f"{root}/build.json"):
+        if overwrite:     # checked above: only mmkd's own files are there
+            for entry in CACHE_ENTRIES - LOCK_FILES:
+                if fs.exists(f"{root}/{entry}"):
+                    fs.rm(f"{root}/{entry}", recursive=True)
+        elif not resume:
+            raise CacheError(f"{url} already holds a cache; pass --resume to continue it or "
+                             "--overwrite to replace it")
+        else:
+            diffs = _diff(read_json(fs, f"{root}/build.json", "build record"), identity)
+            if diffs:
+                raise CacheError(f"{url}: cannot resume, the cache was built differently:\n  "
+                                 + "\n  ".join(diffs))
+    fs.makedirs(f"{root}/shards", exist_ok=True)
+    fs_write_text(fs, f"{root}/build.json", dumps(identity))
+    if fs.exists(f"{root}/manifest.json"):
+        fs.rm(f"{root}/manifest.json")   # rewritten when every shard is complete
+
+
+def _finish(fs, root: str, url: str, cfg, identity: dict, n_shards: int, n_todo: int, started: float,
+            progress: bool, processes: int, timing: dict) -> None:
+    """Every shard's record into the manifest (written last: a cache without one is unfinished), and
+    the run's summary."""
+    shards = []
+    for k in range(n_shards):
+        if not _shard_complete(fs, root, k):
+            raise CacheError(f"{url}: shard {shard_name(k)} is missing after the run; run again with --resume")
+        shards.append(read_json(fs, f"{root}/shards/{shard_name(k)}/shard.json", "shard record"))
+    manifest = {
+        **identity,
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("corpora", "out", "data_dir")},
+        "n_shards": n_shards,
+        "n_sentences": sum(s["n_sentences"] for s in shards),
+        "n_words": sum(s["n_words"] for s in shards),
+        "n_truncated": sum(s["n_truncated"] for s in shards),
+        "n_words_dropped": sum(s["n_words_dropped"] for s in shards),
+        "shards": shards,
+    }
+    fs_write_text(fs, f"{root}/manifest.json", dumps(manifest))
+    elapsed = time.time() - started
+    nbytes = sum(fs.du(f"{root}/shards/{s['name']}") for s in shards)
+    summary = {"seconds": round(elapsed, 3), "sentences_written_this_run": n_todo,
+               "sentences_per_second": round(n_todo / elapsed, 2) if elapsed else None,
+               "n_sentences": manifest["n_sentences"], "n_words": manifest["n_words"],
+               "bytes": nbytes, "processes": processes, **timing}
+    fs_write_text(fs, f"{root}/summary.json", dumps(summary))
+    if progress:
+        print(f"{url}: {manifest['n_sentences']} sentences, {manifest['n_words']} words, "
+              f"{nbytes / 1e6:.1f} MB in {n_shards} shards; {n_todo} sentences written in "
+              f"{elapsed:.1f}s ({manifest['n_truncated']} truncated, {manifest['n_words_dropped']} words dropped)")

@@ -8,11 +8,11 @@ XTREME's mBERT recipe: lr 2e-5, 5 epochs, batch 32, max length 128.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from mmkd.eval.data import (
     EvalDataError,
@@ -69,11 +69,17 @@ def check(cfg: EvalConfig) -> list[str]:
     return check_languages(cfg.languages or list(task.default_languages), task.all_languages, task.name)
 
 
-def run_seed(cfg: EvalConfig, seed: int) -> dict:
-    task: PairTask = TASKS[cfg.task]
-    hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
-    mixed = resolve_precision(cfg.mixed_precision)
-    languages = check(cfg)
+@dataclass
+class _Data:
+    train: list[PairExample]
+    dev_en: list[PairExample]
+    tests: dict[str, list[PairExample]]
+    oracle_devs: dict[str, list[PairExample]]
+
+
+def _load(cfg: EvalConfig, task: PairTask, languages: list[str]) -> _Data:
+    """English training and dev rows (dev: --dev-file, else a tenth of a training file that is XNLI's
+    dev-en, else dev-en), each language's test rows from --test-offset, and (--oracle) their dev rows."""
     train = load_pair_train(task, cfg.train_file, cfg.max_train_examples, cfg.data_dir, cfg.hub_revision)
     if cfg.dev_file:
         dev_en = load_pair_train(task, cfg.dev_file, cfg.max_eval_examples)
@@ -83,8 +89,6 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
     else:
         dev_en = load_pair_split(task, "en", "dev", cfg.data_dir, cfg.max_eval_examples, cfg.hub_revision)
     upto = cfg.test_offset + cfg.max_eval_examples if cfg.max_eval_examples else None
-    if cfg.test_split not in ("test", "dev"):
-        raise EvalDataError(f"--test-split {cfg.test_split!r}: choose test or dev")
     tests = {lang: load_pair_split(task, lang, cfg.test_split, cfg.data_dir, upto, cfg.hub_revision)[cfg.test_offset:]
              for lang in languages}
     empty = [lang for lang, ex in tests.items() if not ex]
@@ -93,42 +97,48 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
                             f"{', '.join(empty)}")
     oracle_devs = ({lang: load_pair_split(task, lang, "dev", cfg.data_dir, cfg.max_eval_examples, cfg.hub_revision)
                     for lang in languages if lang != "en"} if cfg.oracle else {})
+    return _Data(train, dev_en, tests, oracle_devs)
 
+
+def run_seed(cfg: EvalConfig, seed: int) -> dict:
+    from transformers import AutoModelForSequenceClassification   # lazy: transformers, see mmkd/__init__.py
+    task: PairTask = TASKS[cfg.task]
+    hp = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in DEFAULTS.items()}
+    mixed = resolve_precision(cfg.mixed_precision)
+    data = _load(cfg, task, check(cfg))
     seed_everything(seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load(AutoModelForSequenceClassification, cfg.model, "classifier", cfg.trust_remote_code,
                  tokenizer=tokenizer, num_labels=len(task.labels))
     check_max_length(model, hp["max_length"])
-    enc, labels = _encode(tokenizer, train, hp["max_length"])
+    enc, labels = _encode(tokenizer, data.train, hp["max_length"])
     rng = np.random.default_rng(seed)
 
-    def evaluate():
-        scores = {"dev-en": accuracy(predict(model, tokenizer, dev_en, hp["max_length"], precision=mixed), [e.label for e in dev_en])}
-        for lang, ex in oracle_devs.items():
-            scores[f"dev-{lang}"] = accuracy(predict(model, tokenizer, ex, hp["max_length"], precision=mixed), [e.label for e in ex])
-        return scores
+    def score(rows):
+        return accuracy(predict(model, tokenizer, rows, hp["max_length"], precision=mixed), [e.label for e in rows])
 
-    steps = -(-len(train) // cfg.batch_size)
-    keep = ["dev-en"] + [f"dev-{lang}" for lang in oracle_devs]
+    def evaluate():
+        return {"dev-en": score(data.dev_en), **{f"dev-{lang}": score(ex) for lang, ex in data.oracle_devs.items()}}
+
+    steps = -(-len(data.train) // cfg.batch_size)
+    keep = ["dev-en"] + [f"dev-{lang}" for lang in data.oracle_devs]
     states, info = fine_tune(model, lambda epoch: _batches(tokenizer, enc, labels, cfg.batch_size,
-                                                           rng.permutation(len(train))),
+                                                           rng.permutation(len(data.train))),
                              steps, hp["epochs"], hp["lr"], hp["weight_decay"], hp["warmup_ratio"], evaluate,
                              keep, desc=f"{task.name} seed {seed}", precision=mixed)
-    result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en),
-              "test_examples": {lang: len(ex) for lang, ex in tests.items()}, **info, "test": {},
-              "mixed_precision": mixed}
+    result = {"seed": seed, "train_examples": len(data.train), "dev_en_examples": len(data.dev_en),
+              "test_examples": {lang: len(ex) for lang, ex in data.tests.items()}, **info, "test": {},
+              "mixed_precision": mixed, "predictions": {}}
     model.load_state_dict(states["dev-en"])
-    result["predictions"] = {}
-    for lang, ex in tests.items():
+    for lang, ex in data.tests.items():
         predicted = predict(model, tokenizer, ex, hp["max_length"], precision=mixed)
         result["test"][lang] = accuracy(predicted, [e.label for e in ex])
         result["predictions"][lang] = [task.labels[p] for p in predicted]
-    if oracle_devs:
+    if data.oracle_devs:
         result["oracle_test"] = {}
-        for lang, ex in tests.items():
+        for lang, ex in data.tests.items():
             model.load_state_dict(states.get(f"dev-{lang}", states["dev-en"]))
-            result["oracle_test"][lang] = accuracy(predict(model, tokenizer, ex, hp["max_length"], precision=mixed),
-                                                   [e.label for e in ex])
+            result["oracle_test"][lang] = score(ex)
     result["hyper_parameters"] = {**hp, "batch_size": cfg.batch_size}
     return result
 

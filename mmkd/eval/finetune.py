@@ -8,7 +8,6 @@ from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup, set_seed
 
 from mmkd import precision as prec
 from mmkd.eval.data import EvalDataError
@@ -35,6 +34,7 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
     ("dev-en", and each "dev-xx" for the oracle) the weights of its best epoch are kept.
     `precision` is resolved (no, bf16, fp16: autocast, and a loss scaler for fp16 whose overflowing
     steps are skipped). Returns ({name: state_dict}, {"history": [...], "best": {name: score}})."""
+    from transformers import get_linear_schedule_with_warmup   # lazy: transformers, see mmkd/__init__.py
     dev = device()
     model.to(dev)
     total = max(1, int(round(n_steps_per_epoch * epochs)))
@@ -46,31 +46,15 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
     best: dict[str, tuple[float, dict]] = {}
     history = []
     step = 0
-    n_epochs = max(1, int(-(-epochs // 1)))
     bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
-    for epoch in range(n_epochs):
+    for epoch in range(max(1, int(-(-epochs // 1)))):
         model.train()
         for batch in train_batches(epoch):
             if step >= total:
                 break
-            batch = {k: v.to(dev) for k, v in batch.items()}
             with autocast(dev, precision):
-                loss = model(**batch).loss
-            if scaler is None:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-            else:
-                scale = scaler.get_scale()
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(opt)                # skipped when a gradient overflowed
-                scaler.update()
-                if scaler.get_scale() >= scale:  # the scale drops only after a skipped step
-                    sched.step()
-            opt.zero_grad(set_to_none=True)
+                loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
+            _update(model, loss, opt, sched, scaler)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -78,15 +62,35 @@ def fine_tune(model, train_batches: Callable[[int], list[dict]], n_steps_per_epo
         scores = evaluate()
         history.append({"epoch": epoch + 1, **scores})
         for key, score in scores.items():
-            if key in keep:
-                if key not in best or score > best[key][0]:
-                    best[key] = (score, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            if key in keep and (key not in best or score > best[key][0]):
+                best[key] = (score, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
     bar.close()
     return {k: v[1] for k, v in best.items()}, {"history": history,
                                                 "best": {k: v[0] for k, v in best.items()}}
 
 
+def _update(model, loss, opt, sched, scaler) -> None:
+    """One optimiser step, gradients clipped at norm 1; with fp16's scaler a step whose gradient
+    overflowed is skipped, and so is its schedule step."""
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    else:
+        scale = scaler.get_scale()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)                # skipped when a gradient overflowed
+        scaler.update()
+        if scaler.get_scale() >= scale:  # the scale drops only after a skipped step
+            sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def seed_everything(seed: int) -> None:
+    from transformers import set_seed   # lazy: transformers, see mmkd/__init__.py
     set_seed(seed)
 
 

@@ -18,7 +18,6 @@ import sys
 
 import numpy as np
 import torch
-from transformers import AutoModelForQuestionAnswering
 
 from mmkd.eval.data import EvalDataError, QAExample, XQUAD_ALL, XQUAD_LANGUAGES, check_languages, load_qa
 from mmkd.eval.finetune import autocast, check_max_length, device, fine_tune, resolve_precision, seed_everything
@@ -126,29 +125,42 @@ def check(cfg: EvalConfig) -> tuple[list[str], dict]:
     return languages, hp
 
 
-def run_seed(cfg: EvalConfig, seed: int) -> dict:
-    languages, hp = check(cfg)
-    mixed = resolve_precision(cfg.mixed_precision)
+def _load(cfg: EvalConfig, languages: list[str]) -> tuple[list[QAExample], list[QAExample], dict]:
+    """English training rows, English dev rows (--dev-file, else a tenth of the training rows) and
+    each language's test rows."""
     train = load_qa(None, cfg.train_file, cfg.data_dir, cfg.max_train_examples, cfg.train_hub_revision)
     if cfg.dev_file:
         dev_en = load_qa(None, cfg.dev_file, None, cfg.max_eval_examples)
     else:
         cut = max(1, len(train) // 10)
         train, dev_en = train[:-cut], train[-cut:]
-    tests = {lang: load_qa(lang, None, cfg.data_dir, cfg.max_eval_examples, cfg.hub_revision) for lang in languages}
+    return train, dev_en, {lang: load_qa(lang, None, cfg.data_dir, cfg.max_eval_examples, cfg.hub_revision)
+                           for lang in languages}
 
+
+def _cut(tokenizer, sets: dict[str, list[QAExample]], limit: int) -> dict[str, list[QAExample]]:
+    """Every question cut to `limit` tokens, saying how many were."""
+    out = {}
+    for name, examples in sets.items():
+        out[name], cut = cut_questions(tokenizer, examples, limit)
+        if cut:
+            print(f"mmkd: xquad {name}: {cut} of {len(examples)} questions cut to {limit} tokens "
+                  "(--max-question-length, --max-length, --doc-stride)", file=sys.stderr)
+    return out
+
+
+def run_seed(cfg: EvalConfig, seed: int) -> dict:
+    from transformers import AutoModelForQuestionAnswering   # lazy: transformers, see mmkd/__init__.py
+    languages, hp = check(cfg)
+    mixed = resolve_precision(cfg.mixed_precision)
+    train, dev_en, tests = _load(cfg, languages)
     seed_everything(seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load(AutoModelForQuestionAnswering, cfg.model, "qa", cfg.trust_remote_code, tokenizer=tokenizer)
     check_max_length(model, hp["max_length"])
     limit = question_limit(tokenizer, hp["max_length"], cfg.doc_stride, cfg.max_question_length)
-    sets = {"train": train, "dev-en": dev_en, **tests}
-    for name, examples in sets.items():
-        sets[name], cut = cut_questions(tokenizer, examples, limit)
-        if cut:
-            print(f"mmkd: xquad {name}: {cut} of {len(examples)} questions cut to {limit} tokens "
-                  "(--max-question-length, --max-length, --doc-stride)", file=sys.stderr)
-    train, dev_en, tests = sets.pop("train"), sets.pop("dev-en"), sets
+    tests = _cut(tokenizer, {"train": train, "dev-en": dev_en, **tests}, limit)
+    train, dev_en = tests.pop("train"), tests.pop("dev-en")
     windows = {name: featurize(tokenizer, examples, hp["max_length"], cfg.doc_stride, train=False)
                for name, examples in [("dev-en", dev_en), *tests.items()]}
     feats = featurize(tokenizer, train, hp["max_length"], cfg.doc_stride, train=True)
@@ -173,9 +185,9 @@ def run_seed(cfg: EvalConfig, seed: int) -> dict:
                              precision=mixed)
     model.load_state_dict(states["dev-en"])
     result = {"seed": seed, "train_examples": len(train), "dev_en_examples": len(dev_en), **info,
-              "test": {}, "test_exact_match": {}, "mixed_precision": mixed, "hyper_parameters": {**hp, "batch_size": cfg.batch_size,
-                                                                    "question_tokens": limit}}
-    result["scoring"], result["predictions"] = cfg.qa_scoring, {}
+              "test": {}, "test_exact_match": {}, "mixed_precision": mixed,
+              "hyper_parameters": {**hp, "batch_size": cfg.batch_size, "question_tokens": limit},
+              "scoring": cfg.qa_scoring, "predictions": {}}
     for lang, ex in tests.items():
         predicted = run(lang, ex)
         scores = squad_scores(predicted, _answers(ex), lang, cfg.qa_scoring)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel
 
 from mmkd.eval.data import EvalDataError
 from mmkd.eval.finetune import autocast, device, resolve_precision
@@ -113,6 +112,7 @@ def retrieval_scores(model, tokenizer, data: ParallelSet, precision: str = "auto
 
 def run_retrieval(model_name: str, specs: list[str], limit: int | None = None, trust_remote_code: bool = False,
                   precision: str = "auto") -> dict:
+    from transformers import AutoModel   # lazy: transformers, see mmkd/__init__.py
     if not specs:
         raise EvalDataError("give at least one --pairs NAME=EN_FILE,X_FILE or --pairs FILE.tsv")
     sets = [read_parallel(s, limit) for s in specs]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoModel
 
 from mmkd.eval.data import EvalDataError
 from mmkd.eval.finetune import device
@@ -47,6 +46,7 @@ def read_multiway(files: dict[str, str], n: int, seed: int = 0, xnli_dir: str | 
 def plot_tsne(models: list[str], sentences: dict[str, list[str]], out: str, seed: int = 0,
               labels: list[str] | None = None) -> str:
     # lazy: matplotlib and scikit-learn are optional (the demo extra)
+    from transformers import AutoModel   # lazy: transformers, see mmkd/__init__.py
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

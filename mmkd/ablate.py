@@ -90,8 +90,13 @@ def recorded(cfg: AblationConfig) -> dict:
 
 
 def _check_same_sweep(cfg: AblationConfig, out: Path) -> None:
+    """OUT holds this sweep (its sweep.json records the same settings), or nothing yet. Every process
+    of a multi-process sweep checks; the folder is listed before sweep.json is looked for, so another
+    process's sweep.json (or its temporary file, while being written) is never taken for a stranger's."""
     path = out / SWEEP_FILE
     want = recorded(cfg)
+    foreign = ([p for p in out.iterdir() if p.name != SWEEP_FILE and not p.name.startswith(f".{SWEEP_FILE}.tmp-")]
+               if out.is_dir() else [])
     if path.is_file():
         try:
             have = json.loads(path.read_text())
@@ -103,7 +108,7 @@ def _check_same_sweep(cfg: AblationConfig, out: Path) -> None:
             raise MMKDError(f"{out} holds a sweep made with other settings; one table does not mix them: give "
                             "another --out, or repeat the sweep's settings:\n  " + "\n  ".join(diffs[:12]))
         return
-    if out.exists() and any(p.name != SWEEP_FILE for p in out.iterdir()):
+    if foreign or (out.exists() and not out.is_dir()):
         raise MMKDError(f"{out} exists and holds no {SWEEP_FILE} (not a sweep of this mmkd): give another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(want, indent=2, sort_keys=True) + "\n")

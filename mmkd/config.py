@@ -51,7 +51,7 @@ class _RunSettings:
                                           "moves a weight about lr per step, so heads initialised at scale ~0.04 need "
                                           "a far larger lr than the encoder to be fitted in a short run.",
                                     above=0, max=1.0)
-    head_warmup_steps: int = setting(0, "The head phase: the first N steps fit only the fresh heads, at --head-lr "
+    head_warmup_steps: int = setting(0, "The head phase: the first N steps fit only the fresh heads, at head_lr "
                                         "with no warm-up, while the encoder is frozen and run without gradients "
                                         "(forward only, so a step costs about a third); each head's loss is "
                                         "reported at its end (head_phase.json). 0 = the paper.", min=0)

@@ -80,7 +80,7 @@ def _explain(role: str, name: str, model, info: dict, head_trained: bool = True)
         else:
             out.append((False, f"{n} has no pooler (not used here)"))
     if m_head:
-        student = ("has no MLM head; TLM trains a new one (started as --tlm-fresh-head says)" if head_trained else
+        student = ("has no MLM head; TLM trains a new one (started as tlm.fresh_head says)" if head_trained else
                    "has no MLM head; TLM is off, so the saved student carries an untrained one")
         what = {"student": student,
                 "classifier": "gets a new classification head, trained by the fine-tuning",

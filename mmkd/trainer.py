@@ -213,8 +213,8 @@ def _schedule(run: Run) -> None:
     run.schedule = BalancedSchedule(run.features.sizes, cfg.batch_size, cfg.seed)
     run.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * run.schedule.steps_per_epoch))
     if cfg.head_warmup_steps and run.terms.names == ("xwcl",) and not hasattr(run.model, "word_map"):
-        raise TrainingError("--head-warmup-steps: XWCL alone on a teacher of the student's width has no fresh head "
-                            "to fit (it compares the states directly); set --head-warmup-steps 0")
+        raise TrainingError("head_warmup_steps: XWCL alone on a teacher of the student's width has no fresh head "
+                            "to fit (it compares the states directly); set head_warmup_steps=0")
 
 
 def _optimiser(run: Run) -> None:
@@ -440,7 +440,7 @@ def _start_fresh_head(student, tokenizer, features, pairs: int, main: bool) -> N
     if start_fresh_head(student, tokenizer, texts):
         if main:
             say(f"TLM: the fresh MLM head's output bias starts at the log unigram frequencies of {len(keys)} pairs "
-                "(--tlm-fresh-head unigram)", once=True)
+                "(tlm.fresh_head=unigram)", once=True)
     elif main:
         say("warning: TLM: the fresh MLM head has no output bias to start from unigram counts; it starts random",
             once=True)

@@ -101,7 +101,7 @@ def test_demo_small_end_to_end_and_rerun_reuses(tmp_path, capfd, shared, real_mo
     printed = capfd.readouterr()
     console = printed.out + printed.err + r.output
     assert "LOAD REPORT" not in console and "seem corrupted" not in console and "Loading weights" not in console
-    assert console.count("has no MLM head; TLM trains a new one (started as --tlm-fresh-head says)") == 1
+    assert console.count("has no MLM head; TLM trains a new one (started as tlm.fresh_head says)") == 1
     assert console.count("the fresh MLM head's output bias starts at the log unigram frequencies") == 1
     summary = (out / "summary.md").read_text()
     retrieval, xnli_part = summary.split("Zero-shot XNLI")
@@ -190,3 +190,23 @@ def test_a_truncated_result_is_computed_again_not_a_traceback(tmp_path, monkeypa
     path.write_text(path.read_text()[:20])            # what a kill during an in-place write left
     assert _cached_result(tmp_path / "before") is None
     assert _cached_result(tmp_path / "nothing") is None
+
+
+def test_another_process_writing_sweep_json_is_not_a_stranger_but_a_stranger_is_refused(tmp_path):
+    """Every process of a 2-process sweep checks OUT: one may find the other's sweep.json half
+    written (its temporary file), which is this sweep; any other file there is refused."""
+    from mmkd.ablate import _check_same_sweep
+    from mmkd.errors import MMKDError
+
+    cfg = AblationConfig(base=TrainConfig(cache=["c"], student="s"), out=str(tmp_path / "ablate"))
+    out = tmp_path / "ablate"
+    out.mkdir()
+    (out / ".sweep.json.tmp-12345").write_text("{")          # the other process, mid-write
+    _check_same_sweep(cfg, out)
+    assert json.loads((out / "sweep.json").read_text())["train"]["student"] == "s"
+    _check_same_sweep(cfg, out)                               # the same sweep again: fine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(MMKDError, match="holds no sweep.json"):
+        _check_same_sweep(cfg, other)

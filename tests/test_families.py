@@ -90,7 +90,7 @@ def test_what_is_said_of_a_student_without_an_mlm_head_follows_tlm(tmp_path, fam
     run = train(TrainConfig(cache=[str(family_cache)], student=tiny_teacher, out=str(tmp_path / "run"), batch_size=8,
                             max_steps=1, num_workers=0, log_with="none", without=without), progress=False)
     err = capsys.readouterr().err
-    trained = "has no MLM head; TLM trains a new one (started as --tlm-fresh-head says)"
+    trained = "has no MLM head; TLM trains a new one (started as tlm.fresh_head says)"
     untrained = "has no MLM head; TLM is off, so the saved student carries an untrained one"
     assert (trained in err) is tlm and (untrained in err) is not tlm, err
     _, info = AutoModelForMaskedLM.from_pretrained(run / "student", output_loading_info=True)

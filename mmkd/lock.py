@@ -37,6 +37,7 @@ from mmkd.errors import MMKDError
 LOCK = "lock"
 HELD = "lock.held"                   # MMKD_LOCK=file's soft lock
 LOCK_FILES = {LOCK, HELD}
+DEAD_HOLDER_WAIT = 15.0   # seconds; PyTorch's data-loader workers check for their parent every 5 s
 _NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
@@ -60,6 +61,37 @@ class Lock:
         return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n"
 
+    def _flock(self, fd: int) -> None:
+        """flock(fd) without blocking; while the recorded holder is a process of this machine that is
+        gone (a run killed with kill -9), tried again for up to DEAD_HOLDER_WAIT seconds: its
+        data-loader workers inherited the lock and each exits within seconds of its parent."""
+        import fcntl   # lazy: POSIX only, and only a local folder takes an flock
+
+        deadline = time.monotonic() + DEAD_HOLDER_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline \
+                        or not self._holder_gone():
+                    raise
+                time.sleep(0.1)
+
+    def _holder_gone(self) -> bool:
+        """Is the process recorded in the lock file one of this machine's that no longer runs?"""
+        try:
+            with self.fs.open(self.path, "r") as f:
+                h = json.load(f)
+            if h["host"] != socket.gethostname():
+                return False
+            os.kill(int(h["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return False
+
     def _holder(self) -> str:
         try:
             with self.fs.open(self.path, "r") as f:
@@ -77,7 +109,7 @@ class Lock:
 
             fd = self._open_local()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._flock(fd)
             except OSError as e:
                 os.close(fd)
                 if e.errno in _NO_FLOCK:

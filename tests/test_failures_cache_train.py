@@ -96,6 +96,35 @@ def test_a_lock_held_by_a_killed_writer_is_free_at_once(tmp_path, clean_cache, t
     assert (cache / "lock").read_text() == "" and (cache / "manifest.json").is_file()
 
 
+def test_a_killed_holders_forked_children_delay_the_lock_but_do_not_refuse_it(tmp_path):
+    """kill -9 of a run leaves its data-loader workers (forked, so holding the inherited flock) alive
+    for a few seconds: a resume started at once waits for them instead of naming a process that is gone;
+    a holder that is alive is refused at once."""
+    import fsspec
+
+    from mmkd.errors import MMKDError
+    from mmkd.lock import Lock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    code = ("import os, sys, time, fsspec; from mmkd.lock import Lock; "
+            f"Lock(fsspec.filesystem('file'), {str(folder)!r}, 'run', 'test').acquire(); "
+            "child = os.fork()\n"
+            "if child == 0:\n    time.sleep(2); os._exit(0)\n"       # the worker: holds the lock 2 s more
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(MMKDError, match=f"is being written by process {holder.pid}"):
+        Lock(fsspec.filesystem("file"), str(folder), "run", "test").acquire()      # alive: refused at once
+    holder.kill()
+    holder.wait()
+    started = time.monotonic()
+    lock = Lock(fsspec.filesystem("file"), str(folder), "run", "test")
+    lock.acquire()                                              # waits for the orphaned child, then holds it
+    assert lock.held and 0.5 < time.monotonic() - started < 15
+    lock.release()
+
+
 def test_resume_redoes_every_shard_that_is_not_exactly_complete(tmp_path, clean_cache, tiny_teacher, data_dir):
     cache = copy_cache(clean_cache, tmp_path)
     shards = cache / "en-fr" / "shards"

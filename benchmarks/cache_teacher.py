@@ -3,7 +3,7 @@
 1. Throughput: a bare teacher forward loop (tokenise + forward, batches grouped by sub-token
    length over all sentences) vs `cache-teacher` with its default shard size on the same
    sentences (goal: ratio >= 0.95).
-2. Bytes per word and fidelity of each --dtype against fp32 (goals: int8 <= 0.51x fp16 bytes,
+2. Bytes per word and fidelity of each dtype against fp32 (goals: int8 <= 0.51x fp16 bytes,
    mean cosine >= 0.999, min >= 0.995).
 3. Shuffled reads: pairs/s of `TeacherCache.get` for random batches of 256 in one process, on a
    768-d cache (bert-base width) (goal >= 6,000 pairs/s). The page cache is warm: this measures

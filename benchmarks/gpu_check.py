@@ -7,14 +7,14 @@ the shared sample and filled up to those vocabulary sizes (or `--teacher-tokeniz
 filtered as the paper filters (10-128 words). Writes one JSON file (every figure with its unit) and
 prints a short table:
 
-1. stage one: `cache-teacher` ÷ the bare teacher forward on the same sentences, for --dtype bf16 and
+1. stage one: `cache-teacher` ÷ the bare teacher forward on the same sentences, for dtype=bf16 and
    fp16 (sentences/s of both; goal ≥ 0.95), and the share of the pipeline's time the teacher waited
    for tokenisation and for writing;
 2. stage two at batch 32 per GPU, bf16: the cached step ÷ the student-only step (teacher features free)
    ÷ the online-teacher step; pairs/s, peak GPU memory, and the loader's share of the step time
    (data_wait) with 0, 1, 2 and 4 workers (goal: cached ÷ student-only ≤ 1.02 with the default 2);
 3. the loader alone: pairs/s per process, to set against what a step consumes;
-4. the largest batch per GPU that fits without --grad-accum, and the memory of the MLM head on the
+4. the largest batch per GPU that fits without grad_accum, and the memory of the MLM head on the
    masked rows only against full [B, L, V] logits;
 5. what the paper's run costs: hours for 2M pairs × 7 languages × 15 epochs on 8 such GPUs, from the
    measured pairs/s, with the formula.
@@ -203,7 +203,7 @@ def _same(x):
 
 
 def memory(student: str, teacher_hidden: int, batch: int, length: int, tiny: bool) -> dict:
-    """Largest batch per device without --grad-accum, and the MLM head on masked rows against full logits."""
+    """Largest batch per device without grad_accum, and the MLM head on masked rows against full logits."""
     import torch
     from transformers import AutoModelForMaskedLM
 
@@ -306,7 +306,7 @@ def table(report: dict) -> str:
     lines = [f"mmkd gpu_check on {report['device']} ({report['shapes']} shapes)", "",
              "| figure | value | goal |", "|---|---|---|",
              f"| stage one, bare teacher forward | {s1['bare_forward_sentences_per_second']} sentences/s | |",
-             *[f"| stage one, cache-teacher --dtype {d} | {s1[d]['cache_teacher_sentences_per_second']} sentences/s "
+             *[f"| stage one, cache-teacher dtype={d} | {s1[d]['cache_teacher_sentences_per_second']} sentences/s "
                f"({s1[d]['cache_over_bare']} of bare; teacher waits {s1[d]['teacher_wait_share']:.0%}) | >= 0.95 |"
                for d in ("bf16", "fp16")],
              f"| stage two, cached / student-only step ({default}) | {s2['cached_over_student_only']} | <= 1.02 |",

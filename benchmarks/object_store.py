@@ -3,7 +3,7 @@
 A 768-d fp16 cache (a random 1-layer BERT of bert-base width over the shared English sentences,
 shards of 1,024 sentences, as in benchmarks/verify_cache.py) is uploaded to an S3-compatible server
 (moto's server mode on 127.0.0.1, through s3fs). Then:
-1. one shuffled epoch of batches read from `s3://...` with `--cache-local` (each shard fetched on
+1. one shuffled epoch of batches read from `s3://...` with `cache_local` (each shard fetched on
    first touch): bytes fetched from the store / bytes of the shards touched (goal: 1.0);
 2. the read part of a training step (what `CachedFeatures` gives a step: word lists, text, word
    states and [CLS] of a batch of 256) after each shard's first fetch, against the same reads from

@@ -8,8 +8,8 @@ of `mmkd.trainer.train` in its own process, median step time over the steps afte
   If the worker competing for the 2 cores is what makes the cached step slower, the ratio is ~1 with
   0 workers and above 1 with 1.
 - `assign`: 2 gloo processes (one thread each) on the Europarl en-fr sample (long, mixed-length
-  pairs), global batch 32, pairs given to processes by position (`--assign stride`) or by length
-  (`--assign length`, the default).
+  pairs), global batch 32, pairs given to processes by position (`assign=stride`) or by length
+  (`assign=length`, the default).
 - `width`: one process, student all-MiniLM-L6-v2 (384-d), caches written by random 1-layer BERTs of
   width 384 and 1024 (bert-large's) on the same pairs: what a wider teacher costs per step (its
   cache read, the word map into 1024-d, the wider teacher heads) and per cached pair on disk.

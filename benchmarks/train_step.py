@@ -10,8 +10,8 @@ loop waited for data. Goals: cached / online <= 0.90; cached / student_only <= 1
 
 Also (`padding`, and alone with --padding-only): the fraction of the student's input tokens that
 are padding when each global batch of 256 Europarl pairs (the shared sample, 10-128 words) is
-given to 1, 2 or 8 processes by position (`--assign stride`: the shuffled order, i.e. at random) or
-by length (`--assign length`, the default), over every step of an epoch, counting the two pair
+given to 1, 2 or 8 processes by position (`assign=stride`: the shuffled order, i.e. at random) or
+by length (`assign=length`, the default), over every step of an epoch, counting the two pair
 inputs and the sentence input as the trainer builds them (goal: <= 8% at 8 x 32). The step time of
 both assignments on 2 gloo CPU processes is benchmarks/step_costs.py's `assign`.
 

@@ -128,7 +128,7 @@ def _sweep(cfg: AblationConfig, progress: bool, log) -> dict:
     if cfg.base.online_teacher or not cfg.base.cache:
         raise MMKDError("the ablation sweep reads one teacher cache: give --cache")
     if cfg.base.without:
-        raise MMKDError("the sweep removes each objective itself; do not pass --without")
+        raise MMKDError("the sweep removes each objective itself; do not give train.without")
     if "retrieval" in cfg.evals and not cfg.retrieval_pairs:
         raise MMKDError("retrieval needs held-out pairs: --pairs NAME=EN_FILE,X_FILE (repeatable)")
     validate(cfg.base)

@@ -27,7 +27,7 @@ class PairKey(NamedTuple):
 class StudentBatch:
     """One micro-batch: {input name: its input (mmkd.objectives.inputs.Tokens and subclasses)} and the
     keys of each input's pairs (the sentence input may hold other pairs than the pair inputs:
-    `--assign length`)."""
+    `assign=length`)."""
     inputs: dict[str, Tokens] = field(default_factory=dict)
     keys: dict[str, list[PairKey]] = field(default_factory=dict)
 
@@ -42,7 +42,7 @@ class StudentBatch:
 @dataclass
 class Part:
     """What one micro-batch is made of: the keys of the pairs of its pair inputs and of its sentence
-    input (the same pairs unless `--assign length`), and, once read, those pairs' text and teacher
+    input (the same pairs unless `assign=length`), and, once read, those pairs' text and teacher
     features (`mmkd.cache.reader.Sentences`)."""
     pair_keys: list[PairKey]
     sent_keys: list[PairKey]

@@ -1,6 +1,6 @@
-"""Settings checked against the model and the machine before any work: a `--max-length` beyond the
+"""Settings checked against the model and the machine before any work: a `max_length` beyond the
 model's position table would fail (or silently misbehave) deep inside the first forward, and a
-`--batch-size` no device can hold would run out of memory or, at absurd sizes, seem to hang while
+`batch_size` no device can hold would run out of memory or, at absurd sizes, seem to hang while
 the schedule materialises a step's pairs. Each is one line naming the option, the limit and why."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def max_positions(config) -> int | None:
 def check_length(option: str, length: int, config, what: str) -> None:
     limit = max_positions(config)
     if limit is not None and length > limit:
-        raise MMKDError(f"{option} {length}: the {what} takes at most {limit} tokens (its position table); "
-                        f"give {option} {limit} or less")
+        raise MMKDError(f"{option}={length}: the {what} takes at most {limit} tokens (its position table); "
+                        f"give {option}={limit} or less")
 
 
 def available_memory(device) -> int | None:
@@ -57,6 +57,6 @@ def check_batch(batch_size: int, micro: int, length: int, config, device) -> Non
     free = available_memory(device)
     need = activation_floor(micro, length, config)
     if free is not None and need > free:
-        raise MMKDError(f"--batch-size {batch_size}: one micro-batch of {micro} pairs × {length} tokens needs at least "
+        raise MMKDError(f"batch_size={batch_size}: one micro-batch of {micro} pairs × {length} tokens needs at least "
                         f"{need / 2**30:.1f} GiB for the student's activations alone, and {device} has "
-                        f"{free / 2**30:.1f} GiB free: lower --batch-size, raise --grad-accum or use more processes")
+                        f"{free / 2**30:.1f} GiB free: lower batch_size, raise grad_accum or use more processes")

@@ -37,7 +37,7 @@ class _RunSettings:
     data_dir: str = setting(help="Where prepared corpora are (online teacher).", factory=default_data_dir, cli=False)
     # ------------------------------------------------------------------ optimisation (paper 4.1)
     epochs: float = setting(15.0, "Epochs (paper 4.1: 15).", above=0)
-    max_steps: int | None = setting(None, "Stop after this many steps (overrides --epochs).", min=1)
+    max_steps: int | None = setting(None, "Stop after this many steps (overrides epochs).", min=1)
     batch_size: int = setting(256, "Global batch (all processes and accumulation steps), language-balanced "
                                    "(paper 4.1: 256).", min=1)
     grad_accum: int = setting(1, "Micro-batches per step and process, for when the batch does not fit.", min=1)
@@ -47,7 +47,7 @@ class _RunSettings:
     max_grad_norm: float = setting(1.0, "Gradient clipping norm (0 = off; BERT's practice, the paper does not say).",
                                    min=0)
     head_lr: float | None = setting(None, "Peak learning rate of the fresh heads (projectors, predictors, XWCL's map, "
-                                          "the MLM head's transform and output bias); none = --lr (the paper). AdamW "
+                                          "the MLM head's transform and output bias); none = lr (the paper). AdamW "
                                           "moves a weight about lr per step, so heads initialised at scale ~0.04 need "
                                           "a far larger lr than the encoder to be fitted in a short run.",
                                     above=0, max=1.0)
@@ -84,7 +84,7 @@ class _RunSettings:
                                             "storage (--cache s3://...) or on a slow shared filesystem is fetched into "
                                             "once per node, checked against the manifest's sha256, then memory-mapped; "
                                             "docs/gpu.md.")
-    cache_local_limit_gb: float = setting(0.0, "Size limit of --cache-local in GB (0 = none): the least recently used "
+    cache_local_limit_gb: float = setting(0.0, "Size limit of cache_local in GB (0 = none): the least recently used "
                                                "shards are removed to make room. Give it room for the whole cache: a "
                                                "shuffled step reads from most shards.", min=0)
     verify_cache: bool = setting(True, "Check every cache shard's checksums before its first use (remembered in "
@@ -99,7 +99,7 @@ class _RunSettings:
 
 
 # Each objective's own settings (its `Settings` dataclass, declared in its module), under its name
-# (`cfg.struca.alpha`, `--struca-temperature`, `"struca": {...}` in a settings file): collected from
+# (`cfg.struca.alpha`, `struca.temperature`, `"struca": {...}` in a settings file): collected from
 # the registry, so a new objective with settings touches its module and mmkd.objectives only.
 def with_objectives(objectives) -> type:
     """The settings class of runs that may train `objectives`: the run's own settings and each
@@ -125,17 +125,17 @@ RESUMABLE = {"num_workers", "log_with", "run_name", "keep_checkpoints", "checkpo
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Every setting within its range (one line naming the option), and the combinations that make a run."""
+    """Every setting within its range (one line naming the key), and the combinations that make a run."""
     st.validate(cfg)
     if len(set(cfg.without)) == len(objective_names()):
-        raise TrainingError("every objective was removed with --without; nothing to train")
+        raise TrainingError("every objective was removed (without=...); nothing to train")
     if cfg.batch_size % cfg.grad_accum:
-        raise TrainingError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum {cfg.grad_accum}")
+        raise TrainingError(f"batch_size={cfg.batch_size} is not a multiple of grad_accum={cfg.grad_accum}")
     if bool(cfg.cache) == bool(cfg.online_teacher):
         raise TrainingError("give either --cache (the teacher cache) or --online-teacher NAME (with --corpus)")
     for name in (n.strip() for n in cfg.log_with.split(",")):
         if name not in CHOICES or ("," in cfg.log_with and name in ("auto", "none", "all")):
-            raise TrainingError(f"--log-with {cfg.log_with!r}: {name!r} is not one of {', '.join(CHOICES)} "
+            raise TrainingError(f"log_with={cfg.log_with!r}: {name!r} is not one of {', '.join(CHOICES)} "
                                 "(names may be comma-separated)")
 
 
@@ -157,7 +157,7 @@ def from_saved(saved: dict, where: str, version: int | None = None) -> TrainConf
 
 def differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
     """The settings (other than those a resume may change) in which `cfg` differs from a run's,
-    by option name: `--head-out: run has 16, now 32`."""
+    by key (a flag's name for the flags): `heads.out: run has 16, now 32`."""
     now = st.flat(cfg)
     out = []
     for f in st.fields(TrainConfig):
@@ -165,8 +165,8 @@ def differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
             continue
         a, b = st.get(saved, f.path), now[f.key]
         if a != b and not _same_folder(a, b):
-            label = f.flag if f.meta.get("cli", True) else {"student": "--student", "online_teacher": "--online-teacher",
-                                                           "trust_remote_code": "--trust-remote-code"}.get(f.key, f.key)
+            label = f.key if f.meta.get("cli", True) else {"student": "--student", "online_teacher": "--online-teacher",
+                                                            "trust_remote_code": "--trust-remote-code"}.get(f.key, f.key)
             out.append(f"{label}: run has {a!r}, now {b!r}")
     return out
 

@@ -11,7 +11,7 @@ A prepared corpus is a folder `<data_dir>/corpora/<name>/` holding
 Length filter: the paper drops sentences under 10 or over 128 *tokens* without naming the
 tokenizer. We count **words of `mmkd.words.split_words`** on each side by default: tokenizer-free,
 so a prepared corpus does not depend on which teacher or student is used later, and CJK text
-counts one word per ideograph. `--length-tokenizer NAME` counts a real tokenizer's sub-tokens
+counts one word per ideograph. `length_tokenizer=NAME` counts a real tokenizer's sub-tokens
 instead (e.g. the student's, to match the 128-token student input exactly).
 """
 
@@ -75,7 +75,7 @@ class CorpusConfig:
                                   "= the OPUS object store's Moses zips; hub = the Hugging Face hub's parquet mirrors "
                                   "(Helsinki-NLP/europarl, Helsinki-NLP/multiun, cfilt/iitb-english-hindi), each at a "
                                   "pinned commit (`mmkd corpus sources`).", choices=("opus", "hub"))
-    hub_revision: str | None = setting(None, "With --source hub: read this revision (branch, tag or commit) instead of "
+    hub_revision: str | None = setting(None, "With source=hub: read this revision (branch, tag or commit) instead of "
                                              "the pinned commit; the commit it resolves to is recorded in meta.json.")
     opus_base_url: str = setting(help="Mirror of the OPUS object store, used when no source is given "
                                       "(default: $MMKD_OPUS_BASE_URL, else the OPUS object store).",
@@ -98,7 +98,7 @@ def _length_counter(tokenizer_name: str | None) -> Callable[[list[str]], list[in
     if tokenizer_name is None:
         return lambda texts: [len(split_words(t)) for t in texts]
 
-    tok = load_tokenizer(tokenizer_name, what="--length-tokenizer")
+    tok = load_tokenizer(tokenizer_name, what="length_tokenizer")
     return lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
@@ -149,12 +149,12 @@ def check_name(name: str, what: str = "--name") -> str:
 def validate(cfg: CorpusConfig) -> None:
     parse_pair(cfg.pair)
     check_name(cfg.out_name, "--name" if cfg.name else "pair")
-    for flag, value in (("--max-pairs", cfg.max_pairs), ("--max-tokens", cfg.max_tokens),
-                        ("--max-line-chars", cfg.max_line_chars)):
+    for key, value in (("max_pairs", cfg.max_pairs), ("max_tokens", cfg.max_tokens),
+                        ("max_line_chars", cfg.max_line_chars)):
         if value < 1:
-            raise CorpusError(f"{flag} {value}: must be at least 1")
+            raise CorpusError(f"{key}={value}: must be at least 1")
     if cfg.min_tokens < 0 or cfg.min_tokens > cfg.max_tokens:
-        raise CorpusError(f"--min-tokens {cfg.min_tokens}: must be between 0 and --max-tokens {cfg.max_tokens}")
+        raise CorpusError(f"min_tokens={cfg.min_tokens}: must be between 0 and max_tokens={cfg.max_tokens}")
 
 
 def _output_folder(cfg: CorpusConfig, overwrite: bool) -> Path:
@@ -198,7 +198,7 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True, overwrite: bool = F
     kept = _read_filtered(cfg, progress)
     if not kept.en:
         raise CorpusError(f"{cfg.pair}: no pair survived the filters (read {kept.total}, dropped {kept.dropped}); "
-                          f"check --min-tokens {cfg.min_tokens} / --max-tokens {cfg.max_tokens}")
+                          f"check min_tokens={cfg.min_tokens} / max_tokens={cfg.max_tokens}")
     table, meta = _shuffled(cfg, kept)
     out = _output_folder(cfg, overwrite)          # again: another command may have written it meanwhile
     _publish_corpus(table, meta, out)

@@ -24,7 +24,7 @@ from mmkd.download import DownloadError, download
 from mmkd.errors import CorpusError, MMKDError
 from mmkd.hub_data import HUB_CORPORA, HubCorpus
 
-# The OPUS object store; MMKD_OPUS_BASE_URL (or --opus-base-url) points at a mirror instead.
+# The OPUS object store; MMKD_OPUS_BASE_URL (or opus_base_url) points at a mirror instead.
 OPUS_BASE_URL = "https://object.pouta.csc.fi"
 
 # The paper's seven pairs (section 4.1): corpus, OPUS release. The zip for a pair is
@@ -105,7 +105,7 @@ def _decode_lines(raw: Iterator[bytes], name: str, max_chars: int) -> Iterator[t
             raise CorpusError(f"{name} line {i}: a NUL byte; this is binary (or UTF-16) data, not UTF-8 text")
         if len(text) > max_chars:
             raise CorpusError(f"{name} line {i}: {len(text)} characters, over the limit of {max_chars} "
-                              "(--max-line-chars); is this really a sentence-per-line file?")
+                              "(max_line_chars); is this really a sentence-per-line file?")
         yield i, text
 
 
@@ -229,7 +229,7 @@ def _check_zip(url: str):
             with open(path, "rb") as f:
                 head = f.read(64)
             what = "an HTML page" if head.lstrip().lower().startswith((b"<!doctype", b"<html")) else "not a zip file"
-            raise DownloadError(f"{url}: the server sent {what} ({e}); check the URL (and --opus-base-url), "
+            raise DownloadError(f"{url}: the server sent {what} ({e}); check the URL (and opus_base_url), "
                                 "then run the command again") from None
     return check
 
@@ -248,7 +248,7 @@ def fetch(url: str, dest: str, progress: bool = True, desc: str | None = None) -
             while chunk := src.read(1 << 20):
                 out.write(chunk)
     except FileNotFoundError:
-        raise CorpusError(f"{url}: not found; check the URL (and --opus-base-url)") from None
+        raise CorpusError(f"{url}: not found; check the URL (and opus_base_url)") from None
     try:
         _check_zip(url)(tmp)
     except MMKDError:
@@ -269,7 +269,7 @@ def hub_corpora(pair: str) -> list[HubCorpus]:
     parse_pair(pair)
     if pair not in HUB_CORPORA:
         raise CorpusError(f"no hub mirror of a paper corpus for {pair!r}; pairs with one: {', '.join(sorted(HUB_CORPORA))}. "
-                          "Give --hf-dataset NAME (and --hf-config) to read another dataset.")
+                          "Give --hf-dataset NAME (and hf_config) to read another dataset.")
     return HUB_CORPORA[pair]
 
 
@@ -306,14 +306,14 @@ def read_hf(name: str, config: str | None, split: str, lang: str, max_chars: int
         en, x = tr["en"] or "", tr[lang] or ""
         for side in (en, x):
             if len(side) > max_chars:
-                raise CorpusError(f"dataset {name!r} row {i}: {len(side)} characters, over --max-line-chars {max_chars}")
+                raise CorpusError(f"dataset {name!r} row {i}: {len(side)} characters, over max_line_chars={max_chars}")
         yield i, en, x
 
 
 def _two_columns(ds, name: str, columns: str, max_chars: int) -> Iterator[Pair]:
     picked = [c.strip() for c in columns.split(",")]
     if len(picked) != 2 or not all(picked):
-        raise CorpusError(f"--hf-columns {columns!r}: give two column names, English first (e.g. english,non_english)")
+        raise CorpusError(f"hf_columns={columns!r}: give two column names, English first (e.g. english,non_english)")
     missing = [c for c in picked if c not in ds.column_names]
     if missing:
         raise CorpusError(f"--hf-dataset {name!r}: no column {missing[0]!r} (columns: {', '.join(ds.column_names[:8])})")
@@ -323,7 +323,7 @@ def _two_columns(ds, name: str, columns: str, max_chars: int) -> Iterator[Pair]:
             if side is not None and not isinstance(side, str):
                 raise CorpusError(f"dataset {name!r} row {i}: column {column!r} holds {type(side).__name__}, not text")
             if side and len(side) > max_chars:
-                raise CorpusError(f"dataset {name!r} row {i}: {len(side)} characters, over --max-line-chars {max_chars}")
+                raise CorpusError(f"dataset {name!r} row {i}: {len(side)} characters, over max_line_chars={max_chars}")
         yield i, en or "", x or ""
 
 

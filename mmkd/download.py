@@ -112,7 +112,7 @@ def _open(url: str, part: str, offset: int, record: dict, timeout: float):
             raise _Transient(f"HTTP 416 for a resumed range at byte {offset}") from None
         if e.code in _TRANSIENT_STATUS:
             raise _Transient(f"HTTP {e.code} {e.reason}") from None
-        hint = "check the URL (and --opus-base-url)" if e.code == 404 else "check the URL and your access to it"
+        hint = "check the URL (and opus_base_url)" if e.code == 404 else "check the URL and your access to it"
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; {hint}") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)

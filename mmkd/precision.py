@@ -1,6 +1,6 @@
 """Which precision a run computes in, one rule for training and evaluation.
 
-`resolve(setting, cpu)` turns `--mixed-precision` into accelerate's names: `auto` is what an explicit
+`resolve(setting, cpu)` turns `mixed_precision` into accelerate's names: `auto` is what an explicit
 accelerate configuration says (`accelerate launch` and `accelerate config` set
 ACCELERATE_MIXED_PRECISION); otherwise fp32 on CPU, bf16 on GPUs that have it and fp16 (with a loss
 scaler) on those that do not (V100, T4). Evaluation's fine-tuning follows the same rule

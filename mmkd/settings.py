@@ -2,10 +2,11 @@
 
 A settings class declares each field with `setting(default, help, ...)`. From those declarations
 alone mmkd derives:
-- the command-line options (`--field-name VALUE`, `--flag/--no-flag` for booleans; nested settings
-  such as `xwcl.temperature` are `--xwcl-temperature`), whose click defaults are all None: a value
-  not given on the command line comes from `--config` (a preset or a file), else the dataclass;
-- validation with the range, naming the option (`--lr nan: must be a finite number > 0`);
+- the hidden command-line options older scripts use (`--field-name VALUE`, `--flag/--no-flag` for
+  booleans; nested settings such as `xwcl.temperature` are `--xwcl-temperature`; `KEY=VALUE` is the
+  form shown), whose click defaults are all None: a value not given on the command line comes from
+  `--config` (a preset or a file), else the dataclass;
+- validation with the range, naming the key (`lr=nan: must be a finite number`);
 - reading a settings file (a preset in `mmkd/presets/`, any JSON mapping, or a run's `config.json`)
   with every key and type checked, naming the file and key;
 - the table `mmkd settings` prints.
@@ -109,8 +110,8 @@ def item_type(tp):
 
 
 def check_value(field: Field, value, where: str = "") -> Any:
-    """`value` as the field's type, within its range; else a SettingsError naming `where` or the flag."""
-    name = where or field.flag
+    """`value` as the field's type, within its range; else a SettingsError naming `where` (a file) and the key."""
+    name = f"{where}: {field.key}" if where else field.key
     base, optional = _base(field.type)
     if value is None:
         if optional:
@@ -119,39 +120,39 @@ def check_value(field: Field, value, where: str = "") -> Any:
     m = field.meta
     if base is bool:
         if not isinstance(value, bool):
-            raise SettingsError(f"{name} {value!r}: must be true or false")
+            raise SettingsError(f"{name}={value!r}: must be true or false")
         return value
     if base is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer() and not where:
                 value = int(value)
             else:
-                raise SettingsError(f"{name} {value!r}: must be a whole number")
+                raise SettingsError(f"{name}={value!r}: must be a whole number")
     elif base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingsError(f"{name} {value!r}: must be a number")
+            raise SettingsError(f"{name}={value!r}: must be a number")
         value = float(value)
         if m.get("finite", True) and not math.isfinite(value):
-            raise SettingsError(f"{name} {value}: must be a finite number")
+            raise SettingsError(f"{name}={value}: must be a finite number")
     elif base is str:
         if not isinstance(value, str):
-            raise SettingsError(f"{name} {value!r}: must be a string")
+            raise SettingsError(f"{name}={value!r}: must be a string")
     elif base in (list, tuple):
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise SettingsError(f"{name} {value!r}: must be a list")
+            raise SettingsError(f"{name}={value!r}: must be a list")
         sub = dataclasses.replace(field, type=item_type(field.type))
         return [check_value(sub, v, where) for v in value]
     choices = allowed(field)
     if choices and value not in choices:
-        raise SettingsError(f"{name} {value!r}: choose {', '.join(map(str, choices))}")
+        raise SettingsError(f"{name}={value!r}: choose {', '.join(map(str, choices))}")
     if base in (int, float):
         lo, hi, above = m.get("min"), m.get("max"), m.get("above")
         if above is not None and not value > above:
-            raise SettingsError(f"{name} {value}: must be greater than {above}")
+            raise SettingsError(f"{name}={value}: must be greater than {above}")
         if lo is not None and value < lo:
-            raise SettingsError(f"{name} {value}: must be at least {lo}")
+            raise SettingsError(f"{name}={value}: must be at least {lo}")
         if hi is not None and value > hi:
-            raise SettingsError(f"{name} {value}: must be at most {hi}")
+            raise SettingsError(f"{name}={value}: must be at most {hi}")
     return value
 
 
@@ -222,7 +223,7 @@ def from_mapping(cls, mapping: dict, where: str, base=None):
             f = by_key.get(key)
             if f is None:
                 raise SettingsError(f"{where}: unknown setting {key!r} (see `mmkd settings`)")
-            values[f.path] = check_value(f, v, f"{where}: {f.key}")
+            values[f.path] = check_value(f, v, where)
 
     walk(mapping, "")
     return replace(base if base is not None else cls(), values)
@@ -274,7 +275,7 @@ def assignments(cls, items: list[str], command: str) -> dict[tuple[str, ...], An
         f = by_key.get(key.strip())
         if f is None:
             raise SettingsError(f"{key!r}: no such setting of mmkd {command} (`mmkd settings {command}` lists them)")
-        out[f.path] = check_value(f, parse_text(f, text, f"{f.key}={text}"), f.key)
+        out[f.path] = check_value(f, parse_text(f, text, f"{f.key}={text}"))
     return out
 
 
@@ -352,5 +353,5 @@ def describe(cls, obj=None) -> list[tuple[str, str, str, str]]:
         kind += " " + " ".join(b for b in bounds if b) if any(bounds) else ""
         value = get(obj, f.path)
         rows.append((f.key, json.dumps(value) if not isinstance(value, str) else value, kind.strip(),
-                     f"{m.get('help', '')} (option {f.flag})"))
+                     m.get("help", "")))
     return rows

@@ -45,7 +45,7 @@ class StepData(torch.utils.data.Dataset):
         return 1 << 62
 
     def plan(self, step: int) -> list[Part]:
-        """This process's micro-batches of `step`. By position (`--assign stride`, or one process
+        """This process's micro-batches of `step`. By position (`assign=stride`, or one process
         without accumulation) the pair inputs and the sentence input hold the same pairs; by length,
         each holds the micro-batch's members of its length range, so each forward pads little. Every
         process first reads the whole global batch's text to measure it (all must agree on the assignment)."""

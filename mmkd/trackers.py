@@ -1,9 +1,9 @@
 """Experiment trackers beside metrics.csv: any tracker accelerate supports, by name, one run per
 run folder that a resume continues.
 
-`--log-with` is `auto` (TensorBoard when installed, else none), `none`, `all` (every supported
+`log_with` is `auto` (TensorBoard when installed, else none), `none`, `all` (every supported
 tracker that is installed) or a comma-separated list of names (`tensorboard,mlflow`); a named
-tracker that is not installed is refused in one line before anything is written. `--run-name`
+tracker that is not installed is refused in one line before anything is written. `run_name`
 names the run (default: the run folder's name). `RUN/tracker.json` keeps the name and each
 tracker's run id (W&B's id, MLflow's run id, ...), so `--resume` logs into the same tracker run
 rather than starting a new one. TensorBoard writes RUN/mmkd/ and appends there.
@@ -35,12 +35,12 @@ def installed(name: str) -> bool:
 
 
 def check(setting: str) -> None:
-    """Refuse a --log-with value that names no tracker or one not installed (before any work)."""
+    """Refuse a log_with value that names no tracker or one not installed (before any work)."""
     resolve(setting)
 
 
 def resolve(setting: str) -> list[str]:
-    """--log-with as the list of tracker names to start."""
+    """log_with as the list of tracker names to start."""
     if setting in ("none", ""):
         return []
     if setting == "auto":
@@ -50,10 +50,10 @@ def resolve(setting: str) -> list[str]:
     names = [n.strip() for n in setting.split(",") if n.strip()]
     for name in names:
         if name not in TRACKERS:
-            raise TrainingError(f"--log-with {name!r}: not a tracker accelerate knows; choose from "
+            raise TrainingError(f"log_with={name!r}: not a tracker accelerate knows; choose from "
                                 f"{', '.join(CHOICES)} (or several, comma-separated)")
         if not installed(name):
-            raise TrainingError(f"--log-with {name}: {name} is not installed (pip install {name.replace('_', '-')}); "
+            raise TrainingError(f"log_with={name}: {name} is not installed (pip install {name.replace('_', '-')}); "
                                 "metrics.csv is written in any case")
     return names
 

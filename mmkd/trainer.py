@@ -428,7 +428,7 @@ def refuse_sharded_engines() -> None:
         if os.environ.get(var, "").lower() in ("1", "true", "yes"):
             raise TrainingError(f"{name} is not supported by mmkd train (its checkpoints hold whole optimiser "
                                 "states): use plain DDP (`accelerate launch --multi_gpu`, one or several machines), "
-                                "with --mixed-precision bf16 or fp16 and --grad-accum for memory")
+                                "with mixed_precision=bf16 or fp16 and grad_accum for memory")
 
 
 def _start_fresh_head(student, tokenizer, features, pairs: int, main: bool) -> None:
@@ -447,11 +447,11 @@ def _start_fresh_head(student, tokenizer, features, pairs: int, main: bool) -> N
 
 
 def _check_capacity(cfg: TrainConfig, accelerator) -> None:
-    """--max-length against the student's positions, --batch-size against memory: before any work."""
+    """max_length against the student's positions, batch_size against memory: before any work."""
     config = load_config(cfg.student, cfg.trust_remote_code, "student")
-    check_length("--max-length", cfg.max_length, config, f"student {cfg.student}")
+    check_length("max_length", cfg.max_length, config, f"student {cfg.student}")
     if cfg.online_teacher:
-        check_length("--teacher-max-length", cfg.teacher_max_length,
+        check_length("teacher_max_length", cfg.teacher_max_length,
                      load_config(cfg.online_teacher, cfg.trust_remote_code, "teacher"), f"teacher {cfg.online_teacher}")
     micro = -(-cfg.batch_size // (accelerator.num_processes * cfg.grad_accum))
     check_batch(cfg.batch_size, micro, cfg.max_length, config, accelerator.device)

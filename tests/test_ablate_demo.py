@@ -142,7 +142,7 @@ def test_demo_small_end_to_end_and_rerun_reuses(tmp_path, capfd, shared, real_mo
     saved = json.loads((out / "run" / "config.json").read_text())["config"]
     assert saved["senta"]["center"] is True and saved["struca"]["alpha"] == 1.0
     r = CliRunner().invoke(main, [*args, "--alpha", "3"])
-    assert r.exit_code != 0 and "--alpha: run has 1.0, now 3.0" in r.output
+    assert r.exit_code != 0 and "struca.alpha: run has 1.0, now 3.0" in r.output
 
 
 def test_demo_finds_xnli_or_says_why_not(tmp_path, shared, monkeypatch):

@@ -87,7 +87,7 @@ def test_404_is_one_clear_line_and_exit_2(tmp_path, mirror):
     assert r.exit_code == 2
     line = r.output.strip()
     assert line == (f"error: {server.url}/nothing-here/OPUS-Europarl/v8/moses/en-fr.txt.zip: HTTP 404 Not Found; "
-                    "check the URL (and --opus-base-url)")
+                    "check the URL (and opus_base_url)")
     assert not (tmp_path / "d" / "corpora" / "en-fr").exists()
     assert not list((tmp_path / "d").rglob("*.zip"))
 

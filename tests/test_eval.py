@@ -218,7 +218,7 @@ def test_pawsx_end_to_end(tmp_path, tiny_student, shared):
     r = CliRunner().invoke(main, ["eval", "pawsx", "--model", tiny_student, "--eval-data-dir", str(shared),
                                   "--train-file", str(shared / "pawsx" / "dev-en.tsv"), "--languages", "de",
                                   "--max-train-examples", "16", "--test-offset", "2000", "--out", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "--test-offset 2000: no pawsx test examples left for de" in r.output
+    assert r.exit_code == 2 and "test_offset=2000: no pawsx test examples left for de" in r.output
 
 
 def test_xquad_end_to_end_with_strided_windows(tmp_path, tiny_student, shared):
@@ -244,7 +244,7 @@ def test_xquad_end_to_end_with_strided_windows(tmp_path, tiny_student, shared):
         assert squad_scores(predicted, gold, lang)["f1"] == pytest.approx(run["test"][lang])
     r = CliRunner().invoke(main, ["eval", "xquad", "--model", tiny_student, "--eval-data-dir", str(shared),
                                   "--languages", "en,ru", "--qa-scoring", "mlqa", "--out", str(tmp_path / "no")])
-    assert r.exit_code == 2 and "--qa-scoring mlqa: MLQA's script scores" in r.output and "not ru" in r.output
+    assert r.exit_code == 2 and "qa_scoring=mlqa: MLQA's script scores" in r.output and "not ru" in r.output
 
 
 def test_qa_decoding_recovers_gold_spans_across_windows(tiny_student, shared):
@@ -360,7 +360,7 @@ def test_window_longer_than_the_model_is_a_clear_error(tmp_path, tiny_student, s
                                   "--train-file", str(shared / "english_qa_train" / "tydiqa-goldp-v1.1-en-train.first1500.json"),
                                   "--languages", "en", "--max-train-examples", "8", "--max-eval-examples", "2",
                                   "--out", str(tmp_path)])          # default --max-length 384 > 160 positions
-    assert r.exit_code == 2 and "--max-length 384 exceeds the model's 160 positions" in r.output
+    assert r.exit_code == 2 and "max_length=384 exceeds the model's 160 positions" in r.output
 
 
 # ------------------------------------------------------------------ precision follows the run's

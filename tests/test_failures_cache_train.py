@@ -140,11 +140,11 @@ def test_resume_redoes_every_shard_that_is_not_exactly_complete(tmp_path, clean_
     assert snapshot(cache) == snapshot(clean_cache)
 
 
-@pytest.mark.parametrize("option,value", [("--shard-size", "0"), ("--shard-size", "-5"), ("--batch-size", "0")])
-def test_impossible_cache_sizes(tmp_path, tiny_teacher, data_dir, option, value):
+@pytest.mark.parametrize("key,value", [("shard_size", "0"), ("shard_size", "-5"), ("batch_size", "0")])
+def test_impossible_cache_sizes(tmp_path, tiny_teacher, data_dir, key, value):
     r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--out",
-                                  str(tmp_path / "c"), "--data-dir", str(data_dir), option, value, "--quiet"])
-    _one_line_error(r, f"{option} {value}: must be at least 1")
+                                  str(tmp_path / "c"), "--data-dir", str(data_dir), f"{key}={value}", "--quiet"])
+    _one_line_error(r, f"{key}={value}: must be at least 1")
     assert not (tmp_path / "c").exists()
 
 
@@ -320,10 +320,10 @@ def test_resume_accepts_any_spelling_of_the_run_folder_and_a_moved_one(tmp_path,
 
 
 def test_impossible_training_counts(tmp_path, clean_cache, tiny_student, data_dir):
-    for option in (["--batch-size", "0"], ["--max-steps", "0"], ["--grad-accum", "0"]):
+    for key in ("batch_size", "max_steps", "grad_accum"):
         r = CliRunner().invoke(main, ["train", "--cache", str(clean_cache), "--student", tiny_student, "--out",
-                                      str(tmp_path / "r"), "--data-dir", str(data_dir), *option, "--quiet"])
-        _one_line_error(r, f"{option[0]} 0: must be at least 1")
+                                      str(tmp_path / "r"), "--data-dir", str(data_dir), f"{key}=0", "--quiet"])
+        _one_line_error(r, f"{key}=0: must be at least 1")
 
 
 # ------------------------------------------------------------------ the student folder is atomic

@@ -66,10 +66,10 @@ def test_a_pair_cannot_escape_the_corpora_folder(tmp_path, shared):
     assert not any(tmp_path.rglob("*.arrow"))
 
 
-@pytest.mark.parametrize("flag,value", [("--max-pairs", "0"), ("--max-pairs", "-3"), ("--max-tokens", "0"),
-                                        ("--min-tokens", "200")])
-def test_impossible_counts_are_refused(tmp_path, shared, flag, value):
-    _one_line_error(_prepare(tmp_path, shared, flag, value), flag)
+@pytest.mark.parametrize("key,value", [("max_pairs", "0"), ("max_pairs", "-3"), ("max_tokens", "0"),
+                                       ("min_tokens", "200")])
+def test_impossible_counts_are_refused(tmp_path, shared, key, value):
+    _one_line_error(_prepare(tmp_path, shared, f"{key}={value}"), f"{key}={value}")
     assert not (tmp_path / "d" / "corpora" / "en-fr").exists()
 
 
@@ -103,8 +103,8 @@ def test_utf16_is_named_and_a_utf8_bom_is_not_text(tmp_path, shared):
 
 
 def test_a_missing_length_tokenizer_is_one_line(tmp_path, shared):
-    _one_line_error(_prepare(tmp_path, shared, "--length-tokenizer", str(tmp_path / "nope")),
-                    "--length-tokenizer", "does not exist")
+    _one_line_error(_prepare(tmp_path, shared, f"length_tokenizer={tmp_path / 'nope'}"),
+                    "length_tokenizer", "does not exist")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -273,17 +273,17 @@ def test_errors_in_loader_workers_are_one_line_naming_shard_and_file(tmp_path, c
 
 # ------------------------------------------------------------------ resume names what differs
 @pytest.mark.parametrize("option,value,shown", [
-    ("--head-out", "32", "--head-out: run has 16, now 32"), ("--head-hidden", "64", "--head-hidden: run has 32, now 64"),
-    ("--head-norm", "layer", "--head-norm: run has 'none', now 'layer'"),
-    ("--xwcl-map", "linear", "--xwcl-map: run has 'auto', now 'linear'"),
-    ("--teacher-heads", "guard", "--teacher-heads: run has 'structure', now 'guard'"),
+    ("heads.out", "32", "heads.out: run has 16, now 32"), ("heads.hidden", "64", "heads.hidden: run has 32, now 64"),
+    ("heads.norm", "layer", "heads.norm: run has 'none', now 'layer'"),
+    ("xwcl.map", "linear", "xwcl.map: run has 'auto', now 'linear'"),
+    ("heads.teacher", "guard", "heads.teacher: run has 'structure', now 'guard'"),
 ])
 def test_resume_with_a_setting_that_shapes_the_model_names_it(tmp_path, cache, tiny_student, data_dir, option, value,
                                                                shown):
     run = tmp_path / "run"
     assert CliRunner().invoke(main, train_args(cache, tiny_student, run, data_dir, "--max-steps", "4")).exit_code == 0
     shutil.rmtree(run / "student")
-    r = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", option, value, "--quiet"])
+    r = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", f"{option}={value}", "--quiet"])
     assert r.exit_code == 2 and shown in r.output and "damaged" not in r.output, r.output
 
 
@@ -305,12 +305,12 @@ def test_resume_with_another_student_names_it_and_the_same_one_spelled_otherwise
 
 
 # ------------------------------------------------------------------ one line, not a traceback
-@pytest.mark.parametrize("layer,shown", [("9", "--layer 9: the teacher has 2 layers"),
-                                         ("-9", "--layer -9: the teacher has 2 layers"),
-                                         ("99", "--layer 99: must be at most 64")])
+@pytest.mark.parametrize("layer,shown", [("9", "layer=9: the teacher has 2 layers"),
+                                         ("-9", "layer=-9: the teacher has 2 layers"),
+                                         ("99", "layer=99: must be at most 64")])
 def test_cache_teacher_layer_out_of_range(tmp_path, tiny_teacher, data_dir, layer, shown):
     r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--out",
-                                  str(tmp_path / "c"), "--data-dir", str(data_dir), "--layer", layer, "--quiet"])
+                                  str(tmp_path / "c"), "--data-dir", str(data_dir), f"layer={layer}", "--quiet"])
     one_line(r, shown)
 
 
@@ -581,21 +581,21 @@ def test_a_second_train_on_a_busy_run_folder_changes_nothing(tmp_path, cache, ti
 # ------------------------------------------------------------------ round three: bad input
 def test_a_seed_beyond_numpy_and_torch_is_one_line(tmp_path, cache, tiny_student, data_dir):
     r = CliRunner().invoke(main, train_args(cache, tiny_student, tmp_path / "r", data_dir, "--seed", str(2**64 + 1)))
-    one_line(r, f"--seed {2**64 + 1}: must be at most 4294967295")
+    one_line(r, f"seed={2**64 + 1}: must be at most 4294967295")
     assert not (tmp_path / "r").exists()
 
 
 def test_a_batch_or_length_no_machine_or_model_takes_is_one_line_before_any_work(tmp_path, cache, tiny_student,
                                                                                   data_dir, tiny_teacher):
     out = tmp_path / "r"
-    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, out, data_dir, "--batch-size", str(10**20))),
-             "--batch-size 100000000000000000000: one micro-batch", "lower --batch-size")
-    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, out, data_dir, "--max-length", str(10**8))),
-             "--max-length 100000000: the student", "takes at most 160 tokens")
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, out, data_dir, f"batch_size={10**20}")),
+             "batch_size=100000000000000000000: one micro-batch", "lower batch_size")
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, out, data_dir, f"max_length={10**8}")),
+             "max_length=100000000: the student", "takes at most 160 tokens")
     assert not out.exists()
     r = CliRunner().invoke(main, ["cache-teacher", "--corpus", "en-fr", "--teacher", tiny_teacher, "--out",
-                                  str(tmp_path / "c"), "--data-dir", str(data_dir), "--max-length", "100000", "--quiet"])
-    one_line(r, "--max-length 100000: the teacher")
+                                  str(tmp_path / "c"), "--data-dir", str(data_dir), "max_length=100000", "--quiet"])
+    one_line(r, "max_length=100000: the teacher")
     assert not (tmp_path / "c").exists()
 
 

@@ -136,7 +136,7 @@ def test_the_size_limit_evicts_the_least_recently_used_shard_and_a_changed_copy_
     assert np.array_equal(again.numpy(), first.numpy())
     assert srv.served(SHARDS + "00002/") > served
     # A limit below one shard is refused at once, naming the option.
-    with pytest.raises(CacheError, match="--cache-local-limit-gb"):
+    with pytest.raises(CacheError, match="cache_local_limit_gb="):
         TeacherCache(URL, local=str(tmp_path / "small"), limit_bytes=sizes[0] // 2)
 
 

@@ -307,10 +307,10 @@ def test_log_with_takes_every_tracker_accelerate_knows_and_refuses_one_not_insta
     from mmkd.trackers import TRACKERS, installed
     assert set(TRACKERS) == {t.value for t in LoggerType} - {"all"}
     absent = next(t for t in TRACKERS if not installed(t))
-    for value, message in ((absent, f"--log-with {absent}: {absent} is not installed"),
-                           ("tensorboard,nope", "--log-with 'tensorboard,nope': 'nope' is not one of auto, none, all")):
-        r = subprocess.run(_cli_train(tmp_path / "r", cache_root, tiny_student, data_dir, "--max-steps", "1",
-                                      "--log-with", value), capture_output=True, text=True)
+    for value, message in ((absent, f"log_with={absent}: {absent} is not installed"),
+                           ("tensorboard,nope", "log_with='tensorboard,nope': 'nope' is not one of auto, none, all")):
+        r = subprocess.run(_cli_train(tmp_path / "r", cache_root, tiny_student, data_dir, "max_steps=1",
+                                      f"log_with={value}"), capture_output=True, text=True)
         assert r.returncode == 2 and message in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
         assert not (tmp_path / "r").exists()
 
@@ -450,7 +450,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, cache_root, tiny_studen
     train(cfg, progress=False)
     with pytest.raises(TrainingError, match="already holds a run"):
         train(cfg, progress=False)
-    with pytest.raises(TrainingError, match=r"other settings:\n  --lr: run has 0.001, now 0.002"):
+    with pytest.raises(TrainingError, match=r"other settings:\n  lr: run has 0.001, now 0.002"):
         train(changed(cfg, lr=2e-3), resume=True, progress=False)
 
 
@@ -826,7 +826,7 @@ def test_a_new_objectives_settings_join_the_run_settings_from_the_registry(monke
     cfg = st.from_mapping(cls, {"clsnorm": {"weight": 0.5}, "struca.alpha": 2.0}, "test")
     assert cfg.clsnorm.weight == 0.5 and cfg.struca.alpha == 2.0 and cls().clsnorm.weight == 0.25
     assert st.load(cls, None, st.assignments(cls, ["clsnorm.weight=3"], "train")).clsnorm.weight == 3.0
-    with pytest.raises(st.SettingsError, match="clsnorm.weight -1.0: must be at least 0"):
+    with pytest.raises(st.SettingsError, match="clsnorm.weight=-1.0: must be at least 0"):
         st.assignments(cls, ["clsnorm.weight=-1"], "train")
     assert "clsnorm.weight" in [f.key for f in st.fields(cls)]
     monkeypatch.setattr(objs, "OBJECTIVES", objs.OBJECTIVES + (ClsNorm,))

@@ -9,7 +9,7 @@ that this rehearsal does not follow fails here):
   exactly those names (HF_HUB_OFFLINE): an English teacher and a multilingual student with another
   vocabulary, both saved like the real checkpoints (BertForPreTraining: MLM head, pooler, NSP head);
 - 8 GPUs: 2 CPU processes (gloo), training a few steps; evaluation on slices of the shared XNLI,
-  PAWS-X, XQuAD and TyDi-QA files laid out as XTREME does (`--eval-data-dir`).
+  PAWS-X, XQuAD and TyDi-QA files laid out as XTREME does (`data_dir=DIR`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _eval_layout(root: Path, shared: Path) -> Path:
 
 def rehearsal_script(evaldata: Path) -> str:
     block = readme_workflow()
-    eval_slice = f"--eval-data-dir {evaldata} max_train_examples=48 max_eval_examples=16 epochs=1"
+    eval_slice = f"data_dir={evaldata} max_train_examples=48 max_eval_examples=16 epochs=1"
     swaps = [
         ("--num_processes 8", "--num_processes 2"),                      # 8 GPUs -> 2 CPU processes
         ("--mixed_precision bf16", "--mixed_precision no"),             # bf16 autocast is for GPUs

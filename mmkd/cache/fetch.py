@@ -1,5 +1,5 @@
 """A cache in object storage (or on any slow shared filesystem), read from a node-local copy of
-each shard: `TeacherCache(url, local="/nvme/mmkd")`, `mmkd train --cache s3://b/c --cache-local /nvme/mmkd`.
+each shard: `TeacherCache(url, local="/nvme/mmkd")`, `mmkd train --cache s3://b/c cache_local=/nvme/mmkd`.
 
 Zarr on an object store fetches a whole chunk for any row of it (an uncompressed cache stores one
 chunk per array: a shard touched is a full download), so random access straight from the store
@@ -20,7 +20,7 @@ Layout of the local folder (node-local disk; one folder may serve many caches an
 The processes of a node take a shard's lock before fetching it, so whichever comes first fetches it
 and the others wait, then map the same files. A copy whose files changed after the fetch (another
 program wrote them) is noticed by their (inode, size, mtime, ctime) and fetched again. With a size
-limit (`--cache-local-limit-gb`), fetching a shard first removes the least recently used shards of
+limit (`cache_local_limit_gb`), fetching a shard first removes the least recently used shards of
 any cache in the folder until the new one fits; a process that still maps a removed shard keeps
 reading its (unlinked) files, and drops them the next time it looks the shard up.
 """
@@ -54,7 +54,7 @@ def _flock(path: Path):
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
-                raise CacheError(f"{path}: this filesystem has no flock ({errno.errorcode[e.errno]}); --cache-local "
+                raise CacheError(f"{path}: this filesystem has no flock ({errno.errorcode[e.errno]}); cache_local "
                                  "is meant for a node-local disk (e.g. /nvme or /tmp), which has it") from None
             raise
         yield
@@ -93,7 +93,7 @@ class ShardFetcher:
             write_text(self.base / "manifest.json", dumps(m.raw))
         big = max((self.shard_bytes(k) for k in range(len(m.shards))), default=0)
         if self.limit and big > self.limit:
-            raise CacheError(f"--cache-local-limit-gb {self.limit / 1e9:g} is smaller than the largest shard of "
+            raise CacheError(f"cache_local_limit_gb={self.limit / 1e9:g} is smaller than the largest shard of "
                              f"{cache.url} ({big / 1e9:.3f} GB); raise it (it should hold every shard a step reads)")
         self.fetched_bytes = 0                   # by this process, from the store
         self._checked: dict[int, float] = {}     # shard -> when this process last found it complete
@@ -148,7 +148,7 @@ class ShardFetcher:
             if self.present(k):
                 return str(self.base)
         raise CacheError(f"{self.cache.url} shard {self.cache.manifest.shards[k].name}: evicted from {self.folder} "
-                         "as soon as it was fetched, three times: --cache-local-limit-gb is too small for the "
+                         "as soon as it was fetched, three times: cache_local_limit_gb is too small for the "
                          "processes sharing the folder; raise it")
 
     def _fetch(self, k: int) -> None:

@@ -44,7 +44,7 @@ FORMAT_VERSION = 3
 # `mmkd cache upgrade CACHE --teacher NAME` adds the mean (re-running the teacher on the stored text).
 READABLE_VERSIONS = (2, 3)
 
-# --dtype -> (zarr dtype of the stored tensors, needs a per-vector scale)
+# dtype -> (zarr dtype of the stored tensors, needs a per-vector scale)
 STORAGE = {
     "fp32": ("float32", False),
     "fp16": ("float16", False),

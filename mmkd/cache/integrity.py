@@ -193,4 +193,4 @@ def verify_before_training(caches, rank: int, gather, any_process, run_markers, 
             f"{time.perf_counter() - started:.1f}s into {fetches[0][0].folder}")
     elif progress and todo:
         say(f"verified {len(todo)} cache shards ({nbytes / 1e6:.1f} MB) in {time.perf_counter() - started:.1f}s "
-            "(remembered: later runs re-check only changed files; --no-verify skips this)")
+            "(remembered: later runs re-check only changed files; verify_cache=false skips this)")

@@ -270,10 +270,10 @@ def validate(cfg: CacheConfig) -> None:
 
 
 def check_layer(cfg: CacheConfig, model) -> None:
-    """`--layer` indexes hidden_states: embeddings, then each of the model's layers."""
+    """`layer` indexes hidden_states: embeddings, then each of the model's layers."""
     n = getattr(model.config, "num_hidden_layers", None)
     if n is not None and not -(n + 1) <= cfg.layer <= n:
-        raise CacheError(f"--layer {cfg.layer}: the teacher has {n} layers, so hidden_states holds {n + 1} entries: "
+        raise CacheError(f"layer={cfg.layer}: the teacher has {n} layers, so hidden_states holds {n + 1} entries: "
                          f"choose from {-(n + 1)} to {n} (-1 = the last layer, 0 = the embeddings)")
 
 
@@ -285,7 +285,7 @@ def build_cache(cfg: CacheConfig, resume: bool = False, overwrite: bool = False,
     corpora = [open_corpus(c, cfg.data_dir) for c in cfg.corpora]
     model, tokenizer = load_teacher(cfg.teacher, state.device, cfg.trust_remote_code)
     check_layer(cfg, model)
-    check_length("--max-length", cfg.max_length, model.config, f"teacher {cfg.teacher}")
+    check_length("max_length", cfg.max_length, model.config, f"teacher {cfg.teacher}")
     check_batch(cfg.batch_size, cfg.batch_size, cfg.max_length, model.config, state.device)
     outputs = []
     for corpus in corpora:

@@ -48,7 +48,7 @@ def corpus_prepare(pair, moses, tsv, zip_, hf_dataset, name, config, data_dir, o
     """Filter, deduplicate, shuffle and prune one language pair PAIR (e.g. en-fr).
 
     With no source option the paper's OPUS corpus for PAIR is downloaded (Europarl, MultiUN,
-    EUbookshop, IITB; see `mmkd corpus sources`), or with --source hub read from the hub's parquet
+    EUbookshop, IITB; see `mmkd corpus sources`), or with source=hub read from the hub's parquet
     mirrors at a pinned commit. The result is written to
     DATA_DIR/corpora/NAME/ (pairs.arrow + meta.json with the counts of what was dropped).
     """
@@ -78,7 +78,7 @@ def corpus_list(data_dir):
 @corpus.command("sources")
 def corpus_sources():
     """Show the built-in sources of the paper's seven pairs: OPUS (the default) and the hub's parquet
-    mirrors (`--source hub`), with the commit each is pinned to."""
+    mirrors (`source=hub`), with the commit each is pinned to."""
     for pair in PAPER_PAIRS:
         for ref in opus_refs(pair):
             click.echo(f"{pair}\topus\t{ref.corpus} {ref.release}\t{ref.url()}")

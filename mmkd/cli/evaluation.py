@@ -24,7 +24,7 @@ def eval_group():
     """Zero-shot evaluation of any encoder (a student from `mmkd train`, or a baseline such as mBERT).
 
     \b
-    mmkd eval xnli --model runs/mmkd/student --eval-data-dir XTREME_DIR --train-file train-en.tsv
+    mmkd eval xnli --model runs/mmkd/student data_dir=XTREME_DIR train_file=train-en.tsv
     mmkd eval xquad --model bert-base-multilingual-cased      (hub datasets, needs internet)
     mmkd eval retrieval --model M --pairs fr=en.txt,fr.txt
     """

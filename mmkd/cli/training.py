@@ -138,7 +138,7 @@ def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline
     from mmkd.ablate import AblationConfig, ablation_markdown, run_ablation
 
     if without:
-        raise MMKDError("--without: the sweep removes each objective itself")
+        raise MMKDError("without: the sweep removes each objective itself; do not give it")
     eval_given = {k: given.pop(k) for k in [k for k in given if k.startswith("e__")]}
     items = grouped(assignments, ("train", "eval"))
     base = train_settings(config, given, assigned=items["train"] + items[""], command="train", cache=list(caches),
@@ -161,9 +161,9 @@ def ablate_cmd(caches, student, out, config, evals, retrieval_pairs, no_baseline
 @settings_options(DemoConfig, param="d__")
 @settings_options(TrainConfig)
 @click.option("--small", is_flag=True,
-              help="A reduced run for smoke tests: 120 training pairs and 40 held out per language, XNLI on 40 "
-                   "English pairs and 20 test pairs per language, and the training preset demo-small (6 steps of "
-                   "14 pairs) unless --config names another.")
+              help="A reduced run for smoke tests (mmkd/presets/demo/small.json): 120 training pairs and 40 held "
+                   "out per language, XNLI on 40 English pairs and 20 test pairs per language, and the training "
+                   "preset demo-small (6 steps of 14 pairs) unless --config names another.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @assignments_argument
 @friendly
@@ -176,10 +176,10 @@ def demo_cmd(out, teacher, student, config, small, quiet, assignments, **given):
     -> retrieval and XNLI after -> t-SNE -> runs/demo/summary.md
     """
 
-    # --small starts from smaller sizes; settings given on the command line still win.
+    # --small is the settings file presets/demo/small.json; settings given on the command line still win.
     items = grouped(assignments, ("train",))
-    cfg = st.load(DemoConfig, None, {**overrides(given, "d__"), **st.assignments(DemoConfig, items[""], "demo")},
-                  dataclasses.replace(DemoConfig(), **SMALL, settings="demo-small") if small else None)
+    cfg = st.load(DemoConfig, str(SMALL) if small else None,
+                  {**overrides(given, "d__"), **st.assignments(DemoConfig, items[""], "demo")})
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (("out", out), ("teacher", teacher), ("student", student),
                                                           ("settings", config)) if v is not None})
     run_demo(cfg, train_settings(cfg.settings, given, assigned=items["train"]), progress=not quiet, log=click.echo)
@@ -190,7 +190,7 @@ def demo_cmd(out, teacher, student, config, small, quiet, assignments, **given):
 @config_option
 @friendly
 def settings_cmd(command, config):
-    """Every setting of COMMAND: its option, value (the default, or --config's), kind and meaning.
+    """Every setting of COMMAND: its key, value (the default, or --config's), kind and meaning.
 
     \b
     mmkd settings train                 the defaults (the paper's where it gives them)
@@ -208,8 +208,8 @@ def settings_cmd(command, config):
     click.echo(f"Give one as KEY=VALUE after the command's flags (mmkd {command} ... {rows[0][0]}={rows[0][1]})"
                + (", training settings as train.KEY=VALUE (see `mmkd settings train`)" if command == "demo" else "")
                + "\n")
-    for flag, value, kind, help_ in rows:
-        click.echo(f"  {flag:<{width}}  {value}  [{kind}]")
+    for key, value, kind, help_ in rows:
+        click.echo(f"  {key:<{width}}  {value}  [{kind}]")
         click.echo(f"  {'':<{width}}  {help_}")
 
 

@@ -65,7 +65,7 @@ def check(cfg: EvalConfig) -> list[str]:
     """The languages of an XNLI or PAWS-X evaluation, checked before any data is read."""
     task: PairTask = TASKS[cfg.task]
     if cfg.test_split not in ("test", "dev"):
-        raise EvalDataError(f"--test-split {cfg.test_split!r}: choose test or dev")
+        raise EvalDataError(f"test_split={cfg.test_split!r}: choose test or dev")
     return check_languages(cfg.languages or list(task.default_languages), task.all_languages, task.name)
 
 
@@ -78,8 +78,8 @@ class _Data:
 
 
 def _load(cfg: EvalConfig, task: PairTask, languages: list[str]) -> _Data:
-    """English training and dev rows (dev: --dev-file, else a tenth of a training file that is XNLI's
-    dev-en, else dev-en), each language's test rows from --test-offset, and (--oracle) their dev rows."""
+    """English training and dev rows (dev: dev_file, else a tenth of a training file that is XNLI's
+    dev-en, else dev-en), each language's test rows from test_offset, and (oracle) their dev rows."""
     train = load_pair_train(task, cfg.train_file, cfg.max_train_examples, cfg.data_dir, cfg.hub_revision)
     if cfg.dev_file:
         dev_en = load_pair_train(task, cfg.dev_file, cfg.max_eval_examples)
@@ -93,7 +93,7 @@ def _load(cfg: EvalConfig, task: PairTask, languages: list[str]) -> _Data:
              for lang in languages}
     empty = [lang for lang, ex in tests.items() if not ex]
     if empty:
-        raise EvalDataError(f"--test-offset {cfg.test_offset}: no {task.name} {cfg.test_split} examples left for "
+        raise EvalDataError(f"test_offset={cfg.test_offset}: no {task.name} {cfg.test_split} examples left for "
                             f"{', '.join(empty)}")
     oracle_devs = ({lang: load_pair_split(task, lang, "dev", cfg.data_dir, cfg.max_eval_examples, cfg.hub_revision)
                     for lang in languages if lang != "en"} if cfg.oracle else {})

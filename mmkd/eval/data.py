@@ -2,7 +2,7 @@
 
 Local layout (`--data-dir DIR`, XTREME's): `DIR/xnli/{dev,test}-{lang}.tsv` (premise, hypothesis,
 label), `DIR/pawsx/{dev,test}-{lang}.tsv` (sentence1, sentence2, label), `DIR/xquad/xquad.{lang}.json`
-(SQuAD v1.1 JSON). English training data: `--train-file` (XTREME TSV or SQuAD JSON), else
+(SQuAD v1.1 JSON). English training data: `train_file` (XTREME TSV or SQuAD JSON), else
 `DIR/xnli/train-en.tsv`, `DIR/pawsx/train-en.tsv`, `DIR/squad/train-v1.1.json` when present.
 Without `--data-dir` the hub datasets are used, by their namespaced ids (mmkd/hub_data.py):
 `facebook/xnli`, `google-research-datasets/paws-x` (configs = languages; the `en` train split is

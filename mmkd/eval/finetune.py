@@ -19,7 +19,7 @@ def device() -> torch.device:
 
 
 def resolve_precision(setting: str) -> str:
-    """--mixed-precision of an evaluation, by training's rule (mmkd/precision.py) on this device."""
+    """mixed_precision of an evaluation, by training's rule (mmkd/precision.py) on this device."""
     return prec.resolve(setting, cpu=device().type != "cuda")
 
 
@@ -98,5 +98,5 @@ def check_max_length(model, max_length: int) -> None:
     """A window longer than the model's position table would crash deep inside the model."""
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
-        raise EvalDataError(f"--max-length {max_length} exceeds the model's {limit} positions; "
-                            f"pass --max-length {limit} or less")
+        raise EvalDataError(f"max_length={max_length} exceeds the model's {limit} positions; "
+                            f"give max_length={limit} or less")

@@ -1,6 +1,6 @@
 """Scoring functions, each checked by hand-worked examples in tests/test_eval.py.
 
-QA answers are scored by one of two published rule sets (`--qa-scoring`, named in results.json):
+QA answers are scored by one of two published rule sets (`qa_scoring`, named in results.json):
 - `squad` (the default for XQuAD, as XTREME scores it: google-research/xtreme's evaluate.py uses
   the official SQuAD v1.1 script for xquad): lower case; remove ASCII punctuation
   (`string.punctuation`); replace the English articles a/an/the (as whole words, in any language)
@@ -62,7 +62,7 @@ def answer_tokens(text: str, lang: str = "en", scoring: str = "squad") -> list[s
     if scoring == "mlqa":
         if lang not in _MLQA_ARTICLES:
             raise ValueError(f"MLQA's scoring is defined for {', '.join(MLQA_LANGUAGES)} only, not {lang!r}; "
-                             "use --qa-scoring squad")
+                             "use qa_scoring=squad")
         text = "".join(ch for ch in text if ch not in _MLQA_PUNCT)
         if _MLQA_ARTICLES[lang] is not None:
             text = _MLQA_ARTICLES[lang].sub(" ", text)

@@ -1,5 +1,5 @@
 """XQuAD: extractive QA, zero-shot (paper 4.2). Fine-tune on English SQuAD-format data, keep the
-best epoch on English dev (the last 10% of the training questions unless --dev-file is given:
+best epoch on English dev (the last 10% of the training questions unless dev_file is given:
 SQuAD v1.1 dev is where XQuAD comes from, so it must not be used), test on XQuAD languages.
 
 Contexts longer than the window are split into strided windows (max length 384, stride 128);
@@ -117,16 +117,16 @@ def check(cfg: EvalConfig) -> tuple[list[str], dict]:
     languages = check_languages(cfg.languages or list(XQUAD_LANGUAGES), XQUAD_ALL, "xquad")
     outside = [lang for lang in languages if lang not in MLQA_LANGUAGES]
     if cfg.qa_scoring == "mlqa" and outside:      # before any fine-tuning, not after it
-        raise EvalDataError(f"--qa-scoring mlqa: MLQA's script scores {', '.join(MLQA_LANGUAGES)} only, not "
-                            f"{', '.join(outside)}; use --qa-scoring squad (XTREME's) or drop those languages")
+        raise EvalDataError(f"qa_scoring=mlqa: MLQA's script scores {', '.join(MLQA_LANGUAGES)} only, not "
+                            f"{', '.join(outside)}; use qa_scoring=squad (XTREME's) or drop those languages")
     if cfg.doc_stride >= hp["max_length"] // 2:
-        raise EvalDataError(f"--doc-stride {cfg.doc_stride} must be under half of --max-length {hp['max_length']} "
+        raise EvalDataError(f"doc_stride={cfg.doc_stride} must be under half of max_length={hp['max_length']} "
                             "(the window also holds the question)")
     return languages, hp
 
 
 def _load(cfg: EvalConfig, languages: list[str]) -> tuple[list[QAExample], list[QAExample], dict]:
-    """English training rows, English dev rows (--dev-file, else a tenth of the training rows) and
+    """English training rows, English dev rows (dev_file, else a tenth of the training rows) and
     each language's test rows."""
     train = load_qa(None, cfg.train_file, cfg.data_dir, cfg.max_train_examples, cfg.train_hub_revision)
     if cfg.dev_file:
@@ -145,7 +145,7 @@ def _cut(tokenizer, sets: dict[str, list[QAExample]], limit: int) -> dict[str, l
         out[name], cut = cut_questions(tokenizer, examples, limit)
         if cut:
             print(f"mmkd: xquad {name}: {cut} of {len(examples)} questions cut to {limit} tokens "
-                  "(--max-question-length, --max-length, --doc-stride)", file=sys.stderr)
+                  "(max_question_length, max_length, doc_stride)", file=sys.stderr)
     return out
 
 

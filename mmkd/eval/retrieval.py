@@ -78,7 +78,7 @@ def embed(model, tokenizer, sentences: list[str], batch_size: int = 64, max_leng
           precision: str = "auto") -> dict[str, torch.Tensor]:
     """{"cls": [N, H], "mean": [N, H]} from the last hidden layer, L2-normalised. Sentences are
     batched by length (little padding) and returned in their input order. `precision`: as
-    --mixed-precision (auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU)."""
+    mixed_precision (auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU)."""
     dev = device()
     precision = resolve_precision(precision)
     lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]]

@@ -1,7 +1,7 @@
 """Fine-tuning seeds run one after another, or at once in worker processes, one device each.
 
 Each seed's run is a function of (settings, seed) alone (it seeds everything itself), so where it
-runs changes nothing but the time: with several GPUs visible, `--seed-processes 0` (auto) puts one
+runs changes nothing but the time: with several GPUs visible, `seed_processes=0` (auto) puts one
 seed on each; on one GPU or a CPU the seeds run in turn. N > 1 on a CPU shares its cores between N
 processes (each gets cores ÷ N threads) — useful only to test the parallel path.
 

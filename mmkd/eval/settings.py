@@ -19,10 +19,10 @@ class EvalConfig:
                                          "DIR/squad); default: the hub's datasets.", flag="--eval-data-dir")
     train_file: str | None = setting(None, "English training data (XTREME TSV / SQuAD JSON); default: the hub's "
                                            "English train.")
-    hub_revision: str = setting("main", "Without --eval-data-dir: the revision (branch, tag or commit) of the task's hub "
+    hub_revision: str = setting("main", "Without data_dir: the revision (branch, tag or commit) of the task's hub "
                                         "dataset (facebook/xnli, google-research-datasets/paws-x, google/xquad). It is "
                                         "resolved to one commit before anything is read; results.json records both.")
-    train_hub_revision: str = setting("main", "XQuAD without --train-file: the revision of rajpurkar/squad, the English "
+    train_hub_revision: str = setting("main", "XQuAD without train_file: the revision of rajpurkar/squad, the English "
                                               "training questions (resolved and recorded the same way).")
     dev_file: str | None = setting(None, "English dev for checkpoint selection (default: DIR/task/dev-en.tsv; for "
                                          "XQuAD the last 10% of the training questions).")
@@ -49,8 +49,8 @@ class EvalConfig:
     oracle: bool = setting(False, "Also report target-dev (oracle) checkpoint selection.")
     doc_stride: int = setting(128, "XQuAD: overlap of the strided context windows, in tokens.", min=1)
     max_question_length: int = setting(64, "XQuAD: questions longer than this many tokens keep their first ones "
-                                           "(BERT's SQuAD recipe); always fewer than --max-length minus "
-                                           "--doc-stride.", min=1)
+                                           "(BERT's SQuAD recipe); always fewer than max_length minus "
+                                           "doc_stride.", min=1)
     max_answer_length: int = setting(30, "XQuAD: longest answer span, in tokens.", min=1)
     qa_scoring: str = setting("squad", "XQuAD: how answers are scored. squad = the official SQuAD v1.1 rules, as XTREME "
                                        "scores XQuAD (the paper's Table 4); mlqa = MLQA's script (Unicode punctuation, "

@@ -2,7 +2,7 @@
 similarity matrix matches the teacher's, by KL divergence, over the micro-batch gathered from every
 process.
 
-Settings: τ of eq. (4), and α, StrucA's weight in L (eq. 6; `struca.alpha`, option `--alpha`)."""
+Settings: τ of eq. (4), and α, StrucA's weight in L (eq. 6; `struca.alpha`)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ from huggingface_hub import try_to_load_from_cache
 from mmkd import __version__
 from mmkd.atomic import write_text
 from mmkd.config import from_saved
-from mmkd.eval.tasks import task
 from mmkd.objectives import build_objectives
 from mmkd.supply import describe
 
@@ -135,19 +134,15 @@ def eval_section(evals: dict[str, dict]) -> str:
     return "\n".join(out).rstrip()
 
 
-def _summary(result: dict) -> dict:
-    return task(result["task"]).card(result)
-
-
-def record_eval(model: str, result: dict) -> bool:
-    """If `model` is a student folder saved by `mmkd train`, add `result` to its card. Returns
-    whether it did."""
+def record_eval(model: str, name: str, summary: dict) -> bool:
+    """If `model` is a student folder saved by `mmkd train`, add task `name`'s result to its card
+    (`summary`: what the task's `card(result)` gives). Returns whether it did."""
     folder = Path(model)
     if not (folder / RUN_FILE).is_file() or not (folder / CARD).is_file():
         return False
     path = folder / EVAL_FILE
     evals = json.loads(path.read_text()) if path.is_file() else {}
-    evals[result["task"]] = _summary(result)
+    evals[name] = summary
     write_text(path, json.dumps(evals, indent=2, ensure_ascii=False) + "\n")
     card = (folder / CARD).read_text(encoding="utf-8")
     if _EVAL_START in card and _EVAL_END in card:

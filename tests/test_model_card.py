@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmkd.cache.manifest import Manifest
+from mmkd.eval.tasks import task
 from mmkd.model_card import card_text, record_eval, starting_license
 
 RUN = {"config": {"student": "bert-base-multilingual-cased", "without": ["xwcl"], "alpha": 2.0, "batch_size": 256,
@@ -47,10 +48,11 @@ def test_eval_results_replace_the_placeholder_only_in_mmkd_students(tmp_path):
     result = {"task": "xnli", "metric": "accuracy", "model": str(tmp_path), "languages": ["de", "fr"],
               "seeds": [1, 2], "summary": {"de": {"mean": 40.0, "std": 1.0}, "fr": {"mean": 42.5, "std": 0.0},
                                            "avg": {"mean": 41.25, "std": 0.5}}}
-    assert not record_eval(str(tmp_path), result)            # not a student folder: left alone
+    summary = task("xnli").card(result)
+    assert not record_eval(str(tmp_path), "xnli", summary)            # not a student folder: left alone
     (tmp_path / "mmkd_run.json").write_text("{}")
     (tmp_path / "README.md").write_text(card_text(RUN, MANIFESTS))
-    assert record_eval(str(tmp_path), result)
+    assert record_eval(str(tmp_path), "xnli", summary)
     card = (tmp_path / "README.md").read_text()
     assert "| de | fr | avg |\n|---|---|---|\n| 40.0 ± 1.0 | 42.5 | 41.2 ± 0.5 |" in card
     assert card.count("<!-- mmkd:eval:start -->") == 1 and "Not evaluated yet" not in card

@@ -55,7 +55,8 @@ def write_result(result: dict, out: Path) -> Path:
     write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")   # last: says complete
     shutil.rmtree(out / "seeds", ignore_errors=True)       # the finished seeds an interrupted run kept: in results.json
 
-    record_eval(result["model"], result)   # a student saved by `mmkd train`: its card shows the result
+    # a student saved by `mmkd train`: its card shows the result
+    record_eval(result["model"], result["task"], task(result["task"]).card(result))
     return out
 
 

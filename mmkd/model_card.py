@@ -134,11 +134,16 @@ def eval_section(evals: dict[str, dict]) -> str:
     return "\n".join(out).rstrip()
 
 
+def is_student_folder(model: str) -> bool:
+    """Whether `model` is a student folder saved by `mmkd train` (its run record and card)."""
+    return (Path(model) / RUN_FILE).is_file() and (Path(model) / CARD).is_file()
+
+
 def record_eval(model: str, name: str, summary: dict) -> bool:
     """If `model` is a student folder saved by `mmkd train`, add task `name`'s result to its card
     (`summary`: what the task's `card(result)` gives). Returns whether it did."""
     folder = Path(model)
-    if not (folder / RUN_FILE).is_file() or not (folder / CARD).is_file():
+    if not is_student_folder(model):
         return False
     path = folder / EVAL_FILE
     evals = json.loads(path.read_text()) if path.is_file() else {}

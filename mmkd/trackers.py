@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mmkd.errors import TrainingError
 
-# accelerate's LoggerType values (tests/test_train.py checks the list against accelerate's own).
+# accelerate's LoggerType values (tests/test_trainer.py checks the list against accelerate's own).
 TRACKERS = ("aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb")
 CHOICES = ("auto", "none", "all", *TRACKERS)
 _MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "comet_ml": ("comet_ml",), "aim": ("aim",),

@@ -18,8 +18,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))      # tests/families.py
+from mmkd.cache import CacheConfig, build_cache  # noqa: E402
 from mmkd.corpus import CorpusConfig, prepare_corpus  # noqa: E402
 from mmkd.tiny import make_tiny_bert  # noqa: E402
+
+from helpers import build  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "mmkd" / "demo_data"
@@ -156,60 +159,39 @@ def student_nodrop(tmp_path_factory, tiny_student) -> str:
 @pytest.fixture(scope="module")
 def clean_cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
     """A small fp32 en-fr cache of 5 shards, for tests that damage a copy of it (`copy_cache`)."""
-    from mmkd.cache import CacheConfig, build_cache
-
     out = tmp_path_factory.mktemp("clean") / "cache"
     build_cache(CacheConfig(corpora=["en-fr"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir),
                             dtype="fp32", shard_size=64, batch_size=16), progress=False)
     return out
 
 
-def copy_cache(clean: Path, tmp_path: Path) -> Path:
-    import shutil
-
-    dest = tmp_path / "cache"
-    shutil.copytree(clean, dest, ignore=shutil.ignore_patterns("verified"))
-    return dest
+@pytest.fixture(scope="module")
+def fp32_cache(tmp_path_factory, tiny_teacher, data_dir):
+    """An fp32 en-fr cache written one sentence per teacher batch (the reference for the other dtypes)."""
+    return build(tmp_path_factory.mktemp("fp32"), tiny_teacher, data_dir, dtype="fp32", batch_size=1) / "en-fr"
 
 
-def make_format_1(cache: Path) -> None:
-    """What mmkd 0.1 wrote: no text in meta.arrow, the corpus path in the manifest."""
-    import json
-
-    import fsspec
-    import pyarrow as pa
-
-    from mmkd.cache.format import dumps, sha256_file
-
-    fs = fsspec.filesystem("file")
-    manifest = json.loads((cache / "manifest.json").read_text())
-    for record in manifest["shards"]:
-        meta = cache / "shards" / record["name"] / "meta.arrow"
-        table = pa.ipc.open_file(pa.BufferReader(meta.read_bytes())).read_all().drop_columns(["en", "x"])
-        with pa.OSFile(str(meta), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
-            w.write_table(table)
-        record["sha256"]["meta.arrow"] = sha256_file(fs, str(meta))
-        record["bytes"]["meta.arrow"] = meta.stat().st_size
-        (meta.parent / "shard.json").write_text(dumps(record))
-    manifest["format_version"] = 1
-    manifest["corpus"]["path"] = f"/where/it/was/corpora/{manifest['corpus']['name']}"
-    (cache / "manifest.json").write_text(dumps(manifest))
+@pytest.fixture
+def own_cache(tmp_path, tiny_teacher, shared):
+    """A corpus and its cache in this test's folder, so the test may delete and move them."""
+    data = tmp_path / "data"
+    prepare_corpus(CorpusConfig(pair="en-es", data_dir=str(data), max_pairs=120, min_tokens=3,
+                                tsv=str(shared / "parallel/tatoeba_challenge/eng-spa.tsv")), progress=False)
+    build_cache(CacheConfig(corpora=["en-es"], teacher=tiny_teacher, out=str(tmp_path / "cache"), data_dir=str(data),
+                            dtype="fp32", shard_size=50), progress=False)
+    return tmp_path / "cache", data
 
 
-def make_format_2(cache: Path) -> None:
-    """What mmkd 0.4 wrote: no `mean` array (the teacher's mean pooling) in its shards."""
-    import json
-    import shutil
+@pytest.fixture(scope="module")
+def cache(clean_cache) -> Path:
+    """The clean cache under its short name; a test that damages it takes a copy first (`fresh`)."""
+    return clean_cache
 
-    from mmkd.cache.format import dumps
 
-    manifest = json.loads((cache / "manifest.json").read_text())
-    for record in manifest["shards"]:
-        base = cache / "shards" / record["name"]
-        for array in ("mean", "mean_scale"):
-            shutil.rmtree(base / array, ignore_errors=True)
-        for table in ("sha256", "bytes"):
-            record[table] = {k: v for k, v in record[table].items() if not k.startswith(("mean/", "mean_scale/"))}
-        (base / "shard.json").write_text(dumps(record))
-    manifest["format_version"] = 2
-    (cache / "manifest.json").write_text(dumps(manifest))
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory, tiny_teacher, data_dir) -> Path:
+    """A folder of two fp32 caches, en-fr and en-de, for training runs."""
+    out = tmp_path_factory.mktemp("train-cache") / "cache"
+    build_cache(CacheConfig(corpora=["en-fr", "en-de"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir),
+                            dtype="fp32", batch_size=1, shard_size=128), progress=False)
+    return out

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from mmkd.ablate import AblationConfig, run_ablation
-from mmkd.objectives import HeadSettings
 from mmkd.cache import CacheConfig, build_cache
 from mmkd.cli import main
+from mmkd.objectives import HeadSettings
 from mmkd.trainer import TrainConfig
 
 
@@ -22,6 +22,20 @@ def sweep_cache(tmp_path_factory, tiny_teacher, data_dir) -> Path:
     build_cache(CacheConfig(corpora=["en-fr", "en-de"], teacher=tiny_teacher, out=str(out), data_dir=str(data_dir)),
                 progress=False)
     return out
+
+
+def test_ablate_refuses_to_mix_or_silently_reuse_runs_made_otherwise(tmp_path, cache, tiny_student, data_dir, shared):
+    pairs = f"fr={shared / 'parallel' / 'tatoeba_challenge' / 'eng-fra.tsv'}"
+    base = ["ablate", "--cache", str(cache), "--student", tiny_student, "--data-dir", str(data_dir), "--out",
+            str(tmp_path / "s"), "--batch-size", "8", "--max-steps", "1", "--head-hidden", "32", "--head-out", "16",
+            "--num-workers", "0", "--log-with", "none", "--quiet", "--pairs", pairs, "--no-baseline"]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    shutil.rmtree(tmp_path / "s" / "-senta")                       # as if interrupted
+    for change, shown in ((["--lr", "1e-3"], "train.lr: sweep has 2e-05, now 0.001"),
+                          (["--max-steps", "3"], "train.max_steps: sweep has 1, now 3")):
+        r = CliRunner().invoke(main, [*base, *change])
+        assert r.exit_code == 2 and shown in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "s" / "-senta").exists()
 
 
 def test_ablation_sweep_five_runs_from_one_cache(tmp_path, sweep_cache, tiny_student, data_dir, shared):
@@ -161,7 +175,7 @@ def test_demo_finds_xnli_or_says_why_not(tmp_path, shared, monkeypatch):
     logged = []
     from mmkd.demo import _xnli
     assert _xnli(DemoConfig(xnli=False), "s", "t", tmp_path, logged.append) is None
-    assert "skipped: --no-xnli" in logged[-1]
+    assert "skipped: xnli=false" in logged[-1]
 
 
 def test_a_demo_rerun_with_other_settings_is_refused_before_any_work(tmp_path):

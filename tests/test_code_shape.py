@@ -1,4 +1,5 @@
-"""The shape of the code a reader meets: no function body (its docstring aside) over 45 lines."""
+"""The shape of the code a reader meets: no function body (its docstring aside) over 45 lines, tests
+named for the module they test, and the tests the docs cite where the docs say."""
 
 from __future__ import annotations
 
@@ -29,3 +30,38 @@ def test_no_function_is_longer_than_45_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and body_lines(node) > LONGEST:
                 long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({body_lines(node)} lines)")
     assert long == [], "functions over 45 lines: " + ", ".join(long)
+
+
+def _module_for(test_file: str) -> list[Path]:
+    """The modules a test file is named for: tests/test_cache_writer.py -> mmkd/cache/writer.py (or
+    mmkd/cache_writer.py, or the folder mmkd/cache_writer/)."""
+    stem = test_file.removeprefix("test_").removesuffix(".py")
+    head, _, tail = stem.partition("_")
+    return [PACKAGE / f"{stem}.py", PACKAGE / stem, PACKAGE / head / f"{tail}.py", PACKAGE / head / tail]
+
+
+def test_the_tests_docs_cite_exist_in_the_file_named():
+    """docs/failures.md and docs/method.md name each test as FILE::NAME: the file has it, so the
+    pages cannot point at a test that moved or was renamed."""
+    import re
+
+    tests = PACKAGE.parent / "tests"
+    cited = set()
+    for page in ("failures.md", "method.md", "results.md"):
+        cited |= set(re.findall(r"(test_\w+\.py)::(test_\w+)", (PACKAGE.parent / "docs" / page).read_text()))
+    assert len(cited) > 60
+    missing = [f"{f}::{n}" for f, n in sorted(cited)
+               if not (tests / f).is_file() or f"def {n}(" not in (tests / f).read_text(encoding="utf-8")]
+    assert not missing, missing
+
+
+def test_test_files_are_named_for_the_module_they_test():
+    """Tests are arranged by module: each test file but the few about the whole (the README's workflow,
+    imports, code shape, the public API, benchmarks, the real models and other families, a hub end to end,
+    several processes or machines) is named for a module or package of mmkd."""
+    whole = {"test_workflow.py", "test_imports.py", "test_code_shape.py", "test_benchmarks.py",
+             "test_real_models.py", "test_distributed.py", "test_multinode.py", "test_families.py",
+             "test_api.py", "test_hub.py", "test_ablate_demo.py"}
+    odd = [p.name for p in sorted((PACKAGE.parent / "tests").glob("test_*.py"))
+           if p.name not in whole and not any(m.exists() for m in _module_for(p.name))]
+    assert not odd, odd

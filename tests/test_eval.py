@@ -4,7 +4,6 @@ small slices of the real shared files; bad inputs give clear errors."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 
@@ -13,11 +12,59 @@ import pytest
 from click.testing import CliRunner
 
 from mmkd.cli import main
-from mmkd.eval.data import XNLI, EvalDataError, read_pair_tsv
+from mmkd.eval.data import EvalDataError, XNLI, read_pair_tsv
 from mmkd.eval.metrics import accuracy, exact_match, f1_score, normalize_answer, retrieval_accuracy, squad_scores
 
 
-# ------------------------------------------------------------------ metrics, by hand
+def _xnli_args(model, shared, out, *extra):
+    return ["eval", "xnli", "--model", model, "--eval-data-dir", str(shared), "--train-file",
+            str(shared / "xnli" / "dev-en.tsv"), "--max-train-examples", "96", "--max-eval-examples", "24",
+            "--epochs", "1", "--batch-size", "16", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1", "invalid"])
+def test_evaluation_files_not_in_utf8_name_the_file_and_line(tmp_path, encoding):
+    from mmkd.eval.data import XNLI, EvalDataError, read_pair_tsv, read_squad
+
+    rows = "A man sleeps.\tNobody sleeps.\tcontradiction\nLe café est chaud.\tIl fait froid.\tneutral\n"
+    data = {"utf-16": rows.encode("utf-16"), "latin-1": rows.encode("latin-1"),
+            "invalid": rows.encode("utf-8").replace("é".encode(), b"\xc3\x28")}[encoding]
+    path = tmp_path / "test-fr.tsv"
+    path.write_bytes(data)
+    with pytest.raises(EvalDataError) as e:
+        read_pair_tsv(path, XNLI)
+    assert str(e.value).startswith(str(path)) and ("UTF-16" in str(e.value) if encoding == "utf-16"
+                                                   else "line 2: invalid UTF-8" in str(e.value)), e.value
+    squad = tmp_path / "xquad.fr.json"
+    squad.write_bytes(json.dumps({"data": [{"paragraphs": [{"context": "é", "qas": []}]}]}, ensure_ascii=False)
+                      .encode("utf-16" if encoding == "utf-16" else "latin-1"))
+    with pytest.raises(EvalDataError, match=str(squad)):
+        read_squad(squad)
+
+
+def test_squad_json_of_the_wrong_shape_is_one_line(tmp_path):
+    from mmkd.eval.data import EvalDataError, read_squad
+
+    good = {"context": "Paris is in France.", "qas": [{"id": "q1", "question": "Where is Paris?",
+                                                         "answers": [{"text": "France", "answer_start": 12}]}]}
+    cases = {"no data": ({"version": "1.1"}, "'data' is missing, not list"),
+             "a list": ([1, 2], "the top level is list, not dict"),
+             "no paragraphs": ({"data": [{"title": "x"}]}, "data[0].paragraphs is missing"),
+             "no answer_start": ({"data": [{"paragraphs": [{**good, "qas": [{**good["qas"][0], "answers": [
+                 {"text": "France"}]}]}]}]}, "answer_start is missing, not int"),
+             "start outside": ({"data": [{"paragraphs": [{**good, "qas": [{**good["qas"][0], "answers": [
+                 {"text": "France", "answer_start": 99}]}]}]}]}, "answer_start 99 is outside its context")}
+    for name, (data, fragment) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(EvalDataError) as e:
+            read_squad(path)
+        assert fragment in str(e.value) and str(path) in str(e.value), (name, e.value)
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [good]}]}))
+    assert [q.id for q in read_squad(path)] == ["q1"]
+
+
 def test_squad_normalisation():
     assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert normalize_answer("an apple, a pear") == "apple pear"
@@ -112,7 +159,6 @@ def test_alignment_infonce_by_hand():
     assert alignment_infonce(sim, temperature=0.5) == pytest.approx(alignment_infonce(2 * sim, temperature=1.0))
 
 
-# ------------------------------------------------------------------ bad input
 def test_unlabelled_test_file_is_an_error_not_33_percent(tmp_path, shared):
     lines = (shared / "xnli" / "test-fr.tsv").read_text(encoding="utf-8").splitlines()[:5]
     stripped = tmp_path / "test-fr.tsv"
@@ -130,12 +176,6 @@ def test_bad_label_and_missing_file(tmp_path):
         read_pair_tsv(tmp_path / "nope.tsv", XNLI)
 
 
-def _xnli_args(model, shared, out, *extra):
-    return ["eval", "xnli", "--model", model, "--eval-data-dir", str(shared), "--train-file",
-            str(shared / "xnli" / "dev-en.tsv"), "--max-train-examples", "96", "--max-eval-examples", "24",
-            "--epochs", "1", "--batch-size", "16", "--out", str(out), *extra]
-
-
 def test_cli_errors_for_language_code_and_missing_file(tmp_path, tiny_student, shared):
     r = CliRunner().invoke(main, _xnli_args(tiny_student, shared, tmp_path, "--languages", "fr,xx"))
     assert r.exit_code == 2 and "unknown language code 'xx'" in r.output
@@ -145,7 +185,6 @@ def test_cli_errors_for_language_code_and_missing_file(tmp_path, tiny_student, s
     assert r.exit_code == 2 and "pawsx/test-fr.tsv: no such file" in r.output
 
 
-# ------------------------------------------------------------------ end to end on tiny models
 def test_xnli_end_to_end_with_seeds_and_oracle(tmp_path, tiny_student, shared):
     out = tmp_path / "xnli"
     r = CliRunner().invoke(main, _xnli_args(tiny_student, shared, out, "--languages", "fr,zh", "--seeds", "1,2",
@@ -363,7 +402,6 @@ def test_window_longer_than_the_model_is_a_clear_error(tmp_path, tiny_student, s
     assert r.exit_code == 2 and "max_length=384 exceeds the model's 160 positions" in r.output
 
 
-# ------------------------------------------------------------------ precision follows the run's
 def test_evaluation_follows_the_runs_precision_fp16_with_a_loss_scaler(tmp_path, tiny_student, shared, monkeypatch):
     """`auto` resolves as training's does; fp16 fine-tuning runs its forward under fp16 autocast with
     torch's GradScaler (CPU autocast and the CPU GradScaler exist in this torch, so this is the real

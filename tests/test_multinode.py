@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import copy_cache
+from helpers import copy_cache
 
 ARGS = ("--batch-size", "16", "--lr", "1e-3", "--head-hidden", "32", "--head-out", "16", "--log-with", "none",
         "--quiet", "--num-workers", "0", "--max-grad-norm", "0", "--teacher-heads", "frozen")
@@ -169,7 +169,7 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_and_its_state_is_checkpointed
     """A forced overflow: accelerate gives no loss scaler on the CPU, so the test hands the run torch's
     CPU GradScaler, starting at 2**127. The first step's scaled gradients overflow float32; the scaler
     skips that step and lowers the scale to 2**10, and training goes on. (A NaN *loss* still stops a
-    run: tests/test_failures_cache_train.py.)"""
+    run: tests/test_trainer.py::test_nan_guard_names_step_and_loss.)"""
     import accelerate
 
     from mmkd import settings as st

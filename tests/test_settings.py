@@ -18,13 +18,10 @@ from mmkd.errors import TrainingError
 from mmkd.objectives import HeadSettings
 from mmkd.settings import SettingsError
 
+from helpers import one_line, train_args
+
+
 REPO = Path(__file__).resolve().parents[1]
-# Options that are not settings of a dataclass: what to do, not how (flags), or their own small tools.
-NOT_SETTINGS = {"help", "version", "verbose", "quiet", "resume", "overwrite", "small", "as_json", "no_baseline",
-                "config", "trust_remote_code", "k", "seed", "n", "xnli_dir", "files", "models", "specs", "paths",
-                "command", "pair", "name", "caches", "corpora", "evals", "retrieval_pairs", "moses", "tsv", "zip_",
-                "hf_dataset", "data_dir", "online_teacher", "student", "teacher", "out", "model", "corpus",
-                "max_eval_examples", "path", "without", "languages"}
 
 
 def _commands(group: click.Group, prefix=()):
@@ -33,6 +30,23 @@ def _commands(group: click.Group, prefix=()):
             yield from _commands(cmd, prefix + (name,))
         else:
             yield prefix + (name,), cmd
+
+
+def _hidden_setting_options() -> set[str]:
+    """The generated options no command shows (older scripts' spelling of a setting)."""
+    hidden, shown = set(), set()
+    for _, cmd in _commands(main):
+        for p in cmd.params:
+            if isinstance(p, click.Option):
+                (hidden if p.hidden and "__" in p.name else shown).update(p.opts + p.secondary_opts)
+    return hidden - shown
+
+
+def test_a_settings_file_nested_50000_deep_is_one_line(tmp_path, cache, tiny_student, data_dir):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 50000 + "]" * 50000)
+    one_line(CliRunner().invoke(main, train_args(cache, tiny_student, tmp_path / "r", data_dir, "--config", str(deep))),
+             "deep.json: not a settings file (nested too deeply")
 
 
 def test_no_command_line_option_carries_a_default_of_a_setting():
@@ -255,16 +269,6 @@ def test_no_command_shows_more_than_twelve_flags():
     counted = {" ".join(path): sum(1 for p in cmd.params if isinstance(p, click.Option) and not p.hidden)
                for path, cmd in commands(main)}
     assert len(counted) >= 19 and max(counted.values()) <= 12, {k: v for k, v in counted.items() if v > 12}
-
-
-def _hidden_setting_options() -> set[str]:
-    """The generated options no command shows (older scripts' spelling of a setting)."""
-    hidden, shown = set(), set()
-    for _, cmd in _commands(main):
-        for p in cmd.params:
-            if isinstance(p, click.Option):
-                (hidden if p.hidden and "__" in p.name else shown).update(p.opts + p.secondary_opts)
-    return hidden - shown
 
 
 def test_messages_and_docs_name_a_setting_by_its_key_not_its_hidden_option():

@@ -14,7 +14,7 @@ from pathlib import Path
 from mmkd.atomic import write_text
 from mmkd.eval.settings import EvalConfig
 from mmkd.eval.tasks import task
-from mmkd.model_card import record_eval
+from mmkd.model_card import is_student_folder, record_eval
 
 
 def default_out(model: str, task: str) -> Path:
@@ -55,8 +55,8 @@ def write_result(result: dict, out: Path) -> Path:
     write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")   # last: says complete
     shutil.rmtree(out / "seeds", ignore_errors=True)       # the finished seeds an interrupted run kept: in results.json
 
-    # a student saved by `mmkd train`: its card shows the result
-    record_eval(result["model"], result["task"], task(result["task"]).card(result))
+    if is_student_folder(result["model"]):        # a student saved by `mmkd train`: its card shows the result
+        record_eval(result["model"], result["task"], task(result["task"]).card(result))
     return out
 
 

@@ -257,7 +257,7 @@ def _check_settings(cfg: DemoConfig, root: Path) -> None:
         except (OSError, ValueError) as e:
             raise MMKDError(f"{path}: unreadable ({str(e).splitlines()[0][:100]}); it records the settings of the demo "
                             f"in {root}: delete {root} to start again, or give another --out") from None
-        diffs = [f"--{k.replace('_', '-')}: first run {saved.get(k)!r}, now {v!r}" for k, v in want.items()
+        diffs = [f"{k}: first run {saved.get(k)!r}, now {v!r}" for k, v in want.items()
                  if saved.get(k, v) != v]
         if diffs:
             raise MMKDError(f"{root} holds a demo run with other settings; its results would not be this run's: "

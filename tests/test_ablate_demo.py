@@ -185,8 +185,8 @@ def test_a_demo_rerun_with_other_settings_is_refused_before_any_work(tmp_path):
 
     root = tmp_path / "demo"
     _check_settings(DemoConfig(out=str(root)), root)
-    for change, fragment in ((dict(heldout_pairs=20), "--heldout-pairs: first run 300, now 20"),
-                             (dict(xnli_test_examples=5), "--xnli-test-examples: first run 200, now 5")):
+    for change, fragment in ((dict(heldout_pairs=20), "heldout_pairs: first run 300, now 20"),
+                             (dict(xnli_test_examples=5), "xnli_test_examples: first run 200, now 5")):
         with pytest.raises(MMKDError, match=fragment):
             run_demo(DemoConfig(out=str(root), **change), TrainConfig(), progress=False, log=lambda *a: None)
     assert sorted(p.name for p in root.iterdir()) == ["demo.json"]

@@ -289,7 +289,12 @@ def test_messages_and_docs_name_a_setting_by_its_key_not_its_hidden_option():
                 declared.update(id(a) for a in node.args)
             elif isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_EVAL_ALIASES":
                 declared.update(id(v) for v in node.value.values)
-        for node in ast.walk(tree):
+        for node in ast.walk(tree):       # an option spelled from a key at run time: f"--{key.replace('_', '-')}"
+            if isinstance(node, ast.JoinedStr) and "cli/options.py" not in str(path):
+                parts = node.values
+                offenders += [f"{path.relative_to(REPO)}:{node.lineno} an option made from a key"
+                              for a, b in zip(parts, parts[1:]) if isinstance(a, ast.Constant)
+                              and str(a.value).endswith("--") and isinstance(b, ast.FormattedValue)]
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in declared:
                 offenders += [f"{path.relative_to(REPO)}:{node.lineno} {m.group(1)}"
                               for m in pattern.finditer(node.value)

@@ -65,3 +65,10 @@ def test_test_files_are_named_for_the_module_they_test():
     odd = [p.name for p in sorted((PACKAGE.parent / "tests").glob("test_*.py"))
            if p.name not in whole and not any(m.exists() for m in _module_for(p.name))]
     assert not odd, odd
+
+
+def test_no_module_is_over_400_lines():
+    """The README's layout promises it: a module longer than that does more than one job."""
+    long = [f"{p.relative_to(PACKAGE.parent)} ({n} lines)" for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400]
+    assert not long, long

@@ -33,7 +33,7 @@ def _full_batch():
 def _worker(rank: int, world: int, port: int, out: dict, name: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from mmkd.trainer import _gather_with_grad
+    from mmkd.dist import gather_with_grad
 
     class _Acc:
         num_processes = world
@@ -41,8 +41,8 @@ def _worker(rank: int, world: int, port: int, out: dict, name: str):
     student_in, teacher_in, w_s, w_t = _full_batch()
     w_s, w_t = w_s.clone().requires_grad_(), w_t.clone().requires_grad_()
     half = slice(rank * 4, rank * 4 + 4)
-    z_s = _gather_with_grad(student_in[half] @ w_s, _Acc())
-    z_t = _gather_with_grad(teacher_in[half] @ w_t, _Acc())
+    z_s = gather_with_grad(student_in[half] @ w_s, _Acc())
+    z_t = gather_with_grad(teacher_in[half] @ w_t, _Acc())
     loss = LOSSES[name](z_s, z_t)
     loss.backward()
     for w in (w_s, w_t):            # what DDP does: average the gradients over processes

@@ -184,9 +184,9 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_and_its_state_is_checkpointed
 
     from accelerate.state import AcceleratorState
 
-    import mmkd.trainer
+    import mmkd.run_setup
 
-    monkeypatch.setattr(mmkd.trainer, "Accelerator", WithScaler)      # the trainer's own name for it
+    monkeypatch.setattr(mmkd.run_setup, "Accelerator", WithScaler)      # the setup's own name for it
     AcceleratorState._reset_state(reset_partial_state=True)     # this process's earlier runs were fp32
     request.addfinalizer(lambda: AcceleratorState._reset_state(reset_partial_state=True))
     cfg = st.from_mapping(TrainConfig, dict(
@@ -208,7 +208,7 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_and_its_state_is_checkpointed
 
 def test_sharded_engines_are_refused_before_any_model_loads(tmp_path, monkeypatch):
     from mmkd.config import TrainingError
-    from mmkd.trainer import refuse_sharded_engines, resolve_precision
+    from mmkd.run_setup import refuse_sharded_engines, resolve_precision
 
     for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         monkeypatch.setenv(var, "true")
